@@ -1,0 +1,353 @@
+"""Noise distributions a stochastic conditional layer can parameterise.
+
+A registry maps a name to a :class:`NoiseDistribution` subclass. Each one knows how many parameter
+maps it needs (``num_params``), turns the raw maps a layer computes into a
+:class:`torch.distributions.Distribution` (``build``), and draws a sample from it with an explicit
+generator (``sample``), reparameterised in training mode so gradients reach the layer's kernels.
+
+Torch's own ``rsample`` always uses the global generator; scl needs a generator it chooses (OS
+entropy at inference, see :mod:`scl.random`), which is why sampling is written here with the same
+formulas torch uses.
+
+==============  =========================  ====================================================
+name            parameter maps             sample
+==============  =========================  ====================================================
+``gaussian``    loc, scale                 ``loc + scale * eps``, ``scale = softplus(raw) + min_scale``
+``laplace``     loc, scale                 inverse-CDF of a uniform, same scale transform
+``binomial``    logits                     fraction of successes in ``total_count`` trials, in
+                                           [0, 1]; relaxed Bernoulli trials at ``temperature`` in
+                                           training, exact counts in eval
+``multinomial`` K logits, K values         per element one of K learnable values (see below)
+==============  =========================  ====================================================
+
+Multinomial semantics: for every output element the layer computes K logits and K values (both
+from the class's parameter networks, so they are learnable and class-conditional). A sample picks
+one of the K values with probabilities ``softmax(logits)``. In training the choice is a straight-
+through Gumbel-softmax: the forward value is exactly one of the K values, the gradient flows to the
+logits through the relaxed one-hot and to the chosen value directly. In eval the choice is an exact
+categorical draw.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.distributions import Binomial, Categorical, Distribution, Laplace, Normal, constraints
+
+from scl.errors import ConfigError
+
+_REGISTRY: dict[str, type[NoiseDistribution]] = {}
+
+
+def register(cls: type[NoiseDistribution]) -> type[NoiseDistribution]:
+    """Class decorator: add a distribution to the registry under ``cls.name`` (never overwrite)."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{cls.__name__} needs a non-empty string attribute 'name'")
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        raise ConfigError(
+            f"a distribution named {name!r} is already registered ({_REGISTRY[name].__name__}); "
+            "choose another name"
+        )
+    _REGISTRY[name] = cls
+    return cls
+
+
+def names() -> list[str]:
+    """The registered distribution names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get(spec: str | NoiseDistribution, **options: Any) -> NoiseDistribution:
+    """Build a distribution from its name (with options) or return an instance unchanged."""
+    if isinstance(spec, NoiseDistribution):
+        if options:
+            raise ConfigError("options can only be given with a distribution name, not an instance")
+        return spec
+    if not isinstance(spec, str) or spec not in _REGISTRY:
+        raise ConfigError(
+            f"unknown distribution {spec!r}; expected one of {names()} "
+            "(or register your own with scl.distributions.register)"
+        )
+    return _REGISTRY[spec](**options)
+
+
+def _uniform(shape: torch.Size, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Uniform samples in the open interval (0, 1)."""
+    u = torch.rand(shape, generator=generator, device=like.device, dtype=like.dtype)
+    eps = torch.finfo(like.dtype).eps
+    return u.clamp(eps, 1.0 - eps)
+
+
+def _positive_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{name} must be a positive number, but got {value!r}")
+    return float(value)
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, but got {value!r}")
+    return value
+
+
+class NoiseDistribution:
+    """Base class of the registry's entries (subclass it and decorate with :func:`register`)."""
+
+    name: ClassVar[str] = ""
+
+    @property
+    def num_params(self) -> int:
+        """How many parameter maps the layer must compute."""
+        return len(self.param_names)
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def initial_bias(self) -> list[float]:
+        """The initial bias of each parameter map (e.g. the raw scale that gives a small noise)."""
+        return [0.0] * self.num_params
+
+    def build(self, params: Sequence[Tensor]) -> Distribution:
+        """Turn the raw parameter maps into a distribution over the layer's output."""
+        raise NotImplementedError
+
+    def sample(
+        self, dist: Distribution, *, training: bool, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """One sample of ``dist``; reparameterised (differentiable) when ``training``."""
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """Constructor options, for checkpoints."""
+        return {}
+
+    def check_params(self, params: Sequence[Tensor]) -> None:
+        if len(params) != self.num_params:
+            raise ConfigError(
+                f"the {self.name} distribution needs {self.num_params} parameter maps "
+                f"({', '.join(self.param_names)}), but got {len(params)}"
+            )
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{self.name}({options})"
+
+
+class _LocationScale(NoiseDistribution):
+    """Shared scale transform of the gaussian and laplace entries."""
+
+    def __init__(self, *, min_scale: float = 1e-3, init_scale: float = 0.5) -> None:
+        self.min_scale = _positive_float("min_scale", min_scale)
+        self.init_scale = _positive_float("init_scale", init_scale)
+        if self.init_scale <= self.min_scale:
+            raise ConfigError(
+                f"init_scale must be larger than min_scale ({self.min_scale}), but got {init_scale}"
+            )
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return ("loc", "scale")
+
+    def initial_bias(self) -> list[float]:
+        target = self.init_scale - self.min_scale
+        return [0.0, target + math.log(-math.expm1(-target))]  # softplus^-1(target)
+
+    def scale(self, raw: Tensor) -> Tensor:
+        return F.softplus(raw) + self.min_scale
+
+    def config(self) -> dict[str, Any]:
+        return {"min_scale": self.min_scale, "init_scale": self.init_scale}
+
+
+@register
+class Gaussian(_LocationScale):
+    """Normal noise: ``h = loc + scale * eps``, ``eps ~ N(0, 1)``."""
+
+    name = "gaussian"
+
+    def build(self, params: Sequence[Tensor]) -> Normal:
+        self.check_params(params)
+        return Normal(params[0], self.scale(params[1]), validate_args=False)
+
+    def sample(
+        self, dist: Distribution, *, training: bool, generator: torch.Generator | None = None
+    ) -> Tensor:
+        loc, scale = dist.loc, dist.scale  # type: ignore[attr-defined]
+        eps = torch.randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
+        return loc + scale * eps
+
+
+@register
+class LaplaceNoise(_LocationScale):
+    """Laplace noise (heavier tails at the same scale), sampled by the inverse CDF."""
+
+    name = "laplace"
+
+    def build(self, params: Sequence[Tensor]) -> Laplace:
+        self.check_params(params)
+        return Laplace(params[0], self.scale(params[1]), validate_args=False)
+
+    def sample(
+        self, dist: Distribution, *, training: bool, generator: torch.Generator | None = None
+    ) -> Tensor:
+        loc, scale = dist.loc, dist.scale  # type: ignore[attr-defined]
+        u = _uniform(loc.shape, loc, generator) * 2.0 - 1.0
+        return loc - scale * u.sign() * torch.log1p(-u.abs())
+
+
+class BinomialFraction(Distribution):
+    """The fraction ``k / n`` of successes in ``n`` Bernoulli trials, a value in [0, 1].
+
+    ``log_prob`` and the moments are those of ``Binomial(n, logits) / n``.
+    """
+
+    arg_constraints = {"logits": constraints.real}
+    support = constraints.unit_interval
+    has_rsample = False
+
+    def __init__(self, total_count: int, logits: Tensor) -> None:
+        self.total_count = total_count
+        self.logits = logits
+        self._binomial = Binomial(total_count=total_count, logits=logits, validate_args=False)
+        super().__init__(batch_shape=logits.shape, validate_args=False)
+
+    @property
+    def probs(self) -> Tensor:
+        return torch.sigmoid(self.logits)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.probs
+
+    @property
+    def variance(self) -> Tensor:
+        p = self.probs
+        return p * (1 - p) / self.total_count
+
+    def sample(self, sample_shape: torch.Size | Sequence[int] = torch.Size()) -> Tensor:
+        return self._binomial.sample(torch.Size(sample_shape)) / self.total_count
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self._binomial.log_prob(torch.round(value * self.total_count))
+
+
+@register
+class BinomialNoise(NoiseDistribution):
+    """Binomial noise: the fraction of ``total_count`` trials that succeed, with ``p = sigmoid``."""
+
+    name = "binomial"
+
+    def __init__(self, *, total_count: int = 8, temperature: float = 0.5) -> None:
+        self.total_count = _positive_int("total_count", total_count)
+        self.temperature = _positive_float("temperature", temperature)
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return ("logits",)
+
+    def build(self, params: Sequence[Tensor]) -> BinomialFraction:
+        self.check_params(params)
+        return BinomialFraction(self.total_count, params[0])
+
+    def sample(
+        self, dist: Distribution, *, training: bool, generator: torch.Generator | None = None
+    ) -> Tensor:
+        logits: Tensor = dist.logits  # type: ignore[attr-defined]
+        n = self.total_count
+        if training:  # relaxed Bernoulli trials (Maddison et al., 2017): differentiable
+            u = _uniform(torch.Size((n, *logits.shape)), logits, generator)
+            noise = torch.log(u) - torch.log1p(-u)
+            return torch.sigmoid((logits + noise) / self.temperature).mean(0)
+        probs = torch.sigmoid(logits.detach())
+        counts = torch.full_like(probs, float(n))
+        return torch.binomial(counts, probs, generator=generator) / n
+
+    def config(self) -> dict[str, Any]:
+        return {"total_count": self.total_count, "temperature": self.temperature}
+
+
+class Choice(Distribution):
+    """Per element, one of K values ``values[..., k]`` with probabilities ``softmax(logits)``."""
+
+    arg_constraints = {"logits": constraints.real, "values": constraints.real}
+    support = constraints.real
+    has_rsample = False
+
+    def __init__(self, logits: Tensor, values: Tensor) -> None:
+        self.logits = logits
+        self.values = values
+        self._categorical = Categorical(logits=logits, validate_args=False)
+        super().__init__(batch_shape=logits.shape[:-1], validate_args=False)
+
+    @property
+    def probs(self) -> Tensor:
+        return self._categorical.probs
+
+    @property
+    def mean(self) -> Tensor:
+        return (self.probs * self.values).sum(-1)
+
+    @property
+    def variance(self) -> Tensor:
+        return (self.probs * self.values.square()).sum(-1) - self.mean.square()
+
+    def sample(self, sample_shape: torch.Size | Sequence[int] = torch.Size()) -> Tensor:
+        index = self._categorical.sample(torch.Size(sample_shape))
+        values = self.values.expand(*index.shape, self.values.shape[-1])
+        return values.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        hit = torch.isclose(value.unsqueeze(-1), self.values, rtol=1e-5, atol=1e-6)
+        log_p = torch.log_softmax(self.logits, -1).masked_fill(~hit, float("-inf"))
+        return torch.logsumexp(log_p, -1)
+
+
+@register
+class MultinomialNoise(NoiseDistribution):
+    """Per element a choice among ``num_choices`` learnable values (see the module docstring)."""
+
+    name = "multinomial"
+
+    def __init__(self, *, num_choices: int = 4, temperature: float = 0.5) -> None:
+        self.num_choices = _positive_int("num_choices", num_choices, minimum=2)
+        self.temperature = _positive_float("temperature", temperature)
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        k = range(self.num_choices)
+        return tuple(f"logit{i}" for i in k) + tuple(f"value{i}" for i in k)
+
+    def initial_bias(self) -> list[float]:
+        # Spread the initial values over [-1, 1] so the choices start distinct.
+        k = self.num_choices
+        return [0.0] * k + [-1.0 + 2.0 * i / (k - 1) for i in range(k)]
+
+    def build(self, params: Sequence[Tensor]) -> Choice:
+        self.check_params(params)
+        k = self.num_choices
+        logits = torch.stack(list(params[:k]), -1)
+        values = torch.stack(list(params[k:]), -1)
+        return Choice(logits, values)
+
+    def sample(
+        self, dist: Distribution, *, training: bool, generator: torch.Generator | None = None
+    ) -> Tensor:
+        logits: Tensor = dist.logits  # type: ignore[attr-defined]
+        values: Tensor = dist.values  # type: ignore[attr-defined]
+        gumbel = -torch.log(-torch.log(_uniform(logits.shape, logits, generator)))
+        if training:  # straight-through Gumbel-softmax (Jang et al., 2017)
+            soft = torch.softmax((logits + gumbel) / self.temperature, -1)
+            hard = F.one_hot(soft.argmax(-1), self.num_choices).to(soft.dtype)
+            return ((hard - soft.detach() + soft) * values).sum(-1)
+        index = (logits.detach() + gumbel).argmax(-1, keepdim=True)  # Gumbel-max: exact draw
+        return values.detach().gather(-1, index).squeeze(-1)
+
+    def config(self) -> dict[str, Any]:
+        return {"num_choices": self.num_choices, "temperature": self.temperature}

@@ -1,0 +1,84 @@
+"""Stochastic conditional additive layer: per-class learned noise added to the input."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from scl.errors import ConfigError, ShapeError
+from scl.layers.base import StochasticConditionalLayer, _broadcast_check
+from scl.selection import ClassIndex, Selection, SharedSelection
+from scl.validation import check_tensor
+
+
+class StochasticConditionalAdditive(StochasticConditionalLayer):
+    """Per-class noise parameters of the input's shape, added to the input.
+
+    Class c owns one tensor per distribution parameter, ``m[c, p]: Tensor[*shape]``. The first
+    parameter map is ``x + m[c, 0]`` (for the gaussian: the mean is the input shifted by a learned
+    offset), the others are ``m[c, p]`` (e.g. the raw scale). With a selection the class terms are
+    weighted by ``pi_c`` and summed: ``sum_c pi_c * (x + m[c, 0])``, ``sum_c pi_c * m[c, p]``.
+    The layer is elementwise, so selecting at the input or at the output is the same; there is no
+    ``selection_at`` argument.
+
+    Args:
+        shape: the shape of one input sample, e.g. ``(3, 32, 32)``.
+        num_classes: C.
+        distribution, distribution_options: as for the convolution.
+    """
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        num_classes: int,
+        *,
+        distribution: str = "gaussian",
+        distribution_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            num_classes, distribution=distribution, distribution_options=distribution_options
+        )
+        try:
+            self.shape = tuple(int(s) for s in shape)
+        except TypeError as exc:
+            raise ConfigError(f"shape must be a sequence of positive ints, but got {shape!r}") from exc
+        if not self.shape or any(s <= 0 for s in self.shape):
+            raise ConfigError(f"shape must be a non-empty sequence of positive ints, but got {shape!r}")
+        init = torch.tensor(self.noise.initial_bias())
+        offsets = init.reshape(1, -1, *([1] * len(self.shape))).expand(
+            self.num_classes, self.num_params, *self.shape
+        )
+        self.offsets = nn.Parameter(offsets.clone())
+
+    def params(self, x: Tensor, pi: Selection) -> list[Tensor]:
+        """Raw parameter maps, each ``Tensor[B, *shape]``."""
+        check_tensor(x, "x", ndim=len(self.shape) + 1)
+        if tuple(x.shape[1:]) != self.shape:
+            raise ShapeError(
+                f"x must have shape [B, {', '.join(map(str, self.shape))}], but got {tuple(x.shape)}"
+            )
+        sel = self._selection(pi, x.shape[0])
+        if isinstance(sel, ClassIndex):
+            maps = self.offsets[sel.labels]  # [B, P, *shape]
+            first = x + maps[:, 0]
+        else:
+            values = sel.values.unsqueeze(0) if isinstance(sel, SharedSelection) else sel
+            _broadcast_check("input", tuple(values.shape[2:]), self.shape)
+            weights = values.reshape(*values.shape, *([1] * (len(self.shape) + 2 - values.dim())))
+            maps = torch.einsum("nc...,cp...->np...", weights.expand(-1, -1, *self.shape), self.offsets)
+            first = weights.sum(1) * x + maps[:, 0]
+        return [first, *maps[:, 1:].unbind(1)] if self.num_params > 1 else [first]
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}, num_classes={self.num_classes}, distribution={self.noise!r}"
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "shape": list(self.shape),
+            "num_classes": self.num_classes,
+            "distribution": self.noise.name,
+            "distribution_options": self.noise.config(),
+        }
