@@ -1,0 +1,564 @@
+"""Run folder -> ``report.html``: one self-contained page that a person can read.
+
+The page has inline CSS, no JavaScript and no external resources; figures are linked by their
+relative path (``figures/NAME.png``), so the folder can be moved or zipped as a whole. Every
+string that comes from the run folder is HTML-escaped. Missing optional metrics are shown as
+"—"; only a missing or unreadable ``config.json`` / ``metrics.json`` is an error.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from scl.errors import SCLError
+from scl.io import atomic_write
+
+__all__ = ["CAPTIONS", "write_report"]
+
+DASH = "—"
+
+#: Figure captions keyed by file stem; other figures get a caption made from their name.
+CAPTIONS: dict[str, str] = {
+    "samples": "Test images: clean, obfuscated with hard selection (label known), obfuscated "
+    "with label-free selection, and what the decoder attack reconstructs from the obfuscated "
+    "ones.",
+    "images": "Test images: clean, obfuscated and reconstructed by the decoder attack.",
+    "reconstructions": "Decoder attack: obfuscated activations and the images it reconstructs "
+    "from them, beside the originals.",
+    "training_curves": "Training loss and accuracy per epoch for each stage (base network, "
+    "stochastic layer, selection).",
+    "curves": "Training loss and accuracy per epoch for each stage.",
+    "selection_maps": "Learned selection tensors π_c (0 = class c's parameters unused, "
+    "1 = fully used), one per class, on a fixed 0..1 scale.",
+    "selection": "Learned selection tensors π_c on a fixed 0..1 scale.",
+    "tradeoff": "Accuracy against decoder SSIM for several privacy weights λ. Left is more "
+    "private; the dashed vertical line is the label-only floor, the dashed horizontal line the "
+    "accuracy on clean images.",
+    "tradeoff_curve": "Accuracy against decoder SSIM for several privacy weights λ. Left is more "
+    "private; the dashed vertical line is the label-only floor, the dashed horizontal line the "
+    "accuracy on clean images.",
+    "accuracy_vs_share": "Federated learning: test accuracy against the share p of clients that "
+    "send clean data.",
+    "detections": "Detections on test images (boxes: x1, y1, x2, y2).",
+    "boxes": "Detections on test images (boxes: x1, y1, x2, y2).",
+}
+
+_ACCURACY_ORDER = ("clean", "hard", "soft", "gated")
+_ACCURACY_MEANING = {
+    "clean": "task network on clean images (no obfuscation)",
+    "hard": "obfuscated, label known (hard selection)",
+    "soft": "obfuscated, label-free (learned soft selection)",
+    "gated": "obfuscated, label-free (selection predicted from the input)",
+}
+
+_EXPLANATION = (
+    "The noise is conditioned on the class, so an obfuscated sample reveals its class by "
+    "design: that is what lets the task network still classify it. An attacker who knows only "
+    "the label can already draw a typical image of that class. A reconstruction attack is "
+    "therefore judged against this <em>label-only floor</em> (the best reconstruction from the "
+    "label alone), not against zero: a score close to the floor means the obfuscated data leaks "
+    "little beyond the class; a score close to the <em>clean ceiling</em> (the same attack on "
+    "unobfuscated inputs) means it hides little. The attribute attack is read the same way, "
+    "between chance and its accuracy on clean inputs."
+)
+
+_CSS = """
+:root { color-scheme: light; }
+body { font: 15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+  color: #1f2328; background: #fff; margin: 0; }
+main { max-width: 980px; margin: 0 auto; padding: 24px 28px 48px; }
+h1 { font-size: 1.6em; margin: 0 0 4px; }
+h2 { font-size: 1.2em; margin: 32px 0 8px; padding-bottom: 4px; border-bottom: 1px solid #d0d7de; }
+p.meta { color: #59636e; margin: 0 0 16px; }
+p.note { color: #59636e; font-size: 0.92em; margin: 6px 0 0; max-width: 46em; }
+table { border-collapse: collapse; margin: 8px 0; }
+th, td { padding: 5px 12px; border-bottom: 1px solid #e1e4e8; text-align: left;
+  vertical-align: top; }
+th { background: #f6f8fa; font-weight: 600; font-size: 0.92em; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.desc { color: #59636e; font-size: 0.92em; }
+tr.total td { font-weight: 600; }
+.met { color: #1a7f37; font-weight: 600; }
+.notmet { color: #cf222e; font-weight: 600; }
+pre { background: #f6f8fa; border: 1px solid #e1e4e8; border-radius: 6px; padding: 10px 12px;
+  font-size: 0.85em; overflow-x: auto; }
+figure { margin: 20px 0 28px; }
+figure img { max-width: 100%; height: auto; border: 1px solid #e1e4e8; }
+figcaption { color: #59636e; font-size: 0.92em; margin-top: 6px; max-width: 46em; }
+code { font-size: 0.9em; }
+"""
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise SCLError(
+            f"cannot write the report: {path} is missing; expected a run folder written by an "
+            "scl command (config.json, metrics.json, figures/)"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise SCLError(
+            f"cannot write the report: {path} is not valid JSON ({err.msg} at line {err.lineno}, "
+            f"column {err.colno})"
+        ) from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise SCLError(f"cannot write the report: {path} cannot be read ({err})") from err
+    if not isinstance(data, dict):
+        raise SCLError(
+            f"cannot write the report: {path} must hold a JSON object, but got "
+            f"{type(data).__name__}"
+        )
+    return data
+
+
+# --------------------------------------------------------------------------------------------
+# formatting
+
+
+def _e(value: Any) -> str:
+    """HTML-escape any value (quotes too, so it is safe inside attributes)."""
+    return html.escape(str(value), quote=True)
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float, or ``None`` when it is absent, boolean or not a number."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
+
+
+def _fmt(value: Any, kind: str = "float") -> str:
+    """Format a metric for display (already escaped). ``kind``: float, pct, db, pp, signed."""
+    number = _number(value)
+    if number is None:
+        if value is None:
+            return DASH
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if isinstance(value, str):
+            return _e(value) if value else DASH
+        return _e(json.dumps(value, ensure_ascii=False, default=str))
+    if math.isnan(number):
+        return DASH
+    if math.isinf(number):
+        return "∞" if number > 0 else "−∞"
+    if kind == "pct":
+        return f"{100 * number:.1f}%"
+    if kind == "db":
+        return f"{number:.1f} dB"
+    if kind == "pp":  # difference of two fractions, in percentage points
+        return f"{100 * number:+.1f} pp".replace("-", "−")
+    if kind == "signed_db":
+        return f"{number:+.1f} dB".replace("-", "−")
+    if kind == "signed":
+        return f"{number:+.3f}".replace("-", "−")
+    if kind == "int" or (isinstance(value, int) and kind == "auto"):
+        return f"{int(number)}"
+    if kind == "auto" and abs(number) >= 1000:
+        return f"{number:,.0f}"
+    return f"{number:.3f}"
+
+
+def _seconds(value: Any) -> str:
+    number = _number(value)
+    if number is None or not math.isfinite(number):
+        return _fmt(value)
+    if number < 60:
+        return f"{number:.1f} s"
+    minutes, secs = divmod(int(round(number)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _table(
+    header: Sequence[tuple[str, bool]],
+    rows: Iterable[Sequence[tuple[str, str]]],
+    *,
+    last_row_class: str = "",
+) -> str:
+    """An HTML table. ``header``: (escaped text, numeric?); ``rows``: (escaped html, css class)."""
+    head = "".join(f'<th class="num">{h}</th>' if num else f"<th>{h}</th>" for h, num in header)
+    body = []
+    for row in rows:
+        cells = "".join(f'<td class="{cls}">{text}</td>' if cls else f"<td>{text}</td>"
+                        for text, cls in row)
+        body.append(f"<tr>{cells}</tr>")
+    if body and last_row_class:
+        body[-1] = f'<tr class="{last_row_class}">' + body[-1][len("<tr>"):]
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _label(key: str) -> str:
+    return _e(key.replace("_", " "))
+
+
+# --------------------------------------------------------------------------------------------
+# sections
+
+
+def _accuracy_section(metrics: Mapping[str, Any]) -> str:
+    accuracy = metrics.get("accuracy")
+    mean8 = metrics.get("accuracy_mean8")
+    if not isinstance(accuracy, Mapping):
+        accuracy = {}
+    if not isinstance(mean8, Mapping):
+        mean8 = None
+    keys = [k for k in _ACCURACY_ORDER if k in accuracy or (mean8 and k in mean8)]
+    keys += [k for k in accuracy if k not in keys]
+    if mean8:
+        keys += [k for k in mean8 if k not in keys]
+    if not keys:
+        return "<h2>Accuracy</h2><p>No accuracy was recorded.</p>"
+    header = [("Mode", False), ("Test accuracy", True)]
+    if mean8:
+        header.append(("Mean of 8 samples", True))
+    header.append(("What it measures", False))
+    rows = []
+    for key in keys:
+        row = [(_e(key), ""), (_fmt(accuracy.get(key), "pct"), "num")]
+        if mean8:
+            row.append((_fmt(mean8.get(key), "pct"), "num"))
+        row.append((_e(_ACCURACY_MEANING.get(key, "")), "desc"))
+        rows.append(row)
+    note = ""
+    if mean8:
+        note = (
+            '<p class="note">“Mean of 8 samples”: the prediction averages the task network\'s '
+            "outputs over 8 independent noise draws per test image.</p>"
+        )
+    return "<h2>Accuracy</h2>" + _table(header, rows) + note
+
+
+# (label, measured key, floor keys, ceiling keys, format, direction note)
+_PRIVACY_ROWS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...], str, str], ...] = (
+    ("Decoder inversion, SSIM", "decoder_ssim", ("decoder_ssim_label_floor",),
+     ("decoder_ssim_clean",), "float", "lower is more private"),
+    ("Decoder inversion, PSNR", "decoder_psnr", ("decoder_psnr_label_floor",),
+     ("decoder_psnr_clean",), "db", "lower is more private"),
+    ("Decoder inversion, SSIM of 8 noisy copies averaged", "decoder_ssim_avg8",
+     ("decoder_ssim_avg8_label_floor", "decoder_ssim_label_floor"),
+     ("decoder_ssim_avg8_clean", "decoder_ssim_clean"), "float", "lower is more private"),
+    ("White-box inversion, SSIM", "whitebox_ssim",
+     ("whitebox_ssim_label_floor", "decoder_ssim_label_floor"),
+     ("whitebox_ssim_clean", "decoder_ssim_clean"), "float", "lower is more private"),
+    ("Attribute inference, accuracy", "attribute_accuracy",
+     ("attribute_chance", "attribute_label_floor"), ("attribute_clean",), "pct",
+     "lower is more private"),
+    ("Distance correlation dCor(input, obfuscated)", "dcor", ("dcor_label_floor",),
+     ("dcor_clean",), "float", "0 = independent, 1 = fully dependent"),
+)
+
+
+def _first(mapping: Mapping[str, Any], keys: Sequence[str]) -> Any:
+    for key in keys:
+        if mapping.get(key) is not None:
+            return mapping[key]
+    return None
+
+
+def _privacy_section(metrics: Mapping[str, Any]) -> str:
+    privacy = metrics.get("privacy")
+    if not isinstance(privacy, Mapping) or not privacy:
+        return "<h2>Privacy</h2><p>No privacy attack was recorded.</p>"
+    used: set[str] = set()
+    rows = []
+    for label, key, floor_keys, ceiling_keys, kind, direction in _PRIVACY_ROWS:
+        used.update((key, *floor_keys, *ceiling_keys))
+        value = privacy.get(key)
+        floor = _first(privacy, floor_keys)
+        ceiling = _first(privacy, ceiling_keys)
+        if value is None and floor is None and ceiling is None:
+            continue
+        gap = DASH
+        v, f = _number(value), _number(floor)
+        if v is not None and f is not None and math.isfinite(v) and math.isfinite(f):
+            gap = _fmt(v - f, {"pct": "pp", "db": "signed_db"}.get(kind, "signed"))
+        rows.append([
+            (_e(label), ""),
+            (_fmt(value, kind), "num"),
+            (_fmt(floor, kind), "num"),
+            (_fmt(ceiling, kind), "num"),
+            (gap, "num"),
+            (_e(direction), "desc"),
+        ])
+    extra = [k for k in privacy if k not in used]
+    for key in extra:
+        rows.append([(_label(key), ""), (_fmt(privacy[key]), "num"), (DASH, "num"),
+                     (DASH, "num"), (DASH, "num"), ("", "desc")])
+    header = [("Attack / measure", False), ("Measured", True),
+              ("Floor (label only / chance)", True), ("Ceiling (clean input)", True),
+              ("Above floor", True), ("Reading", False)]
+    return (
+        "<h2>Privacy</h2>"
+        + _table(header, rows)
+        + f'<p class="note">{_EXPLANATION}</p>'
+    )
+
+
+def _targets_section(metrics: Mapping[str, Any]) -> str:
+    targets = metrics.get("targets")
+    if not isinstance(targets, Sequence) or isinstance(targets, (str, bytes)) or not targets:
+        return ""
+    rows = []
+    met_count = 0
+    for item in targets:
+        if not isinstance(item, Mapping):
+            continue
+        met = item.get("met")
+        if met is True:
+            mark = '<span class="met">✓ met</span>'
+            met_count += 1
+        elif met is False:
+            mark = '<span class="notmet">✗ not met</span>'
+        else:
+            mark = DASH
+        rows.append([
+            (_e(item.get("name", DASH)), ""),
+            (_fmt(item.get("value"), "auto"), "num"),
+            (_fmt(item.get("target"), "auto"), "num"),
+            (mark, ""),
+        ])
+    if not rows:
+        return ""
+    header = [("Target", False), ("Value", True), ("Goal", True), ("Result", False)]
+    summary = f'<p class="note">{met_count} of {len(rows)} targets met.</p>'
+    return "<h2>Targets</h2>" + _table(header, rows) + summary
+
+
+def _time_section(metrics: Mapping[str, Any]) -> str:
+    seconds = metrics.get("seconds")
+    if isinstance(seconds, (int, float)) and not isinstance(seconds, bool):
+        seconds = {"total": seconds}
+    if not isinstance(seconds, Mapping) or not seconds:
+        return ""
+    rows = [[(_label(k), ""), (_seconds(v), "num")] for k, v in seconds.items()]
+    numbers = [_number(v) for v in seconds.values()]
+    with_total = "total" not in seconds and len(seconds) > 1 and None not in numbers
+    if with_total:
+        rows.append([("total", ""), (_seconds(sum(n or 0.0 for n in numbers)), "num")])
+    table = _table([("Step", False), ("Wall time", True)], rows,
+                   last_row_class="total" if with_total else "")
+    return "<h2>Time</h2>" + table
+
+
+def _detection_section(metrics: Mapping[str, Any]) -> str:
+    maps = {k: metrics.get(k) for k in ("map", "map50", "map75") if k in metrics}
+    if not maps:
+        return ""
+    titles = {"map": "mAP@[.5:.95]", "map50": "mAP@.5", "map75": "mAP@.75"}
+    as_dicts = {k: (v if isinstance(v, Mapping) else {"value": v}) for k, v in maps.items()}
+    modes: list[str] = []
+    for key in _ACCURACY_ORDER:
+        if any(key in d for d in as_dicts.values()):
+            modes.append(key)
+    for d in as_dicts.values():
+        modes += [m for m in d if m not in modes]
+    header = [("Mode", False)] + [(_e(titles[k]), True) for k in as_dicts]
+    rows = [[(_e(m), "")] + [(_fmt(d.get(m)), "num") for d in as_dicts.values()] for m in modes]
+    return "<h2>Detection</h2>" + _table(header, rows)
+
+
+def _federated_section(metrics: Mapping[str, Any]) -> str:
+    if "engine" not in metrics and "stages" not in metrics:
+        return ""
+    parts = ["<h2>Federated learning</h2>"]
+    if "engine" in metrics:
+        parts.append(f"<p>Engine: <strong>{_fmt(metrics.get('engine'))}</strong></p>")
+    stages = metrics.get("stages")
+    if isinstance(stages, Sequence) and not isinstance(stages, (str, bytes)):
+        dict_stages = [s for s in stages if isinstance(s, Mapping)]
+        columns: list[str] = []
+        for stage in dict_stages:
+            columns += [k for k in stage if k not in columns]
+        if dict_stages and columns:
+            def kind(column: str) -> str:
+                return "pct" if "acc" in column.lower() else "auto"
+
+            header = [(_label(c).capitalize(), c not in ("name", "stage", "engine"))
+                      for c in columns]
+            rows = []
+            for stage in dict_stages:
+                row = []
+                for c in columns:
+                    value = stage.get(c)
+                    row.append((_fmt(value, kind(c)), "num" if _number(value) is not None else ""))
+                rows.append(row)
+            parts.append(_table(header, rows))
+    return "".join(parts)
+
+
+_SHOWN_KEYS = {"dataset", "num_classes", "accuracy", "accuracy_mean8", "privacy", "targets",
+               "seconds", "map", "map50", "map75", "engine", "stages", "date"}
+
+
+def _flatten(prefix: str, value: Any, out: list[tuple[str, Any]]) -> None:
+    if isinstance(value, Mapping) and value:
+        for key, item in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), item, out)
+    else:
+        out.append((prefix, value))
+
+
+def _other_section(metrics: Mapping[str, Any]) -> str:
+    flat: list[tuple[str, Any]] = []
+    for key, value in metrics.items():
+        if key not in _SHOWN_KEYS:
+            _flatten(str(key), value, flat)
+    if not flat:
+        return ""
+    rows = [[(_e(k), ""), (_fmt(v, "auto"), "num")] for k, v in flat[:300]]
+    more = f'<p class="note">… and {len(flat) - 300} more in metrics.json.</p>' \
+        if len(flat) > 300 else ""
+    return "<h2>Other measurements</h2>" + _table([("Key", False), ("Value", True)], rows) + more
+
+
+def _caption(stem: str, captions: Mapping[str, str]) -> str:
+    """The caption for a figure: exact stem, else the longest key the stem starts with, else ""."""
+    if stem in captions:
+        return captions[stem]
+    prefixes = [k for k in captions if stem.startswith(k + "_") or stem.startswith(k + "-")]
+    return captions[max(prefixes, key=len)] if prefixes else ""
+
+
+_FIGURE_ORDER = ("samples", "images", "reconstructions", "training_curves", "curves",
+                 "selection_maps", "selection", "tradeoff", "tradeoff_curve",
+                 "accuracy_vs_share", "detections", "boxes")
+
+
+def _figures_section(run_dir: Path, captions: Mapping[str, str]) -> str:
+    folder = run_dir / "figures"
+    if not folder.is_dir():
+        return ""
+    files = [p for p in folder.glob("*.png") if p.is_file() and not p.name.startswith(".")]
+    if not files:
+        return ""
+    rank = {stem: i for i, stem in enumerate(_FIGURE_ORDER)}
+    files.sort(key=lambda p: (rank.get(p.stem, len(rank)), p.name))
+    parts = ["<h2>Figures</h2>"]
+    for file in files:
+        caption = _e(_caption(file.stem, captions))
+        name = _e(file.stem.replace("_", " "))
+        src = _e("figures/" + quote(file.name))
+        text = f"<strong>{name}</strong>: {caption}" if caption else f"<strong>{name}</strong>"
+        parts.append(
+            f'<figure><img src="{src}" alt="{caption or name}">'
+            f"<figcaption>{text}</figcaption></figure>"
+        )
+    return "".join(parts)
+
+
+def _files_section(run_dir: Path) -> str:
+    entries = []
+    for relative in ["config.json", "metrics.json", "log.txt"]:
+        if (run_dir / relative).is_file():
+            entries.append(relative)
+    checkpoints = run_dir / "checkpoints"
+    if checkpoints.is_dir():
+        entries += [f"checkpoints/{p.name}" for p in sorted(checkpoints.glob("*.safetensors"))]
+    if not entries:
+        return ""
+    items = []
+    for relative in entries:
+        size = (run_dir / relative).stat().st_size
+        if size >= 1e6:
+            human = f"{size / 1e6:.1f} MB"
+        elif size >= 1e3:
+            human = f"{size / 1e3:.1f} kB"
+        else:
+            human = f"{size} B"
+        items.append(f'<li><a href="{_e(quote(relative))}"><code>{_e(relative)}</code></a> '
+                     f"({human})</li>")
+    return "<h2>Files</h2><ul>" + "".join(items) + "</ul>"
+
+
+def _date(run_dir: Path, metrics: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    for source in (metrics, config):
+        for key in ("date", "created", "started"):
+            if isinstance(source.get(key), str) and source[key]:
+                return source[key]
+    stamp = (run_dir / "metrics.json").stat().st_mtime
+    return _dt.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M")
+
+
+# --------------------------------------------------------------------------------------------
+# public
+
+
+def write_report(
+    run_dir: str | os.PathLike[str], *, captions: Mapping[str, str] | None = None
+) -> Path:
+    """Write ``run_dir/report.html`` from ``config.json``, ``metrics.json`` and ``figures/*.png``.
+
+    Args:
+        run_dir: a run folder written by an scl command.
+        captions: figure captions keyed by file stem, on top of :data:`CAPTIONS`.
+
+    Returns:
+        The path of ``report.html``.
+
+    Raises:
+        SCLError: ``config.json`` or ``metrics.json`` is missing, not JSON or not an object.
+
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise SCLError(f"cannot write the report: run folder {run_dir} does not exist")
+    config = _read_json(run_dir / "config.json")
+    metrics = _read_json(run_dir / "metrics.json")
+    all_captions = {**CAPTIONS, **(captions or {})}
+
+    dataset = metrics.get("dataset", config.get("dataset"))
+    dataset_text = str(dataset) if dataset not in (None, "") else "unknown data set"
+    date = _date(run_dir, metrics, config)
+    meta = [f"Data set: <strong>{_e(dataset_text)}</strong>"]
+    if _number(metrics.get("num_classes")) is not None:
+        meta.append(f"{_fmt(metrics['num_classes'], 'int')} classes")
+    meta.append(f"run {_e(date)}")
+    meta.append(f"folder <code>{_e(run_dir.resolve().name)}</code>")
+
+    config_text = json.dumps(config, indent=2, ensure_ascii=False, default=str)
+    body = [
+        f"<h1>scl run report: {_e(dataset_text)}</h1>",
+        f'<p class="meta">{" · ".join(meta)}</p>',
+        _accuracy_section(metrics),
+        _privacy_section(metrics),
+        _targets_section(metrics),
+        _detection_section(metrics),
+        _federated_section(metrics),
+        _time_section(metrics),
+        _other_section(metrics),
+        _figures_section(run_dir, all_captions),
+        "<h2>Configuration</h2>",
+        f"<pre>{_e(config_text)}</pre>",
+        _files_section(run_dir),
+    ]
+    page = (
+        "<!DOCTYPE html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>scl report: {_e(dataset_text)} ({_e(date)})</title>\n"
+        f"<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
+        + "\n".join(part for part in body if part)
+        + "\n</main>\n</body>\n</html>\n"
+    )
+    path = run_dir / "report.html"
+    with atomic_write(path, "wb") as handle:
+        handle.write(page.encode("utf-8"))
+    return path

@@ -1,0 +1,277 @@
+"""Figures (scl.figures) and the HTML report (scl.report)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from scl import figures
+from scl.errors import SCLError, ShapeError
+from scl.io import write_json
+from scl.report import write_report
+
+
+def _assert_png(path: Path) -> None:
+    assert path.is_file()
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        width, height = image.size
+    assert width > 0 and height > 0
+
+
+def _no_temporary_files(folder: Path) -> None:
+    leftovers = [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+@pytest.fixture(scope="module")
+def gen() -> torch.Generator:
+    return torch.Generator().manual_seed(0)
+
+
+# --------------------------------------------------------------------------------------------
+# figures
+
+
+def test_image_grid_handles_grey_rgb_and_activations(tmp_path: Path, gen: torch.Generator) -> None:
+    rows = {
+        "clean": torch.rand(10, 1, 12, 12, generator=gen),
+        "hard": torch.randn(10, 1, 12, 12, generator=gen),  # out of range: clipped
+        "rgb": torch.rand(3, 3, 12, 12, generator=gen),  # fewer images than columns
+        "activation": torch.randn(4, 16, 6, 6, generator=gen),  # k channels: mean, normalised
+        "plain": torch.rand(2, 12, 12, generator=gen),  # Tensor[N, H, W]
+    }
+
+    out = figures.image_grid(rows, tmp_path / "figures" / "samples.png", max_images=8, title="t")
+
+    assert out == tmp_path / "figures" / "samples.png"
+    _assert_png(out)
+    _no_temporary_files(tmp_path)
+
+
+def test_image_grid_rejects_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(SCLError, match="at least one row"):
+        figures.image_grid({}, tmp_path / "a.png")
+    with pytest.raises(ShapeError, match=r"Tensor\[N, C, H, W\]"):
+        figures.image_grid({"x": torch.rand(4, 4)}, tmp_path / "a.png")
+    assert not (tmp_path / "a.png").exists()
+
+
+def test_training_curves(tmp_path: Path) -> None:
+    history = {
+        "base": {"loss": [2.0, 1.0, 0.5], "accuracy": [0.5, 0.8, 0.9]},
+        "stage1": {"loss": [1.0, 0.7], "kl": [0.1, 0.2]},
+        "stage2": {"accuracy": [0.9]},
+        "empty": {"loss": []},
+    }
+
+    _assert_png(figures.training_curves(history, tmp_path / "curves.png"))
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(4, 1, 6, 6), (4, 3, 6, 6), (4, 6, 6), (4, 8), (4, 8, 1, 1), (4,), (4, 1), (4, 1, 1, 1)],
+)
+def test_selection_maps_shapes(tmp_path: Path, gen: torch.Generator, shape: tuple) -> None:
+    values = torch.rand(shape, generator=gen)
+
+    out = figures.selection_maps(values, tmp_path / "maps.png", class_names=list("abcd"))
+
+    _assert_png(out)
+
+
+def test_selection_maps_checks_class_names(tmp_path: Path) -> None:
+    with pytest.raises(SCLError, match="one name per class"):
+        figures.selection_maps(torch.rand(3, 4, 4), tmp_path / "m.png", class_names=["a"])
+
+
+def test_tradeoff_curve_and_share(tmp_path: Path) -> None:
+    points = [
+        {"lam": lam, "accuracy": 0.95 - 0.1 * lam, "decoder_ssim": 0.6 - 0.4 * lam,
+         "decoder_ssim_label_floor": 0.18, "clean_accuracy": 0.97}
+        for lam in (0.0, 0.5, 1.0)
+    ]
+    points.append({"lam": 2.0, "accuracy": None, "decoder_ssim": 0.1})  # skipped, no crash
+
+    _assert_png(figures.tradeoff_curve(points, tmp_path / "tradeoff.png"))
+    _assert_png(figures.tradeoff_curve(points[:1], tmp_path / "one.png"))
+    with pytest.raises(SCLError, match="lacks decoder_ssim"):
+        figures.tradeoff_curve([{"lam": 0.0, "accuracy": 0.9}], tmp_path / "bad.png")
+
+    series = {"scl": [(0.0, 0.9), (1.0, 0.97), (0.5, 0.95)], "plain": [(0.0, 0.1), (1.0, 0.97)]}
+    _assert_png(figures.accuracy_vs_share(series, tmp_path / "share.png"))
+
+
+def test_boxes_overlay(tmp_path: Path, gen: torch.Generator) -> None:
+    images = torch.rand(2, 3, 32, 32, generator=gen)
+    boxes = [torch.tensor([[2.0, 2.0, 20.0, 20.0], [10.0, 5.0, 30.0, 31.0]]), torch.zeros(0, 4)]
+    labels = [torch.tensor([0, 1]), torch.zeros(0, dtype=torch.long)]
+    scores = [torch.tensor([0.9, 0.4]), torch.zeros(0)]
+
+    out = figures.boxes_overlay(images, boxes, labels, tmp_path / "det.png", scores=scores,
+                                class_names=["person", "car"], title="detections")
+
+    _assert_png(out)
+    with pytest.raises(SCLError, match="one entry per image"):
+        figures.boxes_overlay(images, boxes[:1], labels, tmp_path / "bad.png")
+
+
+# --------------------------------------------------------------------------------------------
+# report
+
+METRICS = {
+    "dataset": "digits <script>alert(1)</script>",
+    "num_classes": 10,
+    "accuracy": {"clean": 0.9734, "hard": 0.9612, "soft": 0.9481, "gated": 0.9507},
+    "accuracy_mean8": {"hard": 0.968, "soft": 0.955},
+    "privacy": {
+        "decoder_ssim": 0.2134, "decoder_ssim_label_floor": 0.1842, "decoder_ssim_clean": 0.9121,
+        "decoder_psnr": 11.24, "decoder_psnr_label_floor": 10.81, "decoder_psnr_clean": 24.3,
+        "decoder_ssim_avg8": 0.2361, "whitebox_ssim": 0.1513,
+        "attribute_accuracy": 0.27, "attribute_chance": 0.25, "attribute_clean": 0.81,
+        "dcor": 0.3101, "extra_attack": 0.5,
+    },
+    "targets": [
+        {"name": "hard accuracy", "value": 0.9612, "target": 0.95, "met": True},
+        {"name": "soft <b>accuracy</b>", "value": 0.9481, "target": 0.955, "met": False},
+    ],
+    "seconds": {"base": 3.1, "stage1": 9.8, "stage2": 4.0, "attacks": 80.5},
+}
+CONFIG = {"command": "demo", "dataset": "digits", "seed": 0, "note": "</pre><script>x()</script>"}
+
+
+def _run_folder(root: Path, metrics: dict | None = None, config: dict | None = None) -> Path:
+    run = root / "run"
+    write_json(run / "config.json", CONFIG if config is None else config)
+    write_json(run / "metrics.json", METRICS if metrics is None else metrics)
+    (run / "figures").mkdir()
+    for name in ("selection_maps.png", "my figure.png"):  # the report only links figures
+        Image.new("RGB", (8, 8), "white").save(run / "figures" / name)
+    (run / "log.txt").write_text("log\n")
+    return run
+
+
+def test_report_contains_numbers_floors_figures_and_escapes(tmp_path: Path) -> None:
+    run = _run_folder(tmp_path)
+
+    out = write_report(run)
+
+    assert out == run / "report.html"
+    text = out.read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>")
+    # accuracy (percent, 1 decimal) and the mean-of-8 column
+    for number in ("97.3%", "96.1%", "94.8%", "95.1%", "96.8%", "95.5%"):
+        assert number in text
+    assert "Mean of 8 samples" in text
+    # each attack beside its floor and ceiling
+    for number in ("0.213", "0.184", "0.912", "11.2 dB", "10.8 dB", "24.3 dB", "0.236",
+                   "0.151", "27.0%", "25.0%", "81.0%", "0.310", "+0.029"):
+        assert number in text, number
+    assert "label-only floor" in text
+    assert "extra attack" in text  # unknown privacy keys are still shown
+    # targets, time, config
+    assert "✓ met" in text and "✗ not met" in text
+    assert "1 min 20 s" in text and "total" in text
+    assert "&quot;seed&quot;: 0" in text
+    # figures by relative path (URL-quoted), with captions
+    assert '<img src="figures/selection_maps.png"' in text
+    assert '<img src="figures/my%20figure.png"' in text
+    assert "Learned selection tensors" in text
+    # every string from the files is escaped; no script, no external resources
+    assert "<script" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "soft &lt;b&gt;accuracy&lt;/b&gt;" in text
+    assert "</pre><script>" not in text
+    assert "http://" not in text and "https://" not in text
+    _no_temporary_files(run)
+
+
+def test_report_tolerates_missing_optional_keys(tmp_path: Path) -> None:
+    metrics = {
+        "dataset": "digits",
+        "accuracy": {"clean": 0.97, "hard": None},
+        "privacy": {"decoder_ssim": 0.2},  # no floor, no ceiling
+    }
+    run = _run_folder(tmp_path, metrics=metrics, config={})
+
+    text = write_report(run).read_text(encoding="utf-8")
+
+    assert "97.0%" in text and "0.200" in text
+    assert "—" in text
+    assert "Targets" not in text and "mean of 8" not in text.lower()
+
+    write_json(run / "metrics.json", {})
+    text = write_report(run).read_text(encoding="utf-8")
+    assert "No accuracy was recorded" in text and "No privacy attack was recorded" in text
+
+
+def test_report_detection_and_federated_sections(tmp_path: Path) -> None:
+    metrics = {
+        "dataset": "shapes",
+        "map": {"clean": 0.61, "hard": 0.58},
+        "map50": {"clean": 0.88, "hard": 0.85, "soft": 0.8},
+        "engine": "simulation",
+        "stages": [{"name": "p=0.0", "accuracy": 0.91, "rounds": 3},
+                   {"name": "p=1.0", "accuracy": 0.97, "rounds": 3, "clients": 4}],
+        "date": "2025-01-02 03:04",
+    }
+    run = _run_folder(tmp_path, metrics=metrics)
+
+    text = write_report(run).read_text(encoding="utf-8")
+
+    assert "Detection" in text and "0.610" in text and "0.850" in text
+    assert "Federated learning" in text and "simulation" in text
+    assert "91.0%" in text and "p=1.0" in text
+    assert "2025-01-02 03:04" in text
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, r"metrics\.json is missing"),
+        ("{not json", r"metrics\.json is not valid JSON"),
+        ("[1, 2]", r"metrics\.json must hold a JSON object"),
+    ],
+)
+def test_report_rejects_missing_or_invalid_metrics(
+    tmp_path: Path, content: str | None, message: str
+) -> None:
+    run = _run_folder(tmp_path)
+    path = run / "metrics.json"
+    if content is None:
+        path.unlink()
+    else:
+        path.write_text(content)
+
+    with pytest.raises(SCLError, match=message):
+        write_report(run)
+    assert not (run / "report.html").exists()
+    _no_temporary_files(run)
+
+
+def test_report_rejects_missing_folder_and_config(tmp_path: Path) -> None:
+    with pytest.raises(SCLError, match="does not exist"):
+        write_report(tmp_path / "nowhere")
+    run = _run_folder(tmp_path)
+    (run / "config.json").unlink()
+    with pytest.raises(SCLError, match=r"config\.json is missing"):
+        write_report(run)
+
+
+def test_report_is_rewritten_atomically(tmp_path: Path) -> None:
+    run = _run_folder(tmp_path)
+    write_report(run)
+    first = (run / "report.html").read_bytes()
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["accuracy"]["clean"] = 0.5
+    write_json(run / "metrics.json", metrics)
+
+    write_report(run)
+
+    assert (run / "report.html").read_bytes() != first
+    assert "50.0%" in (run / "report.html").read_text(encoding="utf-8")
+    _no_temporary_files(run)
