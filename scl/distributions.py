@@ -160,7 +160,9 @@ class _LocationScale(NoiseDistribution):
         return [0.0, target + math.log(-math.expm1(-target))]  # softplus^-1(target)
 
     def scale(self, raw: Tensor) -> Tensor:
-        return F.softplus(raw) + self.min_scale
+        if torch.is_grad_enabled() and raw.requires_grad:
+            return F.softplus(raw) + self.min_scale
+        return F.softplus(raw).add_(self.min_scale)
 
     def config(self) -> dict[str, Any]:
         return {"min_scale": self.min_scale, "init_scale": self.init_scale}
@@ -181,7 +183,9 @@ class Gaussian(_LocationScale):
     ) -> Tensor:
         loc, scale = dist.loc, dist.scale  # type: ignore[attr-defined]
         eps = torch.randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
-        return loc + scale * eps
+        if torch.is_grad_enabled() and (loc.requires_grad or scale.requires_grad):
+            return torch.addcmul(loc, scale, eps)
+        return eps.mul_(scale).add_(loc)  # inference: no new buffers
 
 
 @register

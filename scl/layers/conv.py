@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -84,10 +85,31 @@ class StochasticConditionalConv2d(ClassLinearMap):
         return self._conv(x, weight, bias)
 
     def _op_per_sample(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        # One grouped convolution: sample b is group b with its own kernels (groups=B).
+        # Sample b with its own kernels as one batched matmul over im2col patches. (A grouped
+        # convolution with groups=B is as fast forward, but its backward is >10x slower on CPU.)
         b = x.shape[0]
-        y = self._conv(x.reshape(1, b * self.in_channels, *x.shape[2:]), weight.flatten(0, 1), None, b)
-        return y.reshape(b, -1, *y.shape[2:]) + bias[:, :, None, None]
+        left, right, top, bottom = self._explicit_padding(x.shape[2:])
+        if left or right or top or bottom:
+            x = F.pad(x, (left, right, top, bottom))
+        patches = F.unfold(x, self.kernel_size, dilation=self.dilation, stride=self.stride)
+        y = torch.baddbmm(bias.unsqueeze(-1), weight.flatten(2), patches)
+        return y.reshape(b, weight.shape[1], *self._out_spatial_padded(x.shape[2:]))
+
+    def _explicit_padding(self, spatial: tuple[int, ...]) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) zero padding equivalent to ``self.padding``."""
+        if self.padding == "valid":
+            return (0, 0, 0, 0)
+        if self.padding == "same":  # as F.conv2d: the extra pixel of an even kernel goes last
+            (th, tw) = (d * (k - 1) for d, k in zip(self.dilation, self.kernel_size))
+            return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
+        ph, pw = self.padding  # type: ignore[misc]
+        return (pw, pw, ph, ph)
+
+    def _out_spatial_padded(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(
+            (size - d * (k - 1) - 1) // s + 1
+            for size, d, k, s in zip(spatial, self.dilation, self.kernel_size, self.stride)
+        )
 
     def _out_spatial(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
         if self.padding == "same":

@@ -1,0 +1,145 @@
+"""Speed benchmarks: ratios measured side by side in one run (``make bench`` / ``scl bench``).
+
+Absolute times drift on shared machines; ratios of cases timed in interleaved repetitions do not
+drift much, so every target is a ratio against a plain layer timed in the same loop.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scl.layers import StochasticConditionalConv2d
+from scl.selection import ClassIndex, SoftSelection
+
+
+@dataclass
+class Case:
+    name: str
+    run: Callable[[], object]
+    baseline: str
+    must: float | None = None
+    goal: float | None = None
+
+
+def _fwd_bwd(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+    def run() -> None:
+        fn().sum().backward()
+
+    return run
+
+
+def layer_cases(batch: int = 64, size: int = 32) -> list[Case]:
+    """The layer benchmarks of the core issue: conv 3->16 (gaussian: 32 maps), k=3."""
+    torch.manual_seed(0)
+    x = torch.rand(batch, 3, size, size)
+    plain = nn.Conv2d(3, 32, 3, padding=1)
+    cases = [
+        Case("plain nn.Conv2d 3->32 fwd+bwd", _fwd_bwd(lambda: plain(x)), ""),
+    ]
+    with torch.no_grad():
+        cases.append(Case("plain nn.Conv2d 3->32 inference", lambda: plain(x), ""))
+    base_train, base_infer = cases[0].name, cases[1].name
+    for classes in (10, 100):
+        layer = StochasticConditionalConv2d(3, 16, 3, classes, padding=1)
+        labels = torch.randint(0, classes, (batch,))
+        hard = ClassIndex(labels, classes)
+        onehot = F.one_hot(labels, classes).float()
+
+        def naive(layer: StochasticConditionalConv2d = layer, onehot: torch.Tensor = onehot) -> torch.Tensor:
+            out = 0
+            for c in range(layer.num_classes):  # the loop scl avoids
+                pi = onehot[:, c, None, None, None]
+                out = out + F.conv2d(x * pi, layer.weight[c], padding=1) + layer.bias[c, :, None, None] * pi
+            return out
+
+        cases.append(
+            Case(f"C={classes} hard selection fwd+bwd", _fwd_bwd(lambda l=layer, h=hard: l(x, h)), base_train, 2.0, 1.3)
+        )
+        cases.append(Case(f"C={classes} naive per-class loop fwd+bwd", _fwd_bwd(naive), base_train))
+        soft = SoftSelection(classes, (3, 1, 1))
+        layer_eval = StochasticConditionalConv2d(3, 16, 3, classes, padding=1).eval()
+
+        def soft_infer(l: StochasticConditionalConv2d = layer_eval, s: SoftSelection = soft) -> torch.Tensor:
+            with torch.no_grad():
+                return l(x, s())
+
+        cases.append(Case(f"C={classes} soft inference (cached kernels)", soft_infer, base_infer, 1.5))
+        if classes == 10:
+            gate = torch.softmax(torch.randn(batch, classes), -1)
+            cases.append(
+                Case(
+                    f"C={classes} gated per-sample fwd+bwd",
+                    _fwd_bwd(lambda l=layer, g=gate: l(x, g)),
+                    base_train,
+                    3.0,
+                )
+            )
+    return cases
+
+
+def measure(cases: list[Case], repeats: int = 30, warmup: int = 3) -> dict[str, list[float]]:
+    """Interleaved timings: each repetition runs every case once, in the same order."""
+    times: dict[str, list[float]] = {c.name: [] for c in cases}
+    for rep in range(warmup + repeats):
+        for case in cases:
+            start = time.perf_counter()
+            case.run()
+            elapsed = time.perf_counter() - start
+            if rep >= warmup:
+                times[case.name].append(elapsed)
+    return times
+
+
+def ratios(cases: list[Case], times: dict[str, list[float]]) -> list[dict[str, object]]:
+    """Median of the per-repetition ratios against each case's baseline."""
+    rows = []
+    for case in cases:
+        median_ms = statistics.median(times[case.name]) * 1e3
+        ratio = None
+        if case.baseline:
+            pairs = zip(times[case.name], times[case.baseline])
+            ratio = statistics.median(a / b for a, b in pairs)
+        met = None if ratio is None or case.must is None else ratio <= case.must
+        rows.append(
+            {"case": case.name, "ms": median_ms, "ratio": ratio, "must": case.must, "goal": case.goal, "met": met}
+        )
+    return rows
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}; {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} "
+        f"threads; Python {platform.python_version()}; {platform.system()} {platform.release()}"
+    )
+
+
+def table(rows: list[dict[str, object]]) -> str:
+    lines = [
+        "| case | median ms | ratio | must | goal | met |",
+        "|---|---:|---:|---:|---:|:---:|",
+    ]
+    for r in rows:
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+        must = "" if r["must"] is None else f"<= {r['must']}x"
+        goal = "" if r["goal"] is None else f"<= {r['goal']}x"
+        met = "" if r["met"] is None else ("yes" if r["met"] else "NO")
+        lines.append(f"| {r['case']} | {r['ms']:.2f} | {ratio} | {must} | {goal} | {met} |")
+    return "\n".join(lines)
