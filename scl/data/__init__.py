@@ -21,10 +21,10 @@ import torch
 from torch import Tensor
 
 from scl.data.digits import load_digits
-from scl.data.user import load_user_data
+from scl.data.user import load_images, load_user_data
 from scl.errors import DataError
 
-__all__ = ["DEFAULT_FRACTIONS", "Dataset", "load_digits", "load_user_data", "split"]
+__all__ = ["DEFAULT_FRACTIONS", "Dataset", "load_digits", "load_images", "load_user_data", "split"]
 
 #: Default partition of a data set: the task network, the obfuscator (stages 1-2), the
 #: attacker's own training data, and the held-out test set.

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from scl.data import Dataset
 
-__all__ = ["IMAGE_SUFFIXES", "load_user_data"]
+__all__ = ["IMAGE_SUFFIXES", "load_images", "load_user_data"]
 
 #: Image file suffixes read from class folders (case-insensitive).
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -347,3 +347,57 @@ def _images(x: np.ndarray, path: Path) -> torch.Tensor:
             f"{hi:.6g}; {hint}"
         )
     return torch.from_numpy(x.astype(np.float32)).contiguous()
+
+
+# --------------------------------------------------------------------------- unlabelled inputs
+
+
+def load_images(path: str | os.PathLike[str], *, channels: int, size: tuple[int, int]) -> tuple[torch.Tensor, list[str]]:
+    """Images to obfuscate, without labels: ``(Tensor[N, channels, H, W] in [0, 1], names)``.
+
+    ``path`` is one image file, a folder of images (not searched recursively), or an ``.npz`` with
+    ``x``. Images are converted to greyscale or RGB (``channels`` 1 or 3) and resized with
+    bilinear interpolation to ``size`` (the size the obfuscator was trained at).
+    """
+    import torch.nn.functional as F
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder; pass an image, a folder of images or an .npz")
+    if path.suffix.lower() == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                if "x" not in npz.files:
+                    raise DataError(f"{path}: missing key 'x' (found {sorted(npz.files)}); {_NPZ_HINT}")
+                x = _images(_get(npz, "x", path), path)
+        except (ValueError, zipfile.BadZipFile, OSError, EOFError) as e:
+            raise DataError(f"{path}: cannot read this .npz file ({e}); {_NPZ_HINT}") from e
+        names = [f"{i:05d}" for i in range(x.shape[0])]
+    else:
+        if path.is_dir():
+            files = sorted(
+                f for f in path.iterdir()
+                if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not files:
+                raise DataError(f"{path}: no images found; expected files ending in {', '.join(IMAGE_SUFFIXES)}")
+        else:
+            files = [path]
+        mode = "L" if channels == 1 else "RGB"
+        tensors = []
+        for f in files:
+            _, img = _read_image(f)
+            arr = np.asarray(img.convert(mode), dtype=np.float32) / 255.0
+            t = torch.from_numpy(arr)
+            t = t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)
+            tensors.append(F.interpolate(t[None], size=size, mode="bilinear", align_corners=False)[0])
+        x = torch.stack(tensors)
+        names = [f.stem for f in files]
+    if x.shape[1] != channels:
+        if x.shape[1] == 1 and channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        elif x.shape[1] == 3 and channels == 1:
+            x = x.mean(1, keepdim=True)
+    if tuple(x.shape[2:]) != tuple(size):
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return x.clamp(0, 1).contiguous(), names

@@ -1,0 +1,230 @@
+"""The ``scl`` command line: thin commands that parse options, build a config and call a pipeline."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="scl",
+    help=(
+        "Stochastic conditional layers: learn class-conditional noise that hides your data while "
+        "a network still classifies it.\n\nStart with `scl demo --quick` (about 30 s)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="markdown",
+)
+
+QuickOpt = Annotated[bool, typer.Option("--quick", help="Few epochs: a smoke test of the whole pipeline.")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Run folder to create (default: runs/<command>-<time>).")]
+DataOpt = Annotated[
+    str | None,
+    typer.Option("--data", help="A folder with one sub-folder per class, or an .npz with x and y (default: embedded digits)."),
+]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="A JSON file of config overrides.")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override one config key, e.g. --set stage1.lam=0.3 (repeatable).")
+]
+NetworkOpt = Annotated[Path | None, typer.Option("--network", help="A task network checkpoint to use instead of training one.")]
+NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="No progress bars (for logs and CI).")]
+
+
+def _console():  # noqa: ANN202
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    _console().print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _default_out(command: str) -> Path:
+    import datetime
+
+    return Path("runs") / f"{command}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _config(quick: bool, config: Path | None, sets: list[str] | None, data: str | None, network: Path | None) -> dict:
+    from scl.pipelines import config as cfg
+
+    overrides: dict = {}
+    if data is not None:
+        overrides["data"] = data
+    if network is not None:
+        overrides["network"] = {"checkpoint": str(network)}
+    return cfg.build(quick=quick, config_file=config, assignments=sets or (), overrides=overrides)
+
+
+def _summary(metrics: dict, out: Path) -> None:
+    from rich.table import Table
+
+    console = _console()
+    table = Table(title="scl: results on the test split", show_lines=False)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_column("beside", justify="right")
+    acc = metrics.get("accuracy", {})
+    mean8 = metrics.get("accuracy_mean8", {})
+    for name, value in acc.items():
+        extra = f"mean of 8: {100 * mean8[name]:.1f}%" if name in mean8 and name != "clean" else ""
+        table.add_row(f"accuracy ({name})", f"{100 * value:.1f}%", extra)
+    priv = metrics.get("privacy", {})
+    rows = [
+        ("decoder SSIM", "decoder_ssim", "decoder_ssim_label_floor", "label-only floor {:.3f}"),
+        ("decoder SSIM, 8 copies averaged", "decoder_ssim_avg8", "decoder_ssim_clean", "clean ceiling {:.3f}"),
+        ("decoder SSIM, soft release", "decoder_ssim_soft", "decoder_ssim_label_floor", "label-only floor {:.3f}"),
+        ("white-box SSIM", "whitebox_ssim", "decoder_ssim_label_floor", "label-only floor {:.3f}"),
+        ("attribute accuracy", "attribute_accuracy", "attribute_chance", "chance {:.3f}"),
+        ("dCor(x, h)", "dcor", None, ""),
+    ]
+    for label, key, other, text in rows:
+        if key in priv:
+            beside = text.format(priv[other]) if other and other in priv else ""
+            table.add_row(label, f"{priv[key]:.3f}", beside)
+    console.print(table)
+    for target in metrics.get("targets", []):
+        mark = "[green]met[/green]" if target["met"] else "[red]not met[/red]"
+        console.print(f"  target {target['name']}: {target['value']:.3f} {target['target']} {mark}")
+    console.print(f"\nrun folder: [bold]{out}[/bold]  (open {out / 'report.html'})")
+
+
+@app.command()
+def demo(
+    quick: QuickOpt = False,
+    sweep: Annotated[bool, typer.Option("--sweep", help="Also sweep λ and plot accuracy against privacy.")] = False,
+    out: OutOpt = None,
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    network: NetworkOpt = None,
+    no_progress: NoProgressOpt = False,
+) -> None:
+    """Run the whole classification experiment: train, evaluate, attack, report.
+
+    Example: `scl demo --quick --out runs/first`
+    """
+    from scl.errors import SCLError
+    from scl.pipelines import classification
+
+    try:
+        cfg = _config(quick, config, set_, data, network)
+        out = out or _default_out("demo")
+        folder, metrics = classification.demo(cfg, out, sweep_lams=sweep, console=_console(), show_progress=not no_progress)
+    except SCLError as exc:
+        _fail(str(exc))
+        return
+    _summary(metrics, folder)
+
+
+@app.command()
+def train(
+    quick: QuickOpt = False,
+    out: OutOpt = None,
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    network: NetworkOpt = None,
+    no_progress: NoProgressOpt = False,
+) -> None:
+    """Train N, the stochastic layer (stage 1) and the selections (stage 2); measure accuracy.
+
+    Example: `scl train --data my_images/ --out runs/mine`
+    """
+    from scl.errors import SCLError
+    from scl.pipelines import classification
+
+    try:
+        cfg = _config(quick, config, set_, data, network)
+        out = out or _default_out("train")
+        folder, metrics = classification.train_command(cfg, out, console=_console(), show_progress=not no_progress)
+    except SCLError as exc:
+        _fail(str(exc))
+        return
+    _summary(metrics, folder)
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="A run folder written by `scl train` or `scl demo`.")],
+    no_progress: NoProgressOpt = False,
+) -> None:
+    """Measure the accuracy of a run again (clean, hard, soft, gated) and update its report.
+
+    Example: `scl evaluate runs/mine`
+    """
+    _update(run, "evaluate", no_progress)
+
+
+@app.command()
+def attack(
+    run: Annotated[Path, typer.Argument(help="A run folder written by `scl train` or `scl demo`.")],
+    no_progress: NoProgressOpt = False,
+) -> None:
+    """Run the privacy attacks on a run (decoder, white-box, attribute, dCor) and update its report.
+
+    Example: `scl attack runs/mine`
+    """
+    _update(run, "attack", no_progress)
+
+
+def _update(run: Path, action: str, no_progress: bool) -> None:
+    from scl.errors import SCLError
+    from scl.pipelines import classification
+
+    try:
+        metrics = classification.update_run(run, action, console=_console(), show_progress=not no_progress)
+    except SCLError as exc:
+        _fail(str(exc))
+        return
+    _summary(metrics, run)
+
+
+@app.command()
+def obfuscate(
+    run: Annotated[Path, typer.Option("--run", help="A run folder with trained checkpoints.")],
+    input_: Annotated[Path, typer.Option("--input", help="An image, a folder of images, or an .npz with x.")],
+    out: Annotated[Path, typer.Option("--out", help="A folder for PNGs, or a file ending in .npz.")],
+    selection: Annotated[str, typer.Option("--selection", help="Label-free selection: soft or gated.")] = "soft",
+) -> None:
+    """Obfuscate images without labels (soft or gated selection), with fresh OS-entropy noise.
+
+    Example: `scl obfuscate --run runs/mine --input photos/ --out obfuscated/`
+    """
+    from scl.errors import SCLError
+    from scl.pipelines import obfuscate as job
+
+    try:
+        count = job.obfuscate_files(run, input_, out, selection=selection)
+    except SCLError as exc:
+        _fail(str(exc))
+        return
+    _console().print(f"obfuscated {count} images into [bold]{out}[/bold]")
+
+
+@app.command()
+def bench(
+    repeats: Annotated[int, typer.Option(help="Interleaved repetitions per case.")] = 30,
+) -> None:
+    """Measure layer speed as ratios against a plain convolution, side by side.
+
+    Example: `scl bench --repeats 10`
+    """
+    from scl.bench import layer_cases, measure, ratios, table
+
+    cases = layer_cases()
+    typer.echo(table(ratios(cases, measure(cases, repeats=repeats))))
+
+
+def main() -> None:
+    """Entry point of the ``scl`` script."""
+    app(prog_name="scl")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,593 @@
+"""The classification experiment of ``scl demo`` (spec §2.1, §3, Fig. 2).
+
+1. Task network N trained on clean data (or loaded), then frozen.
+2. Stage 1 (§3.1.1): a stochastic conditional layer trained with hard selection so that N still
+   classifies its samples, plus a privacy term weighted by ``lam``.
+3. Stage 2 (§3.1.2): the layer frozen, a SoftSelection (and, beyond the spec, a GatedSelection)
+   trained on the task loss for label-free inference (§3.2).
+4. Accuracy of N on the test split: clean, hard, soft, gated; one sample and the mean of 8.
+5. Attacks trained on the attacker split and scored on the test split, each beside its floor.
+
+Every part is a function of the config and the run folder, so ``scl train``, ``scl evaluate`` and
+``scl attack`` run the parts and ``scl demo`` runs them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import scl
+from scl.data import Dataset, load_digits, load_user_data, split
+from scl.errors import ConfigError, SCLError
+from scl.io import atomic_write, write_json
+from scl.layers import StochasticConditionalAdditive, StochasticConditionalConv2d
+from scl.models import SmallCNN
+from scl.obfuscator import Obfuscator, freeze
+from scl.pipelines import engine
+from scl.selection import ClassIndex, GatedSelection, SoftSelection
+
+CHECKPOINTS = {"network": "network.safetensors", "obfuscator": "obfuscator.safetensors", "gated": "gated.safetensors"}
+
+
+class RunLog:
+    """Messages for the terminal and for ``log.txt``."""
+
+    def __init__(self, console: Any = None) -> None:
+        self.console = console
+        self.lines: list[str] = []
+
+    def __call__(self, message: str) -> None:
+        stamp = datetime.datetime.now().strftime("%H:%M:%S")
+        self.lines.append(f"{stamp} {message}")
+        if self.console is not None:
+            self.console.print(f"[dim]{stamp}[/dim] {message}")
+
+
+@dataclass
+class Experiment:
+    """What a run holds in memory."""
+
+    config: dict[str, Any]
+    dataset: Dataset
+    splits: dict[str, Dataset]
+    network: nn.Module | None = None
+    obfuscator: Obfuscator | None = None
+    gated: Obfuscator | None = None
+    history: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, Tensor] = field(default_factory=dict)
+
+
+# -- data -------------------------------------------------------------------------------------------
+def load_dataset(config: dict[str, Any]) -> Dataset:
+    """The embedded tinted digits, or the user's folder / .npz (resized to ``image_size``)."""
+    source = config["data"]
+    if source == "digits":
+        return load_digits(size=config["image_size"], attribute=True, seed=config["seed"])
+    return load_user_data(source)
+
+
+def prepare(config: dict[str, Any]) -> Experiment:
+    dataset = load_dataset(config)
+    return Experiment(config, dataset, split(dataset, seed=config["seed"]))
+
+
+@contextlib.contextmanager
+def _noise(config: dict[str, Any]) -> Iterator[None]:
+    if config["reproducible"]:
+        with scl.deterministic(config["seed"]):
+            yield
+    else:
+        yield
+
+
+def _generator(config: dict[str, Any], offset: int) -> torch.Generator:
+    return torch.Generator().manual_seed(config["seed"] * 1000 + offset)
+
+
+# -- stage 0: the task network ------------------------------------------------------------------------
+def train_network(exp: Experiment, progress: object | None, log: RunLog) -> None:
+    cfg, data = exp.config, exp.splits["task"]
+    if cfg["network"]["checkpoint"]:
+        network = scl.load(cfg["network"]["checkpoint"])
+        if not isinstance(network, SmallCNN) or network.in_channels != exp.dataset.channels or (
+            network.num_classes != exp.dataset.num_classes
+        ):
+            raise ConfigError(
+                f"--network {cfg['network']['checkpoint']!r} must be a SmallCNN for "
+                f"{exp.dataset.channels} channels and {exp.dataset.num_classes} classes"
+            )
+        log(f"loaded task network N from {cfg['network']['checkpoint']}")
+    else:
+        torch.manual_seed(cfg["seed"])
+        network = SmallCNN(exp.dataset.channels, exp.dataset.num_classes, width=cfg["network"]["width"])
+
+        def loss_fn(x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
+            logits = network(x)
+            acc = float((logits.argmax(-1) == y).float().mean())
+            return F.cross_entropy(logits, y), {"accuracy": acc}
+
+        network.train()
+        exp.history["network"] = engine.train(
+            loss_fn,
+            list(network.parameters()),
+            (data.x, data.y),
+            epochs=cfg["network"]["epochs"],
+            lr=cfg["network"]["lr"],
+            batch_size=cfg["batch_size"],
+            generator=_generator(cfg, 1),
+            progress=progress,
+            description="task network N (clean data)",
+        )
+    network.eval()
+    freeze(network)  # frozen in stages 1 and 2 (spec §3)
+    exp.network = network
+
+
+# -- stage 1 ------------------------------------------------------------------------------------------
+def build_layer(config: dict[str, Any], dataset: Dataset) -> scl.StochasticConditionalLayer:
+    """The stochastic conditional layer: image in, image-shaped sample out (N reads it)."""
+    layer_cfg = config["layer"]
+    options = {"init_scale": layer_cfg["init_scale"]} if layer_cfg["distribution"] in ("gaussian", "laplace") else {}
+    channels = dataset.channels
+    if layer_cfg["kind"] == "additive":
+        return StochasticConditionalAdditive(
+            dataset.image_shape, dataset.num_classes, distribution=layer_cfg["distribution"], distribution_options=options
+        )
+    k = layer_cfg["kernel_size"]
+    return StochasticConditionalConv2d(
+        channels,
+        channels,
+        k,
+        dataset.num_classes,
+        padding="same",
+        distribution=layer_cfg["distribution"],
+        distribution_options=options,
+        selection_at=layer_cfg["selection_at"],
+    )
+
+
+def privacy_term(kind: str, x: Tensor, h: Tensor, dist: torch.distributions.Distribution) -> tuple[Tensor, dict[str, float]]:
+    """The term stage 1 minimises beside the task loss (weighted by lam).
+
+    ``entropy``: ``-mean(log scale)``, raising the noise (Shredder's idea); needs a location-scale
+    distribution. ``ssim``: ``SSIM(x, h)``, pushing the samples away from the inputs' structure.
+    """
+    from torchmetrics.functional import structural_similarity_index_measure as ssim_fn
+
+    from scl.attacks.metrics import ssim_kernel_size
+
+    terms: dict[str, Tensor] = {}
+    if kind in ("entropy", "both"):
+        scale = getattr(dist, "scale", None)
+        if scale is None:
+            raise ConfigError(
+                "stage1.privacy='entropy' needs a gaussian or laplace layer; use "
+                "--set stage1.privacy=ssim for other distributions"
+            )
+        terms["neg_log_scale"] = -torch.log(scale).mean()
+    if kind in ("ssim", "both"):
+        if h.shape != x.shape:
+            raise ConfigError("stage1.privacy='ssim' needs samples shaped like the inputs")
+        size = ssim_kernel_size(*x.shape[-2:])
+        terms["ssim"] = ssim_fn(h, x, data_range=1.0, kernel_size=size)  # type: ignore[assignment]
+    total = sum(terms.values())
+    return total, {k: float(v) for k, v in terms.items()}  # type: ignore[return-value]
+
+
+def train_stage1(exp: Experiment, progress: object | None, log: RunLog, *, lam: float | None = None,
+                 epochs: int | None = None) -> Obfuscator:
+    cfg = exp.config
+    lam = cfg["stage1"]["lam"] if lam is None else lam
+    network = exp.network
+    if network is None:
+        raise SCLError("train the task network first")
+    torch.manual_seed(cfg["seed"] + 1)
+    layer = build_layer(cfg, exp.dataset)
+    obfuscator = Obfuscator(layer)
+    data = exp.splits["obfuscator"]
+    kind = cfg["stage1"]["privacy"]
+
+    def loss_fn(x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
+        h, dist = layer.sample_with_distribution(x, ClassIndex(y, layer.num_classes))
+        logits = network(h)
+        task = F.cross_entropy(logits, y)
+        privacy, stats = privacy_term(kind, x, h, dist)
+        acc = float((logits.argmax(-1) == y).float().mean())
+        return task + lam * privacy, {"task_loss": float(task), "accuracy": acc, **stats}
+
+    layer.train()
+    history = engine.train(
+        loss_fn,
+        list(layer.parameters()),
+        (data.x, data.y),
+        epochs=epochs or cfg["stage1"]["epochs"],
+        lr=cfg["stage1"]["lr"],
+        batch_size=cfg["batch_size"],
+        generator=_generator(cfg, 2),
+        progress=progress,
+        description=f"stage 1: layer, hard selection (λ={lam:g})",
+    )
+    if lam == cfg["stage1"]["lam"] and epochs is None:
+        exp.history["stage1"] = history
+    return obfuscator
+
+
+# -- stage 2 ------------------------------------------------------------------------------------------
+def soft_shape(config: dict[str, Any], layer: scl.StochasticConditionalLayer, dataset: Dataset) -> tuple[int, ...]:
+    kind = config["stage2"]["soft_shape"]
+    c, h, w = dataset.image_shape
+    if kind == "scalar":
+        return ()
+    if kind == "channel":
+        return (c, 1, 1)
+    return (1, h, w)
+
+
+def _train_selection(exp: Experiment, obfuscator: Obfuscator, selection: nn.Module, section: str,
+                     progress: object | None, description: str, epochs: int | None = None) -> dict[str, list[float]]:
+    cfg, network, data = exp.config, exp.network, exp.splits["obfuscator"]
+    assert network is not None  # noqa: S101 (internal: set by train_network)
+    obfuscator.freeze_layer()
+    obfuscator.layer.train()  # reparameterised samples, frozen weights
+
+    def loss_fn(x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
+        logits = network(obfuscator(x))
+        acc = float((logits.argmax(-1) == y).float().mean())
+        return F.cross_entropy(logits, y), {"accuracy": acc}
+
+    history = engine.train(
+        loss_fn,
+        [p for p in selection.parameters() if p.requires_grad],
+        (data.x, data.y),
+        epochs=epochs or cfg[section]["epochs"],
+        lr=cfg[section]["lr"],
+        batch_size=cfg["batch_size"],
+        generator=_generator(cfg, 3),
+        progress=progress,
+        description=description,
+    )
+    obfuscator.eval()
+    return history
+
+
+def train_stage2(exp: Experiment, obfuscator: Obfuscator, progress: object | None, *,
+                 gated: bool = True, epochs: int | None = None) -> None:
+    """Soft selection on the frozen layer (spec §3.1.2); the gated extension beside it."""
+    cfg = exp.config
+    torch.manual_seed(cfg["seed"] + 2)
+    soft = SoftSelection(exp.dataset.num_classes, soft_shape(cfg, obfuscator.layer, exp.dataset))
+    obfuscator.selection = soft
+    history = _train_selection(exp, obfuscator, soft, "stage2", progress, "stage 2: soft selection", epochs)
+    if epochs is None:
+        exp.history["stage2 soft"] = history
+        exp.obfuscator = obfuscator
+    if gated:
+        gate = GatedSelection(exp.dataset.num_classes, exp.dataset.channels)
+        gated_obfuscator = Obfuscator(obfuscator.layer, gate)
+        exp.history["stage2 gated"] = _train_selection(
+            exp, gated_obfuscator, gate, "gated", progress, "stage 2: gated selection (extension)"
+        )
+        exp.gated = gated_obfuscator
+
+
+# -- evaluation ----------------------------------------------------------------------------------------
+def evaluate(exp: Experiment) -> dict[str, Any]:
+    """Accuracy of N on the test split: clean, hard, soft, gated; 1 sample and mean of 8."""
+    network, obf, test = exp.network, exp.obfuscator, exp.splits["test"]
+    if network is None or obf is None:
+        raise SCLError("nothing to evaluate: train the network and the obfuscator first")
+    obf.eval()
+    modes: dict[str, Callable[[Tensor, Tensor], Tensor] | None] = {
+        "clean": None,
+        "hard": lambda x, y: obf(x, y),
+        "soft": lambda x, y: obf(x),
+    }
+    if exp.gated is not None:
+        exp.gated.eval()
+        gated = exp.gated
+        modes["gated"] = lambda x, y: gated(x)
+    single, mean8 = {}, {}
+    for name, transform in modes.items():
+        single[name] = engine.accuracy(engine.predict_proba(network, test.x, transform, test.y), test.y)
+        samples = 1 if transform is None else 8
+        mean8[name] = engine.accuracy(
+            engine.predict_proba(network, test.x, transform, test.y, samples=samples), test.y
+        )
+    exp.metrics["accuracy"] = single
+    exp.metrics["accuracy_mean8"] = mean8
+    return single
+
+
+# -- attacks ------------------------------------------------------------------------------------------
+def run_attacks(exp: Experiment, progress: object | None, log: RunLog) -> dict[str, float]:
+    """Every attack on the hard-selection release, trained on the attacker split only."""
+    from scl.attacks import attribute_attack, decoder_attack, distance_correlation, run_decoder_attacks
+    from scl.attacks.whitebox import whitebox_attack
+
+    cfg, obf = exp.config, exp.obfuscator
+    if obf is None:
+        raise SCLError("nothing to attack: train the obfuscator first")
+    obf.eval()
+    attacker, test = exp.splits["attacker"], exp.splits["test"]
+    acfg = cfg["attacks"]
+    num_classes = exp.dataset.num_classes
+
+    def hard(x: Tensor, y: Tensor) -> Tensor:
+        return obf(x, y)
+
+    def soft(x: Tensor, y: Tensor) -> Tensor:
+        return obf(x)
+
+    privacy: dict[str, float] = {}
+    log("attack: learned decoder (with label-only floor and clean ceiling)")
+    report = run_decoder_attacks(
+        hard, attacker, test, num_classes=num_classes, epochs=acfg["decoder_epochs"],
+        averaged_copies=acfg["averaged_copies"], seed=cfg["seed"], progress=progress,
+    )
+    privacy.update(report.metrics)
+    exp.figures.update({f"decoder_{k}": v for k, v in report.reconstructions.items()})
+    log("attack: learned decoder on the label-free (soft) release")
+    soft_result = decoder_attack(
+        soft, attacker, test, num_classes=num_classes, epochs=acfg["decoder_epochs"],
+        averaged_copies=acfg["averaged_copies"], seed=cfg["seed"], progress=progress,
+    )
+    privacy["decoder_ssim_soft"] = soft_result.metrics["decoder_ssim"]
+    privacy["decoder_psnr_soft"] = soft_result.metrics["decoder_psnr"]
+    log(f"attack: white-box inversion of {min(acfg['whitebox_images'], len(test))} test images")
+    n_wb = min(acfg["whitebox_images"], len(test))
+    wb = whitebox_attack(obf.layer, test.x[:n_wb], test.y[:n_wb], steps=acfg["whitebox_steps"])
+    exp.figures["whitebox"] = wb.pop("reconstructions")
+    privacy.update(wb)
+    if test.attribute is not None and attacker.attribute is not None:
+        log("attack: private-attribute inference")
+        result = attribute_attack(
+            hard, attacker, test, num_attributes=exp.dataset.num_attributes,
+            epochs=acfg["attribute_epochs"], seed=cfg["seed"], progress=progress,
+        )
+        privacy.update({k: v for k, v in result.items() if isinstance(v, float)})
+    with torch.no_grad():
+        privacy["dcor"] = distance_correlation(test.x, obf(test.x, test.y), generator=_generator(cfg, 4))
+    exp.metrics["privacy"] = privacy
+    return privacy
+
+
+def targets(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets for the full demo, checked against the measured numbers."""
+    acc, priv = metrics.get("accuracy", {}), metrics.get("privacy", {})
+    rows = []
+
+    def add(name: str, value: float | None, target: float | None, text: str) -> None:
+        if value is None or target is None:
+            return
+        rows.append({"name": name, "value": round(value, 4), "target": text, "met": bool(value <= target)})
+
+    if "soft" in acc and "clean" in acc:
+        add("clean - soft accuracy (points)", 100 * (acc["clean"] - acc["soft"]), 1.0, "<= 1.0")
+    if "decoder_ssim" in priv and "decoder_ssim_label_floor" in priv:
+        floor = priv["decoder_ssim_label_floor"]
+        add("decoder SSIM", priv["decoder_ssim"], floor + 0.05, f"<= floor + 0.05 = {floor + 0.05:.3f}")
+    if "attribute_accuracy" in priv and "attribute_chance" in priv:
+        chance = priv["attribute_chance"]
+        add("attribute accuracy", priv["attribute_accuracy"], chance + 0.05, f"<= chance + 0.05 = {chance + 0.05:.3f}")
+    if "dcor" in priv:
+        add("dCor(x, h)", priv["dcor"], 0.25, "<= 0.25")
+    return rows
+
+
+# -- sweep --------------------------------------------------------------------------------------------
+def sweep(exp: Experiment, progress: object | None, log: RunLog) -> list[dict[str, Any]]:
+    """Accuracy against decoder SSIM over lam (shorter training per point)."""
+    from scl.attacks import decoder_attack
+
+    cfg, test = exp.config, exp.splits["test"]
+    points = []
+    for lam in cfg["sweep"]["lams"]:
+        log(f"sweep: λ = {lam}")
+        obf = train_stage1(exp, progress, log, lam=float(lam), epochs=cfg["sweep"]["stage1_epochs"])
+        train_stage2(exp, obf, progress, gated=False, epochs=max(1, cfg["stage2"]["epochs"] // 2))
+        obf.eval()
+        assert exp.network is not None  # noqa: S101
+        soft_acc = engine.accuracy(engine.predict_proba(exp.network, test.x, lambda x, y: obf(x), test.y), test.y)
+        hard_acc = engine.accuracy(engine.predict_proba(exp.network, test.x, lambda x, y: obf(x, y), test.y), test.y)
+        result = decoder_attack(
+            lambda x, y: obf(x, y), exp.splits["attacker"], test, num_classes=exp.dataset.num_classes,
+            epochs=cfg["sweep"]["decoder_epochs"], seed=cfg["seed"], progress=progress,
+        )
+        points.append({"lam": float(lam), "accuracy": soft_acc, "hard_accuracy": hard_acc,
+                       "decoder_ssim": result.metrics["decoder_ssim"]})
+    floor = exp.metrics.get("privacy", {}).get("decoder_ssim_label_floor")
+    clean = exp.metrics.get("accuracy", {}).get("clean")
+    for point in points:
+        point["decoder_ssim_label_floor"] = floor
+        point["clean_accuracy"] = clean
+    exp.metrics["sweep"] = points
+    return points
+
+
+# -- run folder -----------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def run_folder(out: Path) -> Iterator[Path]:
+    """Write into a hidden temporary folder beside ``out``; rename it to ``out`` on success."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"the run folder {str(out)!r} already exists and is not empty; choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "checkpoints").mkdir(parents=True)
+    (tmp / "figures").mkdir()
+    try:
+        yield tmp
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_checkpoints(exp: Experiment, folder: Path) -> None:
+    ckpt = folder / "checkpoints"
+    if exp.network is not None:
+        scl.save(exp.network, ckpt / CHECKPOINTS["network"])
+    if exp.obfuscator is not None:
+        scl.save(exp.obfuscator, ckpt / CHECKPOINTS["obfuscator"])
+    if exp.gated is not None and exp.gated.selection is not None:
+        scl.save(exp.gated.selection, ckpt / CHECKPOINTS["gated"])
+
+
+def load_run(run: Path) -> Experiment:
+    """Rebuild an experiment (data splits, N, obfuscators) from a run folder."""
+    run = Path(run)
+    config_path = run / "config.json"
+    if not config_path.is_file():
+        raise ConfigError(f"{str(run)!r} is not a run folder (no config.json); run `scl train` or `scl demo` first")
+    config = json.loads(config_path.read_text())
+    exp = prepare(config)
+    ckpt = run / "checkpoints"
+    for key in ("network", "obfuscator"):
+        if not (ckpt / CHECKPOINTS[key]).is_file():
+            raise ConfigError(f"{str(run)!r} has no checkpoints/{CHECKPOINTS[key]}; the run is incomplete")
+    exp.network = freeze(scl.load(ckpt / CHECKPOINTS["network"])).eval()
+    exp.obfuscator = scl.load(ckpt / CHECKPOINTS["obfuscator"]).eval()
+    if (ckpt / CHECKPOINTS["gated"]).is_file():
+        exp.gated = Obfuscator(exp.obfuscator.layer, scl.load(ckpt / CHECKPOINTS["gated"])).eval()
+    metrics_path = run / "metrics.json"
+    if metrics_path.is_file():
+        exp.metrics = json.loads(metrics_path.read_text())
+    return exp
+
+
+def sample_images(exp: Experiment, k: int = 8) -> dict[str, Tensor]:
+    test = exp.splits["test"]
+    x, y = test.x[:k], test.y[:k]
+    rows = {"clean": x}
+    with torch.no_grad():
+        if exp.obfuscator is not None:
+            rows["hard (labels known)"] = exp.obfuscator(x, y)
+            if exp.obfuscator.selection is not None:
+                rows["soft (label-free)"] = exp.obfuscator(x)
+        if exp.gated is not None:
+            rows["gated (label-free)"] = exp.gated(x)
+    if "decoder_decoder" in exp.figures:
+        rows["decoder reconstruction"] = exp.figures["decoder_decoder"]
+    if "decoder_label_floor" in exp.figures:
+        rows["label-only floor"] = exp.figures["decoder_label_floor"]
+    if "whitebox" in exp.figures:
+        rows["white-box reconstruction"] = exp.figures["whitebox"]
+    return rows
+
+
+def write_outputs(exp: Experiment, folder: Path, log: RunLog) -> None:
+    """Figures, metrics.json, config.json, log.txt and report.html."""
+    from scl import figures
+    from scl.report import write_report
+
+    fig = folder / "figures"
+    figures.image_grid(sample_images(exp), fig / "samples.png", title="Test images and what leaves the data owner")
+    if exp.history:
+        figures.training_curves(exp.history, fig / "training_curves.png")
+    if exp.obfuscator is not None and isinstance(exp.obfuscator.selection, SoftSelection):
+        figures.selection_maps(exp.obfuscator.selection.values.detach(), fig / "selection_maps.png",
+                               class_names=exp.dataset.class_names)
+    if exp.metrics.get("sweep"):
+        figures.tradeoff_curve(exp.metrics["sweep"], fig / "tradeoff.png")
+    exp.metrics["dataset"] = exp.dataset.name
+    exp.metrics["num_classes"] = exp.dataset.num_classes
+    exp.metrics["targets"] = targets(exp.metrics)
+    write_json(folder / "metrics.json", exp.metrics)
+    write_json(folder / "config.json", exp.config)
+    with atomic_write(folder / "log.txt") as handle:
+        handle.write("\n".join(log.lines) + "\n")
+    write_report(folder)
+
+
+# -- the commands ----------------------------------------------------------------------------------------
+def run_training(exp: Experiment, progress: object | None, log: RunLog) -> None:
+    seconds = exp.metrics.setdefault("seconds", {})
+    log(f"data: {exp.dataset.name}, {len(exp.dataset)} images {exp.dataset.image_shape}, "
+        + ", ".join(f"{k} {len(v)}" for k, v in exp.splits.items()))
+    start = time.perf_counter()
+    train_network(exp, progress, log)
+    seconds["base"] = time.perf_counter() - start
+    start = time.perf_counter()
+    obfuscator = train_stage1(exp, progress, log)
+    seconds["stage1"] = time.perf_counter() - start
+    start = time.perf_counter()
+    train_stage2(exp, obfuscator, progress)
+    seconds["stage2"] = time.perf_counter() - start
+    acc = evaluate(exp)
+    log("accuracy: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in acc.items()))
+
+
+def demo(config: dict[str, Any], out: Path, *, sweep_lams: bool = False, console: Any = None,
+         show_progress: bool = True) -> tuple[Path, dict[str, Any]]:
+    """The whole experiment into the run folder ``out``; returns ``(out, metrics)``."""
+    log = RunLog(console)
+    total = time.perf_counter()
+    with run_folder(out) as folder, _noise(config):
+        progress = engine.make_progress(show_progress, console)
+        with progress if progress is not None else contextlib.nullcontext():  # type: ignore[attr-defined]
+            exp = prepare(config)
+            run_training(exp, progress, log)
+            start = time.perf_counter()
+            run_attacks(exp, progress, log)
+            exp.metrics["seconds"]["attacks"] = time.perf_counter() - start
+            if sweep_lams:
+                start = time.perf_counter()
+                main = (exp.obfuscator, exp.gated, dict(exp.history))
+                sweep(exp, progress, log)
+                exp.obfuscator, exp.gated, exp.history = main
+                exp.metrics["seconds"]["sweep"] = time.perf_counter() - start
+        exp.metrics["seconds"]["total"] = time.perf_counter() - total
+        save_checkpoints(exp, folder)
+        write_outputs(exp, folder, log)
+    return out, exp.metrics
+
+
+def train_command(config: dict[str, Any], out: Path, *, console: Any = None, show_progress: bool = True) -> tuple[Path, dict[str, Any]]:
+    """Train N, stage 1 and stage 2, evaluate accuracy; no attacks."""
+    log = RunLog(console)
+    with run_folder(out) as folder, _noise(config):
+        progress = engine.make_progress(show_progress, console)
+        with progress if progress is not None else contextlib.nullcontext():  # type: ignore[attr-defined]
+            exp = prepare(config)
+            run_training(exp, progress, log)
+        save_checkpoints(exp, folder)
+        write_outputs(exp, folder, log)
+    return out, exp.metrics
+
+
+def update_run(run: Path, action: str, *, console: Any = None, show_progress: bool = True) -> dict[str, Any]:
+    """``evaluate`` or ``attack`` an existing run folder; metrics, figures and report are updated."""
+    log = RunLog(console)
+    exp = load_run(run)
+    log_path = Path(run) / "log.txt"
+    if log_path.is_file():
+        log.lines.extend(log_path.read_text().splitlines())
+    with _noise(exp.config):
+        progress = engine.make_progress(show_progress, console)
+        with progress if progress is not None else contextlib.nullcontext():  # type: ignore[attr-defined]
+            if action == "evaluate":
+                acc = evaluate(exp)
+                log("accuracy: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in acc.items()))
+            else:
+                start = time.perf_counter()
+                run_attacks(exp, progress, log)
+                exp.metrics.setdefault("seconds", {})["attacks"] = time.perf_counter() - start
+    write_outputs(exp, Path(run), log)
+    return exp.metrics

@@ -1,0 +1,151 @@
+"""Experiment configuration: defaults, ``--quick`` overrides, ``--config FILE`` and ``--set k=v``."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from scl.errors import ConfigError
+
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    # "digits" (embedded, tinted with a private colour attribute), or a path: folder or .npz
+    "data": "digits",
+    "image_size": 16,
+    "batch_size": 64,
+    # fix the noise of the whole experiment with scl.deterministic(seed) so numbers reproduce;
+    # a deployment would leave this off (noise from OS entropy)
+    "reproducible": True,
+    "network": {"epochs": 20, "lr": 2e-3, "width": 32, "checkpoint": None},
+    "layer": {
+        "kind": "conv",  # conv | additive
+        "distribution": "gaussian",
+        "selection_at": "input",
+        "kernel_size": 3,
+        "init_scale": 0.5,
+    },
+    # privacy term of stage 1: "entropy" raises the mean log noise scale (as Shredder does);
+    # "ssim" pushes SSIM(x, h) down; "both" adds them. Weighted by lam.
+    "stage1": {"epochs": 40, "lr": 3e-3, "privacy": "entropy", "lam": 0.1},
+    # soft selection shape: "spatial" (1, H, W) maps, "channel" (C_in, 1, 1), or "scalar" ()
+    "stage2": {"epochs": 30, "lr": 0.05, "soft_shape": "spatial"},
+    "gated": {"epochs": 30, "lr": 3e-3},
+    "attacks": {
+        "decoder_epochs": 30,
+        "attribute_epochs": 20,
+        "whitebox_images": 200,
+        "whitebox_steps": 100,
+        "averaged_copies": 8,
+    },
+    "sweep": {"lams": [0.0, 0.03, 0.1, 0.3, 1.0], "stage1_epochs": 20, "decoder_epochs": 15},
+}
+
+QUICK: dict[str, Any] = {
+    "network": {"epochs": 6},
+    "stage1": {"epochs": 8},
+    "stage2": {"epochs": 6},
+    "gated": {"epochs": 6},
+    "attacks": {"decoder_epochs": 6, "attribute_epochs": 5, "whitebox_images": 32, "whitebox_steps": 30},
+    "sweep": {"lams": [0.0, 0.3], "stage1_epochs": 4, "decoder_epochs": 4},
+}
+
+CHOICES = {
+    "layer.kind": ("conv", "additive"),
+    "layer.selection_at": ("input", "output"),
+    "stage1.privacy": ("entropy", "ssim", "both"),
+    "stage2.soft_shape": ("spatial", "channel", "scalar"),
+}
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Deep-merge ``override`` into a copy of ``base``; unknown keys are errors."""
+    result = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        name = f"{prefix}{key}"
+        if key not in result:
+            raise ConfigError(f"unknown config key {name!r}; known keys: {sorted(result)}")
+        if isinstance(result[key], dict):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config key {name!r} must be a section (object), but got {value!r}")
+            result[key] = merge(result[key], value, prefix=name + ".")
+        else:
+            result[key] = value
+    return result
+
+
+def parse_set(assignments: Iterable[str]) -> dict[str, Any]:
+    """``["stage1.lam=0.3", "data=my.npz"]`` -> nested dict; values are JSON when they parse."""
+    result: dict[str, Any] = {}
+    for item in assignments:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value (e.g. stage1.lam=0.3), but got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = result
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return result
+
+
+def build(
+    *,
+    quick: bool = False,
+    config_file: str | Path | None = None,
+    assignments: Iterable[str] = (),
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Defaults, then ``--quick``, then the file, then ``overrides``, then ``--set``; validated."""
+    config = copy.deepcopy(DEFAULTS)
+    if quick:
+        config = merge(config, QUICK)
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            loaded = json.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid JSON: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a JSON object")
+        config = merge(config, loaded)
+    if overrides:
+        config = merge(config, overrides)
+    config = merge(config, parse_set(assignments))
+    validate(config)
+    return config
+
+
+def validate(config: Mapping[str, Any]) -> None:
+    for dotted, choices in CHOICES.items():
+        section, key = dotted.split(".")
+        if config[section][key] not in choices:
+            raise ConfigError(f"{dotted} must be one of {list(choices)}, but got {config[section][key]!r}")
+    for section, key in (
+        ("network", "epochs"),
+        ("stage1", "epochs"),
+        ("stage2", "epochs"),
+        ("gated", "epochs"),
+        ("attacks", "decoder_epochs"),
+        ("attacks", "attribute_epochs"),
+        ("attacks", "whitebox_images"),
+        ("attacks", "averaged_copies"),
+    ):
+        value = config[section][key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{section}.{key} must be a positive integer, but got {value!r}")
+    for key in ("batch_size", "image_size"):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key} must be a positive integer, but got {value!r}")
+    lam = config["stage1"]["lam"]
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 0:
+        raise ConfigError(f"stage1.lam must be a number >= 0, but got {lam!r}")

@@ -1,0 +1,69 @@
+"""``scl obfuscate``: label-free obfuscation of a user's images with a trained run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import scl
+from scl.data import load_images
+from scl.errors import ConfigError
+from scl.io import atomic_write
+from scl.obfuscator import Obfuscator
+from scl.pipelines.classification import CHECKPOINTS
+
+
+def obfuscate_files(run: Path, source: Path, out: Path, *, selection: str = "soft") -> int:
+    """Obfuscate every image of ``source``; write PNGs into a folder or one ``.npz``.
+
+    Noise comes from OS entropy (never from a seed): this is what leaves the data owner.
+    """
+    ckpt = Path(run) / "checkpoints"
+    if selection not in ("soft", "gated"):
+        raise ConfigError(f"--selection must be 'soft' or 'gated', but got {selection!r}")
+    path = ckpt / CHECKPOINTS["obfuscator"]
+    if not path.is_file():
+        raise ConfigError(f"{str(run)!r} has no checkpoints/{CHECKPOINTS['obfuscator']}; train a run first")
+    obfuscator: Obfuscator = scl.load(path).eval()
+    if selection == "gated":
+        gated_path = ckpt / CHECKPOINTS["gated"]
+        if not gated_path.is_file():
+            raise ConfigError(f"{str(run)!r} has no gated selection checkpoint; use --selection soft")
+        obfuscator = Obfuscator(obfuscator.layer, scl.load(gated_path)).eval()
+    if obfuscator.selection is None:
+        raise ConfigError(f"{str(run)!r}: the obfuscator has no trained selection; run stage 2 first")
+    layer = obfuscator.layer
+    shape = getattr(layer, "shape", None) or (layer.in_channels, *_trained_size(obfuscator))
+    x, names = load_images(source, channels=shape[0], size=tuple(shape[1:]))
+    with torch.no_grad():
+        h = torch.cat([obfuscator(x[i : i + 256]) for i in range(0, x.shape[0], 256)])
+    out = Path(out)
+    if out.suffix.lower() == ".npz":
+        with atomic_write(out, "wb") as handle:
+            np.savez_compressed(handle, h=h.numpy().astype(np.float32), names=np.array(names))
+    else:
+        from PIL import Image
+
+        out.mkdir(parents=True, exist_ok=True)
+        images = (h.clamp(0, 1) * 255).round().to(torch.uint8)
+        for name, image in zip(names, images):
+            array = image.permute(1, 2, 0).numpy()
+            pil = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+            with atomic_write(out / f"{name}.png", "wb") as handle:
+                pil.save(handle, format="PNG")
+    return int(h.shape[0])
+
+
+def _trained_size(obfuscator: Obfuscator) -> tuple[int, int]:
+    """The image size a run's obfuscator was trained at (from a spatial soft selection, or the
+    run's config next to the checkpoint)."""
+    selection = obfuscator.selection
+    shape = getattr(selection, "shape", ())
+    if len(shape) == 3 and shape[1] > 1:
+        return int(shape[1]), int(shape[2])
+    raise ConfigError(
+        "cannot tell the image size this obfuscator was trained at; train with the default "
+        "spatial soft selection"
+    )
