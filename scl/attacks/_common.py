@@ -1,0 +1,206 @@
+"""Shared plumbing of the attacks: data splits, validation, seeding and the training loop.
+
+Private to :mod:`scl.attacks`; nothing here is public API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
+
+import torch
+from torch import Tensor, nn
+
+from scl.errors import ConfigError, DataError, LabelError, ShapeError
+
+if TYPE_CHECKING:  # rich is only needed for type hints; callers pass their own Progress
+    from rich.progress import Progress
+
+#: An obfuscator seen from the outside: ``h = obfuscate(x, labels)``.
+#: ``x`` is ``Tensor[N, C, H, W]`` in [0, 1], ``labels`` is ``Tensor[N]`` (int64) and ``h`` is a
+#: fresh noisy sample each call, ``Tensor[N, C', H', W']`` (any ``C'``, any ``H' x W'``), or any
+#: ``Tensor[N, ...]`` that the attacks read as ``Tensor[N, F, 1, 1]``.
+Obfuscate: TypeAlias = Callable[[Tensor, Tensor], Tensor]
+
+#: A split given to an attack: ``(x, y)``, ``(x, y, attribute)`` or any object with ``.x``,
+#: ``.y`` (and ``.attribute`` for attribute inference) attributes.
+Split: TypeAlias = Any
+
+
+class SplitTensors(NamedTuple):
+    x: Tensor
+    y: Tensor
+    attribute: Tensor | None
+
+
+def unpack_split(split: Split, name: str, *, need_attribute: bool = False) -> SplitTensors:
+    """Read ``(x, y[, attribute])`` from a tuple or from an object with attributes."""
+    if isinstance(split, (tuple, list)):
+        if len(split) not in (2, 3):
+            raise DataError(
+                f"{name} must be (x, y) or (x, y, attribute), but got a sequence of "
+                f"length {len(split)}"
+            )
+        x, y = split[0], split[1]
+        attribute = split[2] if len(split) == 3 else None
+    elif hasattr(split, "x") and hasattr(split, "y"):
+        x, y = split.x, split.y
+        attribute = getattr(split, "attribute", None)
+    else:
+        raise DataError(
+            f"{name} must be a tuple (x, y[, attribute]) or an object with .x and .y, "
+            f"but got {type(split).__name__}"
+        )
+    if need_attribute and attribute is None:
+        raise DataError(
+            f"{name} must carry a private attribute: pass (x, y, attribute) or an object "
+            f"with .attribute, but got none"
+        )
+    return SplitTensors(x, y, attribute)
+
+
+def check_images(x: Any, name: str) -> Tensor:
+    """Validate ``Tensor[N, C, H, W]`` floating point in [0, 1]; returns ``x``."""
+    if not isinstance(x, Tensor):
+        raise ShapeError(f"{name} must be a Tensor[N, C, H, W], but got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ShapeError(
+            f"{name} must be a Tensor[N, C, H, W] (4 dimensions), but got shape {tuple(x.shape)}"
+        )
+    if x.shape[0] < 1:
+        raise ShapeError(f"{name} must hold at least 1 image, but got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ShapeError(f"{name} must be a floating point tensor, but got dtype {x.dtype}")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        raise DataError(f"{name} must have values in [0, 1], but got values in [{lo:g}, {hi:g}]")
+    return x
+
+
+def check_labels(y: Any, n: int, num_classes: int, name: str) -> Tensor:
+    """Validate integer ``Tensor[N]`` with values in ``[0, num_classes)``; returns it as int64."""
+    if not isinstance(y, Tensor):
+        raise LabelError(f"{name} must be a Tensor[N] of integers, but got {type(y).__name__}")
+    if y.dim() != 1 or y.shape[0] != n:
+        raise LabelError(f"{name} must have shape ({n},) to match x, but got {tuple(y.shape)}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise LabelError(f"{name} must hold integers, but got dtype {y.dtype}")
+    if n > 0:
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= num_classes:
+            bad = int(((y < 0) | (y >= num_classes)).nonzero()[0])
+            raise LabelError(
+                f"{name} must be in [0, {num_classes}), but got {int(y[bad])} at index {bad}"
+            )
+    return y.long()
+
+
+def check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, but got {value!r}")
+    return value
+
+
+def check_positive_float(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{name} must be a number > 0, but got {value!r}")
+    return float(value)
+
+
+def as_feature_map(h: Any, n: int, name: str = "obfuscate(x, y)") -> Tensor:
+    """Read an obfuscator output as ``Tensor[N, C', H', W']`` float.
+
+    A 4-D output is kept; any other ``Tensor[N, ...]`` (e.g. the ``Tensor[N, F]`` of a linear
+    layer or the ``Tensor[N, L, D]`` of a recurrent one) becomes ``Tensor[N, F, 1, 1]``.
+    Integer outputs (binomial or multinomial counts) are converted to float.
+    """
+    if not isinstance(h, Tensor):
+        raise ShapeError(f"{name} must return a Tensor, but got {type(h).__name__}")
+    if h.dim() < 2 or h.shape[0] != n:
+        raise ShapeError(
+            f"{name} must return a Tensor[N, ...] with N = {n} (one output per input), "
+            f"but got shape {tuple(h.shape)}"
+        )
+    h = h.detach()
+    if not h.is_floating_point():
+        h = h.float()
+    if h.dim() != 4:
+        h = h.reshape(n, -1, 1, 1)
+    return h
+
+
+def one_hot_maps(y: Tensor, num_classes: int, size: tuple[int, int]) -> Tensor:
+    """``Tensor[N]`` labels -> ``Tensor[N, num_classes, H, W]`` constant one-hot maps."""
+    onehot = torch.nn.functional.one_hot(y, num_classes).to(torch.float32)
+    return onehot[:, :, None, None].expand(-1, -1, size[0], size[1]).contiguous()
+
+
+def resolve_device(device: torch.device | str | None, x: Tensor) -> torch.device:
+    return torch.device(device) if device is not None else x.device
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's global RNG for the body and restore the caller's RNG state afterwards.
+
+    Module initialisation draws from the global RNG, so the attack seeds it from ``seed``; the
+    fork keeps the caller's random stream untouched.
+    """
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def fit(
+    model: nn.Module,
+    make_batch: Callable[[Tensor], tuple[Tensor, Tensor]],
+    n: int,
+    *,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    generator: torch.Generator,
+    progress: Progress | None,
+    description: str,
+) -> nn.Module:
+    """Train ``model`` with Adam over ``epochs`` shuffled passes of ``n`` samples.
+
+    ``make_batch(indices)`` returns ``(inputs, targets)`` for a batch; it is called for every
+    batch of every epoch, so obfuscated inputs carry fresh noise each time. A trailing batch of
+    a single sample is dropped (batch norm needs two). The model is left in eval mode.
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    task = progress.add_task(description, total=epochs) if progress is not None else None
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, batch_size):
+            index = order[start : start + batch_size]
+            if index.numel() < 2:
+                continue
+            inputs, targets = make_batch(index)
+            loss = loss_fn(model(inputs), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if task is not None and progress is not None:
+            progress.advance(task)
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, make_inputs: Callable[[Tensor], Tensor], n: int, batch_size: int
+) -> Tensor:
+    """Concatenate ``model(make_inputs(indices))`` over ``n`` samples in order."""
+    outputs = []
+    for start in range(0, n, batch_size):
+        index = torch.arange(start, min(start + batch_size, n))
+        outputs.append(model(make_inputs(index)))
+    return torch.cat(outputs)

@@ -1,0 +1,454 @@
+"""Learned-decoder inversion: how much of each image can an attacker rebuild from ``h``.
+
+The attacker holds a split of (image, label) pairs and query access to the obfuscator. It
+trains a decoder ``h -> x`` on ``(obfuscate(x, y), x)`` pairs, with fresh noise every batch of
+every epoch, and is scored on a disjoint test split by SSIM and PSNR. The number only means
+something beside two references computed by the SAME decoder architecture and training:
+
+- the label-only floor: the decoder sees only the one-hot label. Class-conditional noise
+  reveals the class by design, so the best an obfuscator can hope for is to leak nothing
+  beyond it; this decoder learns the class-conditional mean image.
+- the clean ceiling: the decoder sees the clean image (identity obfuscator).
+
+An obfuscated-input score near the floor means the noise hides the image; near the ceiling
+means it hides nothing. Averaging ``k`` noisy copies of each test input before decoding
+(``decoder_ssim_avg8``) tests whether the noise is simply averaged away.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from scl.attacks._common import (
+    Obfuscate,
+    Split,
+    as_feature_map,
+    check_images,
+    check_labels,
+    check_positive_float,
+    check_positive_int,
+    fit,
+    one_hot_maps,
+    predict,
+    resolve_device,
+    seeded,
+    unpack_split,
+)
+from scl.attacks.metrics import psnr, ssim
+from scl.errors import ShapeError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+__all__ = [
+    "Decoder",
+    "DecoderAttackResult",
+    "DecoderAttackReport",
+    "clean_ceiling_attack",
+    "decoder_attack",
+    "label_floor_attack",
+    "run_decoder_attacks",
+]
+
+#: Number of test images whose reconstructions are returned for figures.
+NUM_FIGURE_IMAGES = 8
+
+
+class Decoder(nn.Module):
+    """The fixed inversion decoder shared by every variant of the attack.
+
+    ``BatchNorm2d(in)`` (so the attack does not depend on the scale of ``h``) -> bilinear
+    resize to ``out_size`` when ``h`` has another spatial size -> four 3 x 3 convolutions
+    (``in -> width -> width -> width -> out``, padding 1, ReLU between) -> sigmoid.
+
+    Args:
+        in_channels: channels ``C'`` of ``h``.
+        out_channels: channels ``C`` of the image to rebuild.
+        out_size: ``(H, W)`` (or one int for square images) of the image to rebuild.
+        width: hidden channels (32; wider decoders are stronger attackers but cost more).
+
+    Shape:
+        ``Tensor[N, C', H', W'] -> Tensor[N, C, H, W]`` in (0, 1).
+
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        out_size: int | tuple[int, int],
+        *,
+        width: int = 32,
+    ) -> None:
+        super().__init__()
+        check_positive_int(in_channels, "in_channels")
+        check_positive_int(out_channels, "out_channels")
+        check_positive_int(width, "width")
+        size = (out_size, out_size) if isinstance(out_size, int) else tuple(out_size)
+        if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+            raise ShapeError(f"out_size must be an int or (H, W) of positive ints, "
+                             f"but got {out_size!r}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.out_size: tuple[int, int] = (size[0], size[1])
+        self.width = width
+        self.norm = nn.BatchNorm2d(in_channels)
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, out_channels, 3, padding=1),
+        )
+
+    def forward(self, h: Tensor) -> Tensor:
+        if h.dim() != 4 or h.shape[1] != self.in_channels:
+            raise ShapeError(
+                f"Decoder expects Tensor[N, {self.in_channels}, H', W'], but got shape "
+                f"{tuple(h.shape)}"
+            )
+        z = self.norm(h)
+        if tuple(z.shape[-2:]) != self.out_size:
+            z = F.interpolate(z, size=self.out_size, mode="bilinear", align_corners=False)
+        return torch.sigmoid(self.body(z))
+
+    def extra_repr(self) -> str:
+        return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
+                f"out_size={self.out_size}, width={self.width}")
+
+
+@dataclass
+class DecoderAttackResult:
+    """Outcome of one decoder attack.
+
+    Attributes:
+        metrics: ``decoder_ssim``/``decoder_psnr`` and ``decoder_ssim_avg{k}``/
+            ``decoder_psnr_avg{k}`` (``k = averaged_copies``) for :func:`decoder_attack`;
+            ``decoder_ssim_label_floor``/``decoder_psnr_label_floor`` for
+            :func:`label_floor_attack`; ``decoder_ssim_clean``/``decoder_psnr_clean`` for
+            :func:`clean_ceiling_attack`.
+        reconstructions: ``Tensor[k, C, H, W]`` on the CPU, the decoded first
+            ``k = min(8, N_test)`` test images (from one noisy sample each).
+        reconstructions_avg: same, decoded from the average of ``averaged_copies`` noisy
+            copies; ``None`` for the floor and ceiling.
+        decoder: the trained decoder (eval mode).
+
+    """
+
+    metrics: dict[str, float]
+    reconstructions: Tensor
+    reconstructions_avg: Tensor | None = None
+    decoder: Decoder | None = field(default=None, repr=False)
+
+
+@dataclass
+class DecoderAttackReport:
+    """Outcome of :func:`run_decoder_attacks`.
+
+    Attributes:
+        metrics: ``decoder_ssim``, ``decoder_psnr``, ``decoder_ssim_avg8``,
+            ``decoder_psnr_avg8`` (the 8 is ``averaged_copies``), ``decoder_ssim_label_floor``,
+            ``decoder_psnr_label_floor``, ``decoder_ssim_clean``, ``decoder_psnr_clean``.
+        reconstructions: ``Tensor[k, C, H, W]`` CPU tensors for figures, ``k = min(8, N_test)``:
+            ``"original"`` (the test images), ``"obfuscated"`` (one sample of ``h``,
+            ``Tensor[k, C', H', W']``, as the attacks read it), ``"decoder"``,
+            ``"decoder_avg"``, ``"label_floor"``, ``"clean"``.
+
+    """
+
+    metrics: dict[str, float]
+    reconstructions: dict[str, Tensor]
+
+
+def _split_images(split: Split, name: str, num_classes: int) -> tuple[Tensor, Tensor]:
+    x, y, _ = unpack_split(split, name)
+    x = check_images(x, f"{name}.x")
+    y = check_labels(y, x.shape[0], num_classes, f"{name}.y")
+    return x, y
+
+
+def _check_common(
+    attacker: Split, test: Split, num_classes: int, epochs: int, batch_size: int, lr: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    check_positive_int(num_classes, "num_classes")
+    check_positive_int(epochs, "epochs")
+    check_positive_int(batch_size, "batch_size", minimum=2)
+    check_positive_float(lr, "lr")
+    xa, ya = _split_images(attacker, "attacker", num_classes)
+    xt, yt = _split_images(test, "test", num_classes)
+    if xa.shape[0] < 2:
+        raise ShapeError(f"attacker must hold at least 2 images, but got {xa.shape[0]}")
+    if xa.shape[1:] != xt.shape[1:]:
+        raise ShapeError(
+            f"attacker and test images must have the same [C, H, W], but got "
+            f"{tuple(xa.shape[1:])} and {tuple(xt.shape[1:])}"
+        )
+    return xa, ya, xt, yt
+
+
+def _train_and_score(
+    features: Obfuscate,
+    xa: Tensor,
+    ya: Tensor,
+    xt: Tensor,
+    yt: Tensor,
+    *,
+    suffix: str,
+    averaged_copies: int | None,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    width: int,
+    device: torch.device,
+    progress: Progress | None,
+) -> DecoderAttackResult:
+    """Train a :class:`Decoder` on ``features(x, y) -> x`` and score it on the test split."""
+    generator = torch.Generator().manual_seed(seed)
+    with seeded(seed, device):
+
+        @torch.no_grad()
+        def inputs(x: Tensor, y: Tensor) -> Tensor:
+            return as_feature_map(features(x, y), x.shape[0]).to(device)
+
+        probe = inputs(xa[:2].to(device), ya[:2].to(device))
+        decoder = Decoder(
+            probe.shape[1], xa.shape[1], (xa.shape[2], xa.shape[3]), width=width
+        ).to(device)
+
+        def make_batch(index: Tensor) -> tuple[Tensor, Tensor]:
+            xb, yb = xa[index].to(device), ya[index].to(device)
+            return inputs(xb, yb), xb
+
+        fit(decoder, make_batch, xa.shape[0], loss_fn=F.mse_loss, epochs=epochs,
+            batch_size=batch_size, lr=lr, generator=generator, progress=progress,
+            description=f"decoder attack{suffix.replace('_', ' ')}")
+
+        eval_batch = 4 * batch_size
+        xt_d, yt_d = xt.to(device), yt.to(device)
+        decoded = predict(
+            decoder, lambda i: inputs(xt_d[i], yt_d[i]), xt.shape[0], eval_batch
+        ).cpu()
+        target = xt.detach().float().cpu()
+        metrics = {
+            f"decoder_ssim{suffix}": ssim(decoded, target),
+            f"decoder_psnr{suffix}": psnr(decoded, target),
+        }
+        decoded_avg = None
+        if averaged_copies is not None:
+
+            def averaged(i: Tensor) -> Tensor:
+                xb, yb = xt_d[i], yt_d[i]
+                total = inputs(xb, yb)
+                for _ in range(averaged_copies - 1):
+                    total = total + inputs(xb, yb)
+                return total / averaged_copies
+
+            decoded_avg = predict(decoder, averaged, xt.shape[0], eval_batch).cpu()
+            metrics[f"decoder_ssim{suffix}_avg{averaged_copies}"] = ssim(decoded_avg, target)
+            metrics[f"decoder_psnr{suffix}_avg{averaged_copies}"] = psnr(decoded_avg, target)
+    k = min(NUM_FIGURE_IMAGES, xt.shape[0])
+    return DecoderAttackResult(
+        metrics=metrics,
+        reconstructions=decoded[:k].clone(),
+        reconstructions_avg=None if decoded_avg is None else decoded_avg[:k].clone(),
+        decoder=decoder,
+    )
+
+
+def decoder_attack(
+    obfuscate: Obfuscate,
+    attacker: Split,
+    test: Split,
+    *,
+    num_classes: int,
+    epochs: int = 20,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    averaged_copies: int = 8,
+    seed: int = 0,
+    width: int = 32,
+    device: torch.device | str | None = None,
+    progress: Progress | None = None,
+) -> DecoderAttackResult:
+    """Invert ``obfuscate`` with a learned :class:`Decoder`.
+
+    Trains the decoder (Adam, MSE) on ``(obfuscate(x, y), x)`` pairs of the attacker split,
+    calling ``obfuscate`` (under ``torch.no_grad()``) for every batch of every epoch so each
+    epoch sees fresh noise; scores it on the test split only.
+
+    Args:
+        obfuscate: ``h = obfuscate(x, y)``; ``x`` is ``Tensor[B, C, H, W]`` in [0, 1], ``y`` is
+            ``Tensor[B]`` int64, both on ``device``; ``h`` is a fresh noisy sample,
+            ``Tensor[B, C', H', W']`` (any channels and spatial size; other shapes
+            ``Tensor[B, ...]`` are read as ``Tensor[B, F, 1, 1]``).
+        attacker: the attacker's split, ``(x, y)`` or an object with ``.x`` and ``.y``:
+            ``x`` ``Tensor[N, C, H, W]`` in [0, 1], ``y`` ``Tensor[N]`` in
+            ``[0, num_classes)``.
+        test: the evaluation split, same form and image shape, disjoint from ``attacker``.
+        num_classes: number of classes (validates the labels).
+        epochs: passes over the attacker split.
+        batch_size: training batch size (>= 2).
+        lr: Adam learning rate.
+        averaged_copies: ``k`` noisy copies of each test input averaged before decoding for
+            the ``_avg{k}`` scores.
+        width: hidden channels of the :class:`Decoder`.
+        seed: seeds decoder initialisation, shuffling and anything the obfuscator draws from
+            torch's global RNG; the caller's global RNG state is restored afterwards.
+        device: where the decoder runs and where batches are sent before ``obfuscate`` is
+            called; default: the device of the attacker's ``x``.
+        progress: an optional ``rich.progress.Progress``; one task (total = epochs) is added.
+
+    Returns:
+        :class:`DecoderAttackResult` with metrics ``decoder_ssim``, ``decoder_psnr``,
+        ``decoder_ssim_avg{k}``, ``decoder_psnr_avg{k}`` (``k = averaged_copies``, so
+        ``_avg8`` by default) and the first 8 test reconstructions.
+
+    Raises:
+        ShapeError, LabelError, DataError, ConfigError: on invalid splits, outputs or options.
+
+    """
+    xa, ya, xt, yt = _check_common(attacker, test, num_classes, epochs, batch_size, lr)
+    check_positive_int(averaged_copies, "averaged_copies")
+    return _train_and_score(
+        obfuscate, xa, ya, xt, yt, suffix="", averaged_copies=averaged_copies,
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        width=width, device=resolve_device(device, xa), progress=progress,
+    )
+
+
+def label_floor_attack(
+    attacker: Split,
+    test: Split,
+    *,
+    num_classes: int,
+    epochs: int = 20,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    width: int = 32,
+    device: torch.device | str | None = None,
+    progress: Progress | None = None,
+) -> DecoderAttackResult:
+    """The label-only floor: the same decoder given only the class of each image.
+
+    The decoder input is the one-hot label as ``num_classes`` constant maps of the image size,
+    ``Tensor[N, num_classes, H, W]``; everything else is as in :func:`decoder_attack`. The
+    decoder can at best learn the class-conditional mean image, which is what any
+    class-conditional obfuscator reveals by design.
+
+    Returns:
+        :class:`DecoderAttackResult` with metrics ``decoder_ssim_label_floor`` and
+        ``decoder_psnr_label_floor``.
+
+    """
+    xa, ya, xt, yt = _check_common(attacker, test, num_classes, epochs, batch_size, lr)
+    size = (xa.shape[2], xa.shape[3])
+
+    def labels_only(x: Tensor, y: Tensor) -> Tensor:
+        return one_hot_maps(y, num_classes, size).to(x.device)
+
+    return _train_and_score(
+        labels_only, xa, ya, xt, yt, suffix="_label_floor", averaged_copies=None,
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        width=width, device=resolve_device(device, xa), progress=progress,
+    )
+
+
+def clean_ceiling_attack(
+    attacker: Split,
+    test: Split,
+    *,
+    num_classes: int,
+    epochs: int = 20,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    width: int = 32,
+    device: torch.device | str | None = None,
+    progress: Progress | None = None,
+) -> DecoderAttackResult:
+    """The clean ceiling: the same decoder given the clean image (identity obfuscator).
+
+    Returns:
+        :class:`DecoderAttackResult` with metrics ``decoder_ssim_clean`` and
+        ``decoder_psnr_clean``.
+
+    """
+    xa, ya, xt, yt = _check_common(attacker, test, num_classes, epochs, batch_size, lr)
+    return _train_and_score(
+        _identity, xa, ya, xt, yt, suffix="_clean", averaged_copies=None,
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        width=width, device=resolve_device(device, xa), progress=progress,
+    )
+
+
+def run_decoder_attacks(
+    obfuscate: Obfuscate,
+    attacker: Split,
+    test: Split,
+    *,
+    num_classes: int,
+    epochs: int = 20,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    averaged_copies: int = 8,
+    seed: int = 0,
+    width: int = 32,
+    device: torch.device | str | None = None,
+    progress: Progress | None = None,
+) -> DecoderAttackReport:
+    """Decoder attack on ``obfuscate`` beside its label-only floor and clean ceiling.
+
+    Runs :func:`decoder_attack`, :func:`label_floor_attack` and :func:`clean_ceiling_attack`
+    with the same architecture, data, budget and seed (arguments as in
+    :func:`decoder_attack`).
+
+    Returns:
+        :class:`DecoderAttackReport`: ``.metrics`` (a ``dict[str, float]`` with
+        ``decoder_ssim``, ``decoder_psnr``, ``decoder_ssim_avg8``, ``decoder_psnr_avg8``,
+        ``decoder_ssim_label_floor``, ``decoder_psnr_label_floor``, ``decoder_ssim_clean``,
+        ``decoder_psnr_clean``) and ``.reconstructions`` (CPU tensors of the first 8 test
+        images: ``original``, ``obfuscated``, ``decoder``, ``decoder_avg``, ``label_floor``,
+        ``clean``).
+
+    """
+    attack = decoder_attack(obfuscate, attacker, test, num_classes=num_classes, epochs=epochs,
+                            batch_size=batch_size, lr=lr, averaged_copies=averaged_copies,
+                            seed=seed, width=width, device=device, progress=progress)
+    floor = label_floor_attack(attacker, test, num_classes=num_classes, epochs=epochs,
+                               batch_size=batch_size, lr=lr, seed=seed, width=width,
+                               device=device, progress=progress)
+    clean = clean_ceiling_attack(attacker, test, num_classes=num_classes, epochs=epochs,
+                                 batch_size=batch_size, lr=lr, seed=seed, width=width,
+                                 device=device, progress=progress)
+
+    xt, yt = _split_images(test, "test", num_classes)
+    k = min(NUM_FIGURE_IMAGES, xt.shape[0])
+    dev = resolve_device(device, xt)
+    with torch.no_grad(), seeded(seed + 1, dev):
+        sample = as_feature_map(obfuscate(xt[:k].to(dev), yt[:k].to(dev)), k).cpu()
+    decoded_avg = attack.reconstructions_avg
+    return DecoderAttackReport(
+        metrics={**attack.metrics, **floor.metrics, **clean.metrics},
+        reconstructions={
+            "original": xt[:k].detach().float().cpu().clone(),
+            "obfuscated": sample,
+            "decoder": attack.reconstructions,
+            "decoder_avg": attack.reconstructions if decoded_avg is None else decoded_avg,
+            "label_floor": floor.reconstructions,
+            "clean": clean.reconstructions,
+        },
+    )
+
+
+def _identity(x: Tensor, y: Tensor) -> Tensor:
+    return x
+
