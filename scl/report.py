@@ -502,13 +502,18 @@ def _date(run_dir: Path, metrics: Mapping[str, Any], config: Mapping[str, Any]) 
 
 
 def write_report(
-    run_dir: str | os.PathLike[str], *, captions: Mapping[str, str] | None = None
+    run_dir: str | os.PathLike[str],
+    *,
+    captions: Mapping[str, str] | None = None,
+    name: str | None = None,
 ) -> Path:
     """Write ``run_dir/report.html`` from ``config.json``, ``metrics.json`` and ``figures/*.png``.
 
     Args:
         run_dir: a run folder written by an scl command.
         captions: figure captions keyed by file stem, on top of :data:`CAPTIONS`.
+        name: the run's name to show (default: the folder's name; a pipeline writing into a
+            temporary folder passes the final name).
 
     Returns:
         The path of ``report.html``.
@@ -531,7 +536,7 @@ def write_report(
     if _number(metrics.get("num_classes")) is not None:
         meta.append(f"{_fmt(metrics['num_classes'], 'int')} classes")
     meta.append(f"run {_e(date)}")
-    meta.append(f"folder <code>{_e(run_dir.resolve().name)}</code>")
+    meta.append(f"folder <code>{_e(name or run_dir.resolve().name)}</code>")
 
     config_text = json.dumps(config, indent=2, ensure_ascii=False, default=str)
     body = [

@@ -214,9 +214,14 @@ def noise_report(splits):
 def test_run_decoder_attacks_floor_and_ceiling(noise_report) -> None:
     m = noise_report.metrics
     assert set(m) == {
-        "decoder_ssim", "decoder_psnr", "decoder_ssim_avg8", "decoder_psnr_avg8",
-        "decoder_ssim_label_floor", "decoder_psnr_label_floor",
-        "decoder_ssim_clean", "decoder_psnr_clean",
+        "decoder_ssim",
+        "decoder_psnr",
+        "decoder_ssim_avg8",
+        "decoder_psnr_avg8",
+        "decoder_ssim_label_floor",
+        "decoder_psnr_label_floor",
+        "decoder_ssim_clean",
+        "decoder_psnr_clean",
     }
     assert all(isinstance(v, float) and math.isfinite(v) for v in m.values())
     # the clean ceiling rebuilds the images; the label alone does not
@@ -237,8 +242,9 @@ def test_run_decoder_attacks_floor_and_ceiling(noise_report) -> None:
 
 def test_identity_decoder_attack_matches_clean_ceiling(splits, noise_report) -> None:
     # Same architecture, data, budget and seed: the identity attack IS the clean ceiling.
-    result = decoder_attack(identity, splits["attacker"][:2], splits["test"][:2],
-                            num_classes=NUM_CLASSES, **FAST)
+    result = decoder_attack(
+        identity, splits["attacker"][:2], splits["test"][:2], num_classes=NUM_CLASSES, **FAST
+    )
     m = result.metrics
     assert m["decoder_ssim"] > 0.8
     assert m["decoder_ssim"] == pytest.approx(noise_report.metrics["decoder_ssim_clean"], abs=1e-6)
@@ -250,8 +256,13 @@ def test_identity_decoder_attack_matches_clean_ceiling(splits, noise_report) -> 
 def test_leaky_obfuscator_of_another_shape_and_averaging(splits, noise_report) -> None:
     # 2 channels at 8 x 8 with Gaussian noise: between floor and ceiling (observed 0.54);
     # averaging 8 copies divides the noise variance by 8 and the attack gets better (0.68).
-    result = decoder_attack(pooled_noisy(0.2), splits["attacker"][:2], splits["test"][:2],
-                            num_classes=NUM_CLASSES, **FAST)
+    result = decoder_attack(
+        pooled_noisy(0.2),
+        splits["attacker"][:2],
+        splits["test"][:2],
+        num_classes=NUM_CLASSES,
+        **FAST,
+    )
     m = result.metrics
     floor = noise_report.metrics["decoder_ssim_label_floor"]
     clean = noise_report.metrics["decoder_ssim_clean"]
@@ -272,9 +283,16 @@ def test_decoder_attack_accepts_flat_outputs_objects_and_progress(splits) -> Non
     x, y, _ = splits["test"]
     attacker, test = Split(x[:64], y[:64]), Split(x[64:80], y[64:80])
     with Progress(disable=True) as progress:
-        result = decoder_attack(lambda x, y: x.flatten(1)[:, ::4].clone(), attacker, test,
-                                num_classes=NUM_CLASSES, epochs=2, batch_size=32,
-                                averaged_copies=3, progress=progress)
+        result = decoder_attack(
+            lambda x, y: x.flatten(1)[:, ::4].clone(),
+            attacker,
+            test,
+            num_classes=NUM_CLASSES,
+            epochs=2,
+            batch_size=32,
+            averaged_copies=3,
+            progress=progress,
+        )
         (task,) = progress.tasks
         assert task.total == 2 and task.completed == 2
     assert {"decoder_ssim_avg3", "decoder_psnr_avg3"} <= set(result.metrics)
@@ -305,10 +323,15 @@ def test_attribute_classifier_any_shape() -> None:
 
 
 def test_attribute_attack_pure_noise_is_at_chance(splits) -> None:
-    result = attribute_attack(pure_noise(), splits["attacker"], splits["test"],
-                              num_attributes=2, **FAST)
-    assert set(result) == {"attribute_accuracy", "attribute_chance", "attribute_label_floor",
-                           "attribute_clean"}
+    result = attribute_attack(
+        pure_noise(), splits["attacker"], splits["test"], num_attributes=2, **FAST
+    )
+    assert set(result) == {
+        "attribute_accuracy",
+        "attribute_chance",
+        "attribute_label_floor",
+        "attribute_clean",
+    }
     test_attribute = splits["test"][2]
     chance = float(torch.bincount(test_attribute).max()) / len(test_attribute)
     assert result["attribute_chance"] == pytest.approx(chance)
@@ -319,8 +342,14 @@ def test_attribute_attack_pure_noise_is_at_chance(splits) -> None:
 
 
 def test_attribute_attack_leaky_obfuscator_is_near_clean(splits) -> None:
-    result = attribute_attack(pooled_noisy(0.1), splits["attacker"], splits["test"],
-                              num_attributes=2, num_classes=NUM_CLASSES, **FAST)
+    result = attribute_attack(
+        pooled_noisy(0.1),
+        splits["attacker"],
+        splits["test"],
+        num_attributes=2,
+        num_classes=NUM_CLASSES,
+        **FAST,
+    )
     assert result["attribute_clean"] > 0.9
     assert result["attribute_accuracy"] > result["attribute_clean"] - 0.1
     assert result["attribute_accuracy"] > result["attribute_chance"] + 0.3
@@ -360,10 +389,30 @@ def test_validation_errors(splits) -> None:
     with pytest.raises(DataError, match="private attribute"):
         attribute_attack(identity, good, good, num_attributes=2, epochs=1)
     with pytest.raises(LabelError, match=r"attacker.attribute must be in \[0, 2\)"):
-        attribute_attack(identity, (x[:16], y[:16], a[:16] + 5), (x[:16], y[:16], a[:16]),
-                         num_attributes=2, epochs=1)
+        attribute_attack(
+            identity,
+            (x[:16], y[:16], a[:16] + 5),
+            (x[:16], y[:16], a[:16]),
+            num_attributes=2,
+            epochs=1,
+        )
     with pytest.raises(ConfigError, match="num_attributes"):
         attribute_attack(identity, splits["test"], splits["test"], num_attributes=1)
     # every error is an SCLError, hence a ValueError
     with pytest.raises(ValueError):
         run_decoder_attacks(identity, (x[:16], y[:15]), good, **tiny)
+
+
+def test_bias_corrected_dcor_is_near_zero_for_independent_high_dimensional_data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(300, 3, 16, 16, generator=g)
+    h = torch.rand(300, 3, 16, 16, generator=g)
+    biased = distance_correlation(x, h)
+    corrected = distance_correlation(x, h, bias_corrected=True)
+    assert biased > 0.5  # the V-statistic is far from 0 here
+    assert corrected < 0.1
+
+
+def test_bias_corrected_dcor_is_one_for_a_linear_copy():
+    x = torch.rand(100, 20, generator=torch.Generator().manual_seed(1))
+    assert distance_correlation(x, 2 * x + 1, bias_corrected=True) == pytest.approx(1.0, abs=1e-6)

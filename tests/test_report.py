@@ -91,8 +91,13 @@ def test_selection_maps_checks_class_names(tmp_path: Path) -> None:
 
 def test_tradeoff_curve_and_share(tmp_path: Path) -> None:
     points = [
-        {"lam": lam, "accuracy": 0.95 - 0.1 * lam, "decoder_ssim": 0.6 - 0.4 * lam,
-         "decoder_ssim_label_floor": 0.18, "clean_accuracy": 0.97}
+        {
+            "lam": lam,
+            "accuracy": 0.95 - 0.1 * lam,
+            "decoder_ssim": 0.6 - 0.4 * lam,
+            "decoder_ssim_label_floor": 0.18,
+            "clean_accuracy": 0.97,
+        }
         for lam in (0.0, 0.5, 1.0)
     ]
     points.append({"lam": 2.0, "accuracy": None, "decoder_ssim": 0.1})  # skipped, no crash
@@ -112,8 +117,15 @@ def test_boxes_overlay(tmp_path: Path, gen: torch.Generator) -> None:
     labels = [torch.tensor([0, 1]), torch.zeros(0, dtype=torch.long)]
     scores = [torch.tensor([0.9, 0.4]), torch.zeros(0)]
 
-    out = figures.boxes_overlay(images, boxes, labels, tmp_path / "det.png", scores=scores,
-                                class_names=["person", "car"], title="detections")
+    out = figures.boxes_overlay(
+        images,
+        boxes,
+        labels,
+        tmp_path / "det.png",
+        scores=scores,
+        class_names=["person", "car"],
+        title="detections",
+    )
 
     _assert_png(out)
     with pytest.raises(SCLError, match="one entry per image"):
@@ -129,11 +141,19 @@ METRICS = {
     "accuracy": {"clean": 0.9734, "hard": 0.9612, "soft": 0.9481, "gated": 0.9507},
     "accuracy_mean8": {"hard": 0.968, "soft": 0.955},
     "privacy": {
-        "decoder_ssim": 0.2134, "decoder_ssim_label_floor": 0.1842, "decoder_ssim_clean": 0.9121,
-        "decoder_psnr": 11.24, "decoder_psnr_label_floor": 10.81, "decoder_psnr_clean": 24.3,
-        "decoder_ssim_avg8": 0.2361, "whitebox_ssim": 0.1513,
-        "attribute_accuracy": 0.27, "attribute_chance": 0.25, "attribute_clean": 0.81,
-        "dcor": 0.3101, "extra_attack": 0.5,
+        "decoder_ssim": 0.2134,
+        "decoder_ssim_label_floor": 0.1842,
+        "decoder_ssim_clean": 0.9121,
+        "decoder_psnr": 11.24,
+        "decoder_psnr_label_floor": 10.81,
+        "decoder_psnr_clean": 24.3,
+        "decoder_ssim_avg8": 0.2361,
+        "whitebox_ssim": 0.1513,
+        "attribute_accuracy": 0.27,
+        "attribute_chance": 0.25,
+        "attribute_clean": 0.81,
+        "dcor": 0.3101,
+        "extra_attack": 0.5,
     },
     "targets": [
         {"name": "hard accuracy", "value": 0.9612, "target": 0.95, "met": True},
@@ -168,8 +188,21 @@ def test_report_contains_numbers_floors_figures_and_escapes(tmp_path: Path) -> N
         assert number in text
     assert "Mean of 8 samples" in text
     # each attack beside its floor and ceiling
-    for number in ("0.213", "0.184", "0.912", "11.2 dB", "10.8 dB", "24.3 dB", "0.236",
-                   "0.151", "27.0%", "25.0%", "81.0%", "0.310", "+0.029"):
+    for number in (
+        "0.213",
+        "0.184",
+        "0.912",
+        "11.2 dB",
+        "10.8 dB",
+        "24.3 dB",
+        "0.236",
+        "0.151",
+        "27.0%",
+        "25.0%",
+        "81.0%",
+        "0.310",
+        "+0.029",
+    ):
         assert number in text, number
     assert "label-only floor" in text
     assert "extra attack" in text  # unknown privacy keys are still shown
@@ -215,8 +248,10 @@ def test_report_detection_and_federated_sections(tmp_path: Path) -> None:
         "map": {"clean": 0.61, "hard": 0.58},
         "map50": {"clean": 0.88, "hard": 0.85, "soft": 0.8},
         "engine": "simulation",
-        "stages": [{"name": "p=0.0", "accuracy": 0.91, "rounds": 3},
-                   {"name": "p=1.0", "accuracy": 0.97, "rounds": 3, "clients": 4}],
+        "stages": [
+            {"name": "p=0.0", "accuracy": 0.91, "rounds": 3},
+            {"name": "p=1.0", "accuracy": 0.97, "rounds": 3, "clients": 4},
+        ],
         "date": "2025-01-02 03:04",
     }
     run = _run_folder(tmp_path, metrics=metrics)

@@ -135,6 +135,17 @@ def _centred_distances(z: Tensor) -> Tensor:
     return d - d.mean(dim=0, keepdim=True) - d.mean(dim=1, keepdim=True) + d.mean()
 
 
+def _u_centred_distances(z: Tensor) -> Tensor:
+    """U-centred distance matrix (zero diagonal) of ``Tensor[n, d]`` rows, for the unbiased dCov."""
+    n = z.shape[0]
+    d = torch.cdist(z, z, compute_mode="donot_use_mm_for_euclid_dist")
+    rows = d.sum(dim=1, keepdim=True) / (n - 2)
+    cols = d.sum(dim=0, keepdim=True) / (n - 2)
+    u = d - rows - cols + d.sum() / ((n - 1) * (n - 2))
+    u.fill_diagonal_(0.0)
+    return u
+
+
 @torch.no_grad()
 def distance_correlation(
     x: Tensor,
@@ -142,8 +153,14 @@ def distance_correlation(
     *,
     max_samples: int = 1000,
     generator: torch.Generator | None = None,
+    bias_corrected: bool = False,
 ) -> float:
     """Distance correlation between per-sample ``x`` and ``h`` (Székely's V-statistic).
+
+    With ``bias_corrected=True`` the U-centred estimator of Székely and Rizzo (2014) is used
+    instead: unbiased for ``dCov^2``, about 0 for independent data at any ``n`` and dimension
+    (the V-statistic of independent high-dimensional data is far above 0). The value returned is
+    then ``sqrt(max(R*, 0))`` with ``R*`` the bias-corrected squared dCor, on the same scale.
 
     Each sample is flattened (``Tensor[N, ...] -> Tensor[N, D]``). With ``A`` and ``B`` the
     double-centred Euclidean distance matrices of the rows of ``x`` and ``h``,
@@ -199,10 +216,19 @@ def distance_correlation(
     xs = xs.to(torch.float64)
     hs = hs.to(device=xs.device, dtype=torch.float64)
 
-    a = _centred_distances(xs)
-    b = _centred_distances(hs)
-    dcov2 = float((a * b).mean())
-    dvar2 = float((a * a).mean()) * float((b * b).mean())
+    if bias_corrected:
+        if xs.shape[0] < 4:
+            raise ShapeError(f"the bias-corrected dCor needs N >= 4 samples, but got {xs.shape[0]}")
+        a, b = _u_centred_distances(xs), _u_centred_distances(hs)
+        m = xs.shape[0]
+        scale = 1.0 / (m * (m - 3))
+        dcov2 = float((a * b).sum()) * scale
+        dvar2 = float((a * a).sum()) * scale * float((b * b).sum()) * scale
+    else:
+        a = _centred_distances(xs)
+        b = _centred_distances(hs)
+        dcov2 = float((a * b).mean())
+        dvar2 = float((a * a).mean()) * float((b * b).mean())
     if dvar2 <= 0.0:
         return 0.0
     dcor2 = max(dcov2, 0.0) / math.sqrt(dvar2)

@@ -37,7 +37,6 @@ def invert(
     steps: int = 100,
     lr: float = 0.1,
     tv_weight: float = 0.05,
-    chunk: int = 4096,
 ) -> tuple[Tensor, Tensor]:
     """Invert observed samples ``Tensor[N, ...]``; returns ``(x_hat: Tensor[N, *image_shape],
     best_class: Tensor[N])``. The layer's parameters are not changed."""
@@ -50,21 +49,17 @@ def invert(
     for p in layer.parameters():
         p.requires_grad_(False)
     try:
-        # every (image, class) pair is one row of the batch
-        target = observed.detach().repeat_interleave(c, 0)
-        classes = torch.arange(c, device=observed.device).repeat(n)
-        logits = torch.zeros(n * c, *image_shape, device=observed.device, requires_grad=True)
+        # one candidate input per (image, class); all optimised together
+        target = observed.detach().unsqueeze(1)  # [N, 1, ...] against [N, C, ...]
+        logits = torch.zeros(n, c, *image_shape, device=observed.device, requires_grad=True)
         optimiser = torch.optim.Adam([logits], lr=lr)
         for _ in range(steps):
             optimiser.zero_grad()
-            objective = _objective(layer, logits, target, classes, tv_weight, chunk)
-            objective.sum().backward()
+            _objective(layer, logits, target, tv_weight).sum().backward()
             optimiser.step()
         with torch.no_grad():
-            final = _objective(layer, logits, target, classes, tv_weight, chunk).view(n, c)
-            best = final.argmin(1)
-            x_hat = torch.sigmoid(logits).view(n, c, *image_shape)
-            x_hat = x_hat[torch.arange(n), best]
+            best = _objective(layer, logits, target, tv_weight).argmin(1)
+            x_hat = torch.sigmoid(logits)[torch.arange(n), best]
     finally:
         for p, r in zip(layer.parameters(), requires):
             p.requires_grad_(r)
@@ -73,21 +68,22 @@ def invert(
 
 
 def _objective(
-    layer: StochasticConditionalLayer,
-    logits: Tensor,
-    target: Tensor,
-    classes: Tensor,
-    tv_weight: float,
-    chunk: int,
+    layer: StochasticConditionalLayer, logits: Tensor, target: Tensor, tv_weight: float
 ) -> Tensor:
-    parts = []
-    for start in range(0, logits.shape[0], chunk):  # bounded memory; not a loop over classes
-        stop = start + chunk
-        x_hat = torch.sigmoid(logits[start:stop])
-        dist = layer.distribution(x_hat, ClassIndex(classes[start:stop], layer.num_classes))
-        nll = -dist.log_prob(target[start:stop]).flatten(1).mean(1)
-        parts.append(nll + tv_weight * total_variation(x_hat))
-    return torch.cat(parts)
+    """``Tensor[N, C]``: mean negative log-likelihood of the observation plus the TV prior."""
+    n, c = logits.shape[:2]
+    x_hat = torch.sigmoid(logits)
+    per_class = getattr(layer, "params_per_class", None)
+    if per_class is not None:  # conv / linear: every class's kernels on its candidate, one op
+        dist = layer.noise.build(per_class(x_hat))
+        log_p = dist.log_prob(target.expand(n, c, *target.shape[2:]))
+    else:
+        flat = x_hat.flatten(0, 1)
+        classes = torch.arange(c, device=logits.device).repeat(n)
+        dist = layer.distribution(flat, ClassIndex(classes, c))
+        log_p = dist.log_prob(target.expand(n, c, *target.shape[2:]).flatten(0, 1))
+    nll = -log_p.reshape(n, c, -1).mean(-1)
+    return nll + tv_weight * total_variation(x_hat.flatten(0, 1)).view(n, c)
 
 
 def whitebox_attack(

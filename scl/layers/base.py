@@ -78,9 +78,16 @@ class StochasticConditionalLayer(nn.Module):
         In eval mode the noise comes from a generator seeded from OS entropy unless ``generator``
         is given or the call is inside ``scl.deterministic(seed)`` (see :mod:`scl.random`).
         """
+        return self.sample_with_distribution(x, pi, generator=generator)[0]
+
+    def sample_with_distribution(
+        self, x: Tensor, pi: Selection, *, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Distribution]:
+        """``(sample, distribution)`` from one computation of the parameter maps (for losses that
+        need both, e.g. a noise-entropy privacy term)."""
         dist = self.distribution(x, pi)
         gen = noise_generator(x.device, training=self.training, generator=generator)
-        return self.noise.sample(dist, training=self.training, generator=gen)
+        return self.noise.sample(dist, training=self.training, generator=gen), dist
 
     def extra_repr(self) -> str:
         return (
@@ -221,6 +228,26 @@ class ClassLinearMap(StochasticConditionalLayer):
 
     def _param_dim(self, x: Tensor) -> int:
         return 1
+
+    def params_per_class(self, x: Tensor) -> list[Tensor]:
+        """Class c's raw parameter maps of its own input ``x[:, c]``, for every class at once.
+
+        ``x: Tensor[B, C, *input]`` -> each map ``Tensor[B, C, *output]``; as a hard selection of
+        class c applied to ``x[:, c]``, in one op (e.g. an attack that tries every class).
+        """
+        check_tensor(x, "x", min_ndim=3)
+        if x.shape[1] != self.num_classes:
+            raise ShapeError(
+                f"x must have one input per class in dim 1 ({self.num_classes}), "
+                f"but got shape {tuple(x.shape)}"
+            )
+        self._check_input(x[:, 0])
+        y = self._op_per_class(x)  # [B, C, rows, *spatial] (channel-first)
+        maps = y.reshape(y.shape[0], self.num_classes, self.num_params, self.out_channels, *y.shape[3:])
+        return [self._from_cf(m.flatten(0, 1)).unflatten(0, (y.shape[0], self.num_classes)) for m in maps.unbind(2)]
+
+    def _op_per_class(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
 
     def _selected(self, x: Tensor, sel: SharedSelection | Tensor) -> Tensor:
         shared = isinstance(sel, SharedSelection)

@@ -95,6 +95,12 @@ class StochasticConditionalConv2d(ClassLinearMap):
         y = torch.baddbmm(bias.unsqueeze(-1), weight.flatten(2), patches)
         return y.reshape(b, weight.shape[1], *self._out_spatial_padded(x.shape[2:]))
 
+    def _op_per_class(self, x: Tensor) -> Tensor:
+        # one grouped convolution with C groups: group c is class c's kernels on x[:, c]
+        b, c = x.shape[:2]
+        y = self._conv(x.flatten(1, 2), self.weight.flatten(0, 1), self.bias.flatten(), c)
+        return y.reshape(b, c, -1, *y.shape[2:])
+
     def _explicit_padding(self, spatial: tuple[int, ...]) -> tuple[int, int, int, int]:
         """(left, right, top, bottom) zero padding equivalent to ``self.padding``."""
         if self.padding == "valid":

@@ -79,6 +79,12 @@ class StochasticConditionalLinear(ClassLinearMap):
         y = torch.baddbmm(bias.unsqueeze(-1), weight, x.reshape(b, self.in_channels, -1))
         return y.reshape(b, -1, *x.shape[2:])
 
+    def _op_per_class(self, x: Tensor) -> Tensor:
+        # x: [B, C, ..., in] -> [B, C, rows, ...] (channel-first like the other paths)
+        y = torch.einsum("bc...i,coi->bc...o", x, self.weight)
+        y = y + self.bias.reshape(1, self.num_classes, *([1] * (y.dim() - 3)), -1)
+        return y.movedim(-1, 2)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_channels}, out_features={self.out_channels}, " + super().extra_repr()
 

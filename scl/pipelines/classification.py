@@ -185,7 +185,7 @@ def privacy_term(kind: str, x: Tensor, h: Tensor, dist: torch.distributions.Dist
         size = ssim_kernel_size(*x.shape[-2:])
         terms["ssim"] = ssim_fn(h, x, data_range=1.0, kernel_size=size)  # type: ignore[assignment]
     total = sum(terms.values())
-    return total, {k: float(v) for k, v in terms.items()}  # type: ignore[return-value]
+    return total, {k: float(v.detach()) for k, v in terms.items()}  # type: ignore[return-value]
 
 
 def train_stage1(exp: Experiment, progress: object | None, log: RunLog, *, lam: float | None = None,
@@ -207,7 +207,7 @@ def train_stage1(exp: Experiment, progress: object | None, log: RunLog, *, lam: 
         task = F.cross_entropy(logits, y)
         privacy, stats = privacy_term(kind, x, h, dist)
         acc = float((logits.argmax(-1) == y).float().mean())
-        return task + lam * privacy, {"task_loss": float(task), "accuracy": acc, **stats}
+        return task + lam * privacy, {"task_loss": task.item(), "accuracy": acc, **stats}
 
     layer.train()
     history = engine.train(
@@ -360,7 +360,13 @@ def run_attacks(exp: Experiment, progress: object | None, log: RunLog) -> dict[s
         )
         privacy.update({k: v for k, v in result.items() if isinstance(v, float)})
     with torch.no_grad():
-        privacy["dcor"] = distance_correlation(test.x, obf(test.x, test.y), generator=_generator(cfg, 4))
+        # bias-corrected (the V-statistic of 768-dimensional samples is far above 0 even for
+        # independent data), beside the dCor that the class label alone has with x
+        h = obf(test.x, test.y)
+        privacy["dcor"] = distance_correlation(test.x, h, bias_corrected=True)
+        onehot = F.one_hot(test.y, num_classes).float()
+        privacy["dcor_label_floor"] = distance_correlation(test.x, onehot, bias_corrected=True)
+        privacy["dcor_vstatistic"] = distance_correlation(test.x, h)
     exp.metrics["privacy"] = privacy
     return privacy
 
@@ -492,7 +498,7 @@ def sample_images(exp: Experiment, k: int = 8) -> dict[str, Tensor]:
     return rows
 
 
-def write_outputs(exp: Experiment, folder: Path, log: RunLog) -> None:
+def write_outputs(exp: Experiment, folder: Path, log: RunLog, name: str | None = None) -> None:
     """Figures, metrics.json, config.json, log.txt and report.html."""
     from scl import figures
     from scl.report import write_report
@@ -513,7 +519,7 @@ def write_outputs(exp: Experiment, folder: Path, log: RunLog) -> None:
     write_json(folder / "config.json", exp.config)
     with atomic_write(folder / "log.txt") as handle:
         handle.write("\n".join(log.lines) + "\n")
-    write_report(folder)
+    write_report(folder, name=name)
 
 
 # -- the commands ----------------------------------------------------------------------------------------
@@ -555,7 +561,7 @@ def demo(config: dict[str, Any], out: Path, *, sweep_lams: bool = False, console
                 exp.metrics["seconds"]["sweep"] = time.perf_counter() - start
         exp.metrics["seconds"]["total"] = time.perf_counter() - total
         save_checkpoints(exp, folder)
-        write_outputs(exp, folder, log)
+        write_outputs(exp, folder, log, name=Path(out).name)
     return out, exp.metrics
 
 
@@ -568,7 +574,7 @@ def train_command(config: dict[str, Any], out: Path, *, console: Any = None, sho
             exp = prepare(config)
             run_training(exp, progress, log)
         save_checkpoints(exp, folder)
-        write_outputs(exp, folder, log)
+        write_outputs(exp, folder, log, name=Path(out).name)
     return out, exp.metrics
 
 

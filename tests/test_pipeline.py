@@ -1,0 +1,155 @@
+"""The classification pipeline's stages, on the embedded digits with tiny budgets."""
+
+import json
+
+import pytest
+import torch
+
+import scl
+from scl.pipelines import classification as clf
+from scl.pipelines import config as cfg
+
+TINY = [
+    "network.epochs=3",
+    "stage1.epochs=2",
+    "stage2.epochs=2",
+    "gated.epochs=1",
+    "attacks.decoder_epochs=1",
+    "attacks.attribute_epochs=1",
+    "attacks.whitebox_images=4",
+    "attacks.whitebox_steps=2",
+]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    config = cfg.build(quick=True, assignments=TINY)
+    exp = clf.prepare(config)
+    log = clf.RunLog()
+    with clf._noise(config):
+        clf.train_network(exp, None, log)
+        obf = clf.train_stage1(exp, None, log)
+        layer_after_stage1 = [p.detach().clone() for p in obf.layer.parameters()]
+        clf.train_stage2(exp, obf, None)
+    return exp, layer_after_stage1
+
+
+def test_config_layers_defaults_quick_file_and_set(tmp_path):
+    file = tmp_path / "c.json"
+    file.write_text(json.dumps({"stage1": {"lam": 0.5, "privacy": "ssim"}}))
+    config = cfg.build(quick=True, config_file=file, assignments=["stage1.lam=0.25", "data=x.npz"])
+    assert config["stage1"] == {
+        **cfg.DEFAULTS["stage1"],
+        "epochs": cfg.QUICK["stage1"]["epochs"],
+        "lam": 0.25,
+        "privacy": "ssim",
+    }
+    assert config["data"] == "x.npz"
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("stage1.lamda=1", "unknown config key 'stage1.lamda'"),
+        ("stage1.privacy=loud", r"stage1.privacy must be one of \['entropy', 'ssim', 'both'\]"),
+        ("network.epochs=0", "network.epochs must be a positive integer, but got 0"),
+        ("stage1.lam=-1", "stage1.lam must be a number >= 0"),
+        ("layer=3", "must be a section"),
+        ("nokey", "--set expects key=value"),
+    ],
+)
+def test_config_errors_say_what_to_change(assignment, message):
+    with pytest.raises(scl.ConfigError, match=message):
+        cfg.build(assignments=[assignment])
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(scl.ConfigError, match="cannot read config file"):
+        cfg.build(config_file=tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope")
+    with pytest.raises(scl.ConfigError, match="not valid JSON"):
+        cfg.build(config_file=bad)
+
+
+def test_task_network_is_frozen_and_beats_chance(trained):
+    exp, _ = trained
+    assert not any(p.requires_grad for p in exp.network.parameters())
+    assert not exp.network.training
+    probs = clf.engine.predict_proba(exp.network, exp.splits["test"].x)
+    assert clf.engine.accuracy(probs, exp.splits["test"].y) > 0.2  # chance: 0.1
+
+
+def test_stage2_trains_the_selection_and_leaves_the_layer_frozen(trained):
+    exp, layer_after_stage1 = trained
+    obf = exp.obfuscator
+    for before, after in zip(layer_after_stage1, obf.layer.parameters()):
+        assert torch.equal(before, after)
+    initial = torch.full_like(
+        obf.selection.logits, obf.selection.logits.new_tensor(1 / 10).logit().item()
+    )
+    assert not torch.allclose(obf.selection.logits, initial)
+    assert obf.selection.values.shape == (10, 1, 16, 16)
+    assert isinstance(exp.gated.selection, scl.GatedSelection)
+    assert set(exp.history) == {"network", "stage1", "stage2 soft", "stage2 gated"}
+
+
+def test_evaluate_reports_every_mode_once_and_mean_of_8(trained):
+    exp, _ = trained
+    with clf._noise(exp.config):
+        acc = clf.evaluate(exp)
+    assert set(acc) == {"clean", "hard", "soft", "gated"}
+    assert set(exp.metrics["accuracy_mean8"]) == set(acc)
+    assert all(0.0 <= v <= 1.0 for v in acc.values())
+
+
+def test_privacy_terms():
+    x = torch.rand(4, 3, 16, 16)
+    dist = torch.distributions.Normal(torch.zeros_like(x), torch.full_like(x, 2.0))
+    total, stats = clf.privacy_term("entropy", x, x, dist)
+    assert stats["neg_log_scale"] == pytest.approx(-torch.log(torch.tensor(2.0)).item())
+    total, stats = clf.privacy_term("ssim", x, x, dist)
+    assert stats["ssim"] == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(scl.ConfigError, match="needs a gaussian or laplace"):
+        clf.privacy_term(
+            "entropy", x, x, torch.distributions.Bernoulli(probs=torch.full_like(x, 0.5))
+        )
+
+
+def test_targets_are_checked_against_the_floors():
+    rows = clf.targets(
+        {
+            "accuracy": {"clean": 0.95, "soft": 0.945},
+            "privacy": {
+                "decoder_ssim": 0.30,
+                "decoder_ssim_label_floor": 0.2,
+                "attribute_accuracy": 0.27,
+                "attribute_chance": 0.25,
+                "dcor": 0.1,
+            },
+        }
+    )
+    met = {r["name"]: r["met"] for r in rows}
+    assert met == {
+        "clean - soft accuracy (points)": True,
+        "decoder SSIM": False,
+        "attribute accuracy": True,
+        "dCor(x, h)": True,
+    }
+
+
+def test_run_folder_leaves_nothing_when_interrupted(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt), clf.run_folder(out) as folder:
+        (folder / "metrics.json").write_text("{}")
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_folder_refuses_a_non_empty_folder(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("mine")
+    with pytest.raises(scl.ConfigError, match="already exists and is not empty"):
+        with clf.run_folder(tmp_path / "run"):
+            pass
+    assert (tmp_path / "run" / "keep.txt").read_text() == "mine"
