@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,7 @@ def obfuscate_files(run: Path, source: Path, out: Path, *, selection: str = "sof
         obfuscator = Obfuscator(obfuscator.layer, scl.load(gated_path)).eval()
     if obfuscator.selection is None:
         raise ConfigError(f"{str(run)!r}: the obfuscator has no trained selection; run stage 2 first")
-    layer = obfuscator.layer
-    shape = getattr(layer, "shape", None) or (layer.in_channels, *_trained_size(obfuscator))
+    shape = _input_shape(Path(run))
     x, names = load_images(source, channels=shape[0], size=tuple(shape[1:]))
     with torch.no_grad():
         h = torch.cat([obfuscator(x[i : i + 256]) for i in range(0, x.shape[0], 256)])
@@ -56,14 +56,13 @@ def obfuscate_files(run: Path, source: Path, out: Path, *, selection: str = "sof
     return int(h.shape[0])
 
 
-def _trained_size(obfuscator: Obfuscator) -> tuple[int, int]:
-    """The image size a run's obfuscator was trained at (from a spatial soft selection, or the
-    run's config next to the checkpoint)."""
-    selection = obfuscator.selection
-    shape = getattr(selection, "shape", ())
-    if len(shape) == 3 and shape[1] > 1:
-        return int(shape[1]), int(shape[2])
-    raise ConfigError(
-        "cannot tell the image size this obfuscator was trained at; train with the default "
-        "spatial soft selection"
-    )
+def _input_shape(run: Path) -> tuple[int, int, int]:
+    """The ``(C, H, W)`` the run's obfuscator was trained on (recorded in metrics.json)."""
+    try:
+        shape = json.loads((run / "metrics.json").read_text())["input_shape"]
+        return int(shape[0]), int(shape[1]), int(shape[2])
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise ConfigError(
+            f"{str(run)!r}: metrics.json does not record the input shape the obfuscator was "
+            "trained on; run `scl evaluate` on it to record it"
+        ) from exc
