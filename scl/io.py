@@ -139,7 +139,14 @@ def save(module: Any, path: str | os.PathLike[str]) -> Path:
 
     if not isinstance(module, nn.Module):
         raise CheckpointError(f"scl.save needs an nn.Module, but got {type(module).__name__}")
-    spec = _spec(module) if _MODULES.get(type(module).__name__) is type(module) else None
+    spec = None
+    if _MODULES.get(type(module).__name__) is type(module):
+        try:
+            spec = _spec(module)
+        except CheckpointError:
+            # e.g. an Obfuscator whose pre-layers are plain torch modules: weights only, loaded
+            # with scl.load(path, into=module)
+            spec = None
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
     metadata = {"format": FORMAT, "scl_version": scl.__version__, "spec": json.dumps(spec)}
     data = save_bytes(state, metadata=metadata)

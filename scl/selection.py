@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from scl.errors import ConfigError, LabelError, ShapeError
-from scl.validation import check_num_classes, check_tensor
+from scl.validation import check_num_classes, check_tensor, fingerprint
 
 
 @dataclass(frozen=True, eq=False)
@@ -235,7 +235,7 @@ class SoftSelection(nn.Module):
 
     def forward(self, x: Tensor | None = None) -> SharedSelection:
         """Return the selection (``x`` is accepted and ignored, so it fits a pipeline)."""
-        key = (id(self), self.logits.data_ptr(), self.logits._version)
+        key = (id(self), *fingerprint(self.logits))
         if self.logits.requires_grad and torch.is_grad_enabled():
             return SharedSelection(self.values, key)
         if self._cache is None or self._cache[0] != key:

@@ -65,3 +65,9 @@ def check_tensor(
         bad = int((~torch.isfinite(x)).sum())
         raise ShapeError(f"{name} must be finite, but has {bad} NaN or Inf values")
     return x
+
+
+def fingerprint(tensor: Tensor) -> tuple[int, int, float]:
+    """Identifies a tensor's current values for caches: storage, version counter, and a sum that
+    also catches in-place edits through ``.data`` (which bypass the version counter)."""
+    return (tensor.data_ptr(), tensor._version, float(tensor.detach().sum()))

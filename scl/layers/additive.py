@@ -69,6 +69,7 @@ class StochasticConditionalAdditive(StochasticConditionalLayer):
             _broadcast_check("input", tuple(values.shape[2:]), self.shape)
             weights = values.reshape(*values.shape, *([1] * (len(self.shape) + 2 - values.dim())))
             maps = torch.einsum("nc...,cp...->np...", weights.expand(-1, -1, *self.shape), self.offsets)
+            maps = maps.expand(x.shape[0], *maps.shape[1:])  # a shared selection has one row
             first = weights.sum(1) * x + maps[:, 0]
         return [first, *maps[:, 1:].unbind(1)] if self.num_params > 1 else [first]
 

@@ -28,7 +28,7 @@ from scl import distributions as D
 from scl.errors import ConfigError, ShapeError
 from scl.random import noise_generator
 from scl.selection import ClassIndex, Selection, SharedSelection, check_labels
-from scl.validation import check_choice, check_num_classes, check_tensor
+from scl.validation import check_choice, check_num_classes, check_tensor, fingerprint
 
 PLACEMENTS = ("input", "output")
 
@@ -296,14 +296,7 @@ class ClassLinearMap(StochasticConditionalLayer):
         )
         if key is None or grad:
             return self._mix(coeff)
-        full_key = (
-            key,
-            self.weight.data_ptr(),
-            self.weight._version,
-            self.bias.data_ptr(),
-            self.bias._version,
-            self.selection_at,
-        )
+        full_key = (key, fingerprint(self.weight), fingerprint(self.bias), self.selection_at)
         if self._mixed is None or self._mixed[0] != full_key:
             with torch.no_grad():
                 weight, bias = self._mix(coeff)

@@ -156,10 +156,18 @@ class StochasticConditional(StochasticConditionalLayer):
 
         in_x = 0 if x.shape[0] > 1 or next(iter(params.values())).shape[0] == 1 else None
         xs = x if in_x == 0 else x[0]
-        with warnings.catch_warnings():
-            # vmap falls back to a loop for a few attention kernels on CPU and says so each call
-            warnings.filterwarnings("ignore", message="There is a performance drop")
-            return vmap(call, in_dims=(0, 0, in_x), randomness="different")(params, buffers, xs)
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        try:
+            # Inside vmap, torch's attention modules cannot see that gradients are needed and
+            # would take their fused inference path, which has no backward: turn it off then.
+            if torch.is_grad_enabled():
+                torch.backends.mha.set_fastpath_enabled(False)
+            with warnings.catch_warnings():
+                # vmap falls back to a loop for a few attention kernels on CPU and says so
+                warnings.filterwarnings("ignore", message="There is a performance drop")
+                return vmap(call, in_dims=(0, 0, in_x), randomness="different")(params, buffers, xs)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
 
     def params(self, x: Tensor, pi: Selection) -> list[Tensor]:
         """Raw parameter maps, each shaped like one network's output ``[B, ...]``."""
@@ -195,7 +203,7 @@ class StochasticConditional(StochasticConditionalLayer):
                 out = out.reshape(c, p, b, *shape)
                 pi_o = values.reshape(*values.shape, *([1] * (len(shape) + 2 - values.dim())))
                 mixed = (out * pi_o.transpose(0, 1).unsqueeze(1)).sum(0)  # [P, B, ...]
-        except RuntimeError as exc:
+        except (RuntimeError, AssertionError) as exc:  # torch modules assert on input sizes
             raise ShapeError(
                 f"the parameter networks rejected an input of shape {tuple(x.shape)}: {exc}"
             ) from exc
