@@ -28,7 +28,15 @@ def main() -> None:
             "the baseline being the plain `nn.Conv2d` 3->32 timed in the same repetition "
             "(fwd+bwd for training cases, no-grad forward for inference cases). "
             "Layer: `StochasticConditionalConv2d(3, 16, 3, C, padding=1)`, gaussian (32 maps), "
-            "batch 64, 32x32.\n\n" + text + "\n"
+            "batch 64, 32x32.\n\n" + text + "\n\n"
+            "Reading the table: drawing the noise is a large share of every stochastic case. On "
+            "this CPU `torch.randn` for the 1M-element output alone takes longer than the plain "
+            "convolution's forward pass (torch's CPU normal sampler runs on one thread), and the "
+            "softplus scale, the reparameterised sample and their backward are several more "
+            "passes over that tensor. The rows 'plain conv + gaussian sampling' (an "
+            "unconditional stochastic layer) and 'parameter maps only' (the class-conditional "
+            "kernels and selection without sampling) separate the price of the noise from the "
+            "price of conditioning on the class.\n"
         )
     print(f"\nwritten to {args.out}")
 

@@ -29,6 +29,7 @@ class Case:
     baseline: str
     must: float | None = None
     goal: float | None = None
+    stochastic_baseline: str = ""
 
 
 def _fwd_bwd(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
@@ -49,6 +50,25 @@ def layer_cases(batch: int = 64, size: int = 32) -> list[Case]:
     with torch.no_grad():
         cases.append(Case("plain nn.Conv2d 3->32 inference", lambda: plain(x), ""))
     base_train, base_infer = cases[0].name, cases[1].name
+    # An unconditional stochastic layer: the same conv and the same Gaussian sampling, no classes.
+    # Its ratio is the price of the noise alone; the layers' ratios above it are the price of
+    # conditioning on the class.
+    from scl.distributions import get
+
+    gaussian = get("gaussian")
+
+    def stochastic_plain() -> torch.Tensor:
+        loc, raw = plain(x).split(16, 1)
+        return gaussian.sample(gaussian.build([loc, raw]), training=torch.is_grad_enabled())
+
+    cases.append(Case("plain conv + gaussian sampling fwd+bwd", _fwd_bwd(stochastic_plain), base_train))
+
+    def stochastic_plain_infer() -> torch.Tensor:
+        with torch.no_grad():
+            return stochastic_plain()
+
+    cases.append(Case("plain conv + gaussian sampling inference", stochastic_plain_infer, base_infer))
+    stoch_train, stoch_infer = cases[2].name, cases[3].name
     for classes in (10, 100):
         layer = StochasticConditionalConv2d(3, 16, 3, classes, padding=1)
         labels = torch.randint(0, classes, (batch,))
@@ -63,7 +83,15 @@ def layer_cases(batch: int = 64, size: int = 32) -> list[Case]:
             return out
 
         cases.append(
-            Case(f"C={classes} hard selection fwd+bwd", _fwd_bwd(lambda l=layer, h=hard: l(x, h)), base_train, 2.0, 1.3)
+            Case(f"C={classes} hard selection fwd+bwd", _fwd_bwd(lambda l=layer, h=hard: l(x, h)), base_train, 2.0, 1.3,
+                 stoch_train)
+        )
+        cases.append(
+            Case(
+                f"C={classes} hard selection, parameter maps only fwd+bwd",
+                _fwd_bwd(lambda l=layer, h=hard: torch.cat(l.params(x, h), 1)),
+                base_train,
+            )
         )
         cases.append(Case(f"C={classes} naive per-class loop fwd+bwd", _fwd_bwd(naive), base_train))
         soft = SoftSelection(classes, (3, 1, 1))
@@ -73,7 +101,15 @@ def layer_cases(batch: int = 64, size: int = 32) -> list[Case]:
             with torch.no_grad():
                 return l(x, s())
 
-        cases.append(Case(f"C={classes} soft inference (cached kernels)", soft_infer, base_infer, 1.5))
+        cases.append(
+            Case(f"C={classes} soft inference (cached kernels)", soft_infer, base_infer, 1.5, None, stoch_infer)
+        )
+
+        def soft_params(l: StochasticConditionalConv2d = layer_eval, s: SoftSelection = soft) -> torch.Tensor:
+            with torch.no_grad():
+                return torch.cat(l.params(x, s()), 1)
+
+        cases.append(Case(f"C={classes} soft inference, parameter maps only", soft_params, base_infer))
         if classes == 10:
             gate = torch.softmax(torch.randn(batch, classes), -1)
             cases.append(
@@ -82,6 +118,8 @@ def layer_cases(batch: int = 64, size: int = 32) -> list[Case]:
                     _fwd_bwd(lambda l=layer, g=gate: l(x, g)),
                     base_train,
                     3.0,
+                    None,
+                    stoch_train,
                 )
             )
     return cases
@@ -100,18 +138,28 @@ def measure(cases: list[Case], repeats: int = 30, warmup: int = 3) -> dict[str, 
     return times
 
 
+def _ratio(times: dict[str, list[float]], case: str, baseline: str) -> float | None:
+    if not baseline:
+        return None
+    return statistics.median(a / b for a, b in zip(times[case], times[baseline]))
+
+
 def ratios(cases: list[Case], times: dict[str, list[float]]) -> list[dict[str, object]]:
-    """Median of the per-repetition ratios against each case's baseline."""
+    """Median of the per-repetition ratios against each case's baselines."""
     rows = []
     for case in cases:
-        median_ms = statistics.median(times[case.name]) * 1e3
-        ratio = None
-        if case.baseline:
-            pairs = zip(times[case.name], times[case.baseline])
-            ratio = statistics.median(a / b for a, b in pairs)
+        ratio = _ratio(times, case.name, case.baseline)
         met = None if ratio is None or case.must is None else ratio <= case.must
         rows.append(
-            {"case": case.name, "ms": median_ms, "ratio": ratio, "must": case.must, "goal": case.goal, "met": met}
+            {
+                "case": case.name,
+                "ms": statistics.median(times[case.name]) * 1e3,
+                "ratio": ratio,
+                "stochastic": _ratio(times, case.name, case.stochastic_baseline),
+                "must": case.must,
+                "goal": case.goal,
+                "met": met,
+            }
         )
     return rows
 
@@ -133,13 +181,14 @@ def machine() -> str:
 
 def table(rows: list[dict[str, object]]) -> str:
     lines = [
-        "| case | median ms | ratio | must | goal | met |",
-        "|---|---:|---:|---:|---:|:---:|",
+        "| case | median ms | vs plain conv | must | goal | met | vs plain stochastic conv |",
+        "|---|---:|---:|---:|---:|:---:|---:|",
     ]
     for r in rows:
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         must = "" if r["must"] is None else f"<= {r['must']}x"
         goal = "" if r["goal"] is None else f"<= {r['goal']}x"
         met = "" if r["met"] is None else ("yes" if r["met"] else "NO")
-        lines.append(f"| {r['case']} | {r['ms']:.2f} | {ratio} | {must} | {goal} | {met} |")
+        stochastic = "" if r["stochastic"] is None else f"{r['stochastic']:.2f}x"
+        lines.append(f"| {r['case']} | {r['ms']:.2f} | {ratio} | {must} | {goal} | {met} | {stochastic} |")
     return "\n".join(lines)

@@ -89,11 +89,15 @@ class StochasticConditionalConv2d(ClassLinearMap):
         # convolution with groups=B is as fast forward, but its backward is >10x slower on CPU.)
         b = x.shape[0]
         left, right, top, bottom = self._explicit_padding(x.shape[2:])
-        if left or right or top or bottom:
+        if left == right and top == bottom:  # unfold pads symmetric borders itself
+            pad = (top, left)
+            padded = (x.shape[2] + 2 * top, x.shape[3] + 2 * left)
+        else:
             x = F.pad(x, (left, right, top, bottom))
-        patches = F.unfold(x, self.kernel_size, dilation=self.dilation, stride=self.stride)
+            pad, padded = (0, 0), tuple(x.shape[2:])
+        patches = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=pad, stride=self.stride)
         y = torch.baddbmm(bias.unsqueeze(-1), weight.flatten(2), patches)
-        return y.reshape(b, weight.shape[1], *self._out_spatial_padded(x.shape[2:]))
+        return y.reshape(b, weight.shape[1], *self._out_spatial_padded(padded))
 
     def _op_per_class(self, x: Tensor) -> Tensor:
         # one grouped convolution with C groups: group c is class c's kernels on x[:, c]

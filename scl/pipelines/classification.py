@@ -166,7 +166,7 @@ def privacy_term(kind: str, x: Tensor, h: Tensor, dist: torch.distributions.Dist
     ``entropy``: ``-mean(log scale)``, raising the noise (Shredder's idea); needs a location-scale
     distribution. ``ssim``: ``SSIM(x, h)``, pushing the samples away from the inputs' structure.
     """
-    from torchmetrics.functional import structural_similarity_index_measure as ssim_fn
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim_fn
 
     from scl.attacks.metrics import ssim_kernel_size
 
