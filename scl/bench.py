@@ -83,13 +83,19 @@ def layer_cases(batch: int = 64, size: int = 32) -> list[Case]:
             return out
 
         cases.append(
-            Case(f"C={classes} hard selection fwd+bwd", _fwd_bwd(lambda l=layer, h=hard: l(x, h)), base_train, 2.0, 1.3,
-                 stoch_train)
+            Case(
+                f"C={classes} hard selection fwd+bwd",
+                _fwd_bwd(lambda lay=layer, h=hard: lay(x, h)),
+                base_train,
+                2.0,
+                1.3,
+                stoch_train,
+            )
         )
         cases.append(
             Case(
                 f"C={classes} hard selection, parameter maps only fwd+bwd",
-                _fwd_bwd(lambda l=layer, h=hard: torch.cat(l.params(x, h), 1)),
+                _fwd_bwd(lambda lay=layer, h=hard: torch.cat(lay.params(x, h), 1)),
                 base_train,
             )
         )
@@ -97,17 +103,17 @@ def layer_cases(batch: int = 64, size: int = 32) -> list[Case]:
         soft = SoftSelection(classes, (3, 1, 1))
         layer_eval = StochasticConditionalConv2d(3, 16, 3, classes, padding=1).eval()
 
-        def soft_infer(l: StochasticConditionalConv2d = layer_eval, s: SoftSelection = soft) -> torch.Tensor:
+        def soft_infer(lay: StochasticConditionalConv2d = layer_eval, s: SoftSelection = soft) -> torch.Tensor:
             with torch.no_grad():
-                return l(x, s())
+                return lay(x, s())
 
         cases.append(
             Case(f"C={classes} soft inference (cached kernels)", soft_infer, base_infer, 1.5, None, stoch_infer)
         )
 
-        def soft_params(l: StochasticConditionalConv2d = layer_eval, s: SoftSelection = soft) -> torch.Tensor:
+        def soft_params(lay: StochasticConditionalConv2d = layer_eval, s: SoftSelection = soft) -> torch.Tensor:
             with torch.no_grad():
-                return torch.cat(l.params(x, s()), 1)
+                return torch.cat(lay.params(x, s()), 1)
 
         cases.append(Case(f"C={classes} soft inference, parameter maps only", soft_params, base_infer))
         if classes == 10:
@@ -115,7 +121,7 @@ def layer_cases(batch: int = 64, size: int = 32) -> list[Case]:
             cases.append(
                 Case(
                     f"C={classes} gated per-sample fwd+bwd",
-                    _fwd_bwd(lambda l=layer, g=gate: l(x, g)),
+                    _fwd_bwd(lambda lay=layer, g=gate: lay(x, g)),
                     base_train,
                     3.0,
                     None,
@@ -141,7 +147,7 @@ def measure(cases: list[Case], repeats: int = 30, warmup: int = 3) -> dict[str, 
 def _ratio(times: dict[str, list[float]], case: str, baseline: str) -> float | None:
     if not baseline:
         return None
-    return statistics.median(a / b for a, b in zip(times[case], times[baseline]))
+    return statistics.median(a / b for a, b in zip(times[case], times[baseline], strict=False))
 
 
 def ratios(cases: list[Case], times: dict[str, list[float]]) -> list[dict[str, object]]:

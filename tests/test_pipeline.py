@@ -83,7 +83,7 @@ def test_task_network_is_frozen_and_beats_chance(trained):
 def test_stage2_trains_the_selection_and_leaves_the_layer_frozen(trained):
     exp, layer_after_stage1 = trained
     obf = exp.obfuscator
-    for before, after in zip(layer_after_stage1, obf.layer.parameters()):
+    for before, after in zip(layer_after_stage1, obf.layer.parameters(), strict=False):
         assert torch.equal(before, after)
     initial = torch.full_like(
         obf.selection.logits, obf.selection.logits.new_tensor(1 / 10).logit().item()

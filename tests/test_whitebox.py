@@ -55,7 +55,7 @@ def test_invert_leaves_the_layer_unchanged_and_in_its_mode():
     x_hat, best = invert(layer, observed, (1, 12, 12), steps=3)
     assert x_hat.shape == (2, 1, 12, 12) and best.shape == (2,)
     assert layer.training
-    assert all(torch.equal(a, b) for a, b in zip(before, layer.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, layer.parameters(), strict=False))
     assert all(p.requires_grad for p in layer.parameters())
 
 
@@ -81,12 +81,12 @@ def test_params_per_class_equals_hard_selection_per_class():
     per_class = layer.params_per_class(x)
     for c in range(4):
         hard = layer.params(x[:, c], torch.full((5,), c))
-        for a, b in zip(per_class, hard):
+        for a, b in zip(per_class, hard, strict=False):
             torch.testing.assert_close(a[:, c], b, rtol=1e-5, atol=1e-5)
     linear = scl.StochasticConditionalLinear(3, 2, 4)
     xl = torch.rand(5, 4, 3)
     for c in range(4):
-        for a, b in zip(linear.params_per_class(xl), linear.params(xl[:, c], torch.full((5,), c))):
+        for a, b in zip(linear.params_per_class(xl), linear.params(xl[:, c], torch.full((5,), c)), strict=False):
             torch.testing.assert_close(a[:, c], b, rtol=1e-5, atol=1e-5)
     with pytest.raises(scl.ShapeError, match="one input per class"):
         layer.params_per_class(torch.rand(5, 3, 2, 6, 6))

@@ -61,7 +61,7 @@ def invert(
             best = _objective(layer, logits, target, tv_weight).argmin(1)
             x_hat = torch.sigmoid(logits)[torch.arange(n), best]
     finally:
-        for p, r in zip(layer.parameters(), requires):
+        for p, r in zip(layer.parameters(), requires, strict=False):
             p.requires_grad_(r)
         layer.train(was_training)
     return x_hat, best

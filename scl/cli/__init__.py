@@ -23,13 +23,18 @@ QuickOpt = Annotated[bool, typer.Option("--quick", help="Few epochs: a smoke tes
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Run folder to create (default: runs/<command>-<time>).")]
 DataOpt = Annotated[
     str | None,
-    typer.Option("--data", help="A folder with one sub-folder per class, or an .npz with x and y (default: embedded digits)."),
+    typer.Option(
+        "--data",
+        help="A folder with one sub-folder per class, or an .npz with x and y (default: embedded digits).",
+    ),
 ]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="A JSON file of config overrides.")]
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override one config key, e.g. --set stage1.lam=0.3 (repeatable).")
 ]
-NetworkOpt = Annotated[Path | None, typer.Option("--network", help="A task network checkpoint to use instead of training one.")]
+NetworkOpt = Annotated[
+    Path | None, typer.Option("--network", help="A task network checkpoint to use instead of training one.")
+]
 NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="No progress bars (for logs and CI).")]
 
 
@@ -115,7 +120,9 @@ def demo(
     try:
         cfg = _config(quick, config, set_, data, network)
         out = out or _default_out("demo")
-        folder, metrics = classification.demo(cfg, out, sweep_lams=sweep, console=_console(), show_progress=not no_progress)
+        folder, metrics = classification.demo(
+            cfg, out, sweep_lams=sweep, console=_console(), show_progress=not no_progress
+        )
     except SCLError as exc:
         _fail(str(exc))
         return

@@ -73,8 +73,7 @@ def load_user_data(path: str | os.PathLike[str]) -> Dataset:
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(
-            f"{p}: no such file or directory; give an image folder (one sub-folder per class) "
-            "or an .npz file"
+            f"{p}: no such file or directory; give an image folder (one sub-folder per class) or an .npz file"
         )
     if p.is_dir():
         return _load_folder(p)
@@ -100,9 +99,7 @@ def _read_image(path: Path) -> tuple[str, PILImage]:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         # UnidentifiedImageError (not an image) is an OSError; truncated files raise OSError
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(
-            f"{path}: cannot read this image ({reason}); remove or replace the file"
-        ) from e
+        raise DataError(f"{path}: cannot read this image ({reason}); remove or replace the file") from e
     return img.mode, img
 
 
@@ -118,9 +115,7 @@ def _load_folder(root: Path) -> Dataset:
     files: list[tuple[Path, int]] = []
     for label, d in enumerate(class_dirs):
         found = sorted(
-            f
-            for f in d.iterdir()
-            if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES
+            f for f in d.iterdir() if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES
         )
         if not found:
             raise DataError(
@@ -195,13 +190,8 @@ def _labels(arr: np.ndarray, key: str, n: int, path: Path) -> np.ndarray:
             f"flatten it (e.g. {key}.reshape(-1))"
         )
     if len(arr) != n:
-        raise DataError(
-            f"{path}: {key!r} has {len(arr)} labels but 'x' has {n} images; "
-            "they must have the same length"
-        )
-    if arr.dtype == np.bool_ or not (
-        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
-    ):
+        raise DataError(f"{path}: {key!r} has {len(arr)} labels but 'x' has {n} images; they must have the same length")
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise DataError(
             f"{path}: {key!r} must hold integer labels, but has dtype {arr.dtype}; "
             f"convert it with {key}.astype(np.int64)"
@@ -259,9 +249,7 @@ def _load_npz(path: Path) -> Dataset:
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise DataError(f"{path}: cannot read this .npz file ({e}); {_NPZ_HINT}") from e
     if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise DataError(
-            f"{path}: is a single .npy array, not an .npz archive with 'x' and 'y'; {_NPZ_HINT}"
-        )
+        raise DataError(f"{path}: is a single .npy array, not an .npz archive with 'x' and 'y'; {_NPZ_HINT}")
     with npz:
         missing = [k for k in ("x", "y") if k not in npz.files]
         if missing:
@@ -275,8 +263,7 @@ def _load_npz(path: Path) -> Dataset:
         classes = np.unique(y)
         if len(classes) < 2:
             raise DataError(
-                f"{path}: 'y' has only one class ({classes.tolist()}) but a classifier needs at "
-                "least 2 distinct labels"
+                f"{path}: 'y' has only one class ({classes.tolist()}) but a classifier needs at least 2 distinct labels"
             )
         num_classes = int(y.max()) + 1
         class_names = _names(npz, "class_names", num_classes, path)
@@ -288,8 +275,7 @@ def _load_npz(path: Path) -> Dataset:
             attribute_names = _names(npz, "attribute_names", k, path) or [str(i) for i in range(k)]
         elif "attribute_names" in npz.files:
             raise DataError(
-                f"{path}: has 'attribute_names' but no 'attribute'; add the attribute values "
-                "or drop the names"
+                f"{path}: has 'attribute_names' but no 'attribute'; add the attribute values or drop the names"
             )
     return Dataset(
         x=x,
@@ -319,8 +305,7 @@ def _images(x: np.ndarray, path: Path) -> torch.Tensor:
             )
     else:
         raise DataError(
-            f"{path}: 'x' must be N x H x W or N x C x H x W images, but has shape {x.shape} "
-            f"({x.ndim} dimensions)"
+            f"{path}: 'x' must be N x H x W or N x C x H x W images, but has shape {x.shape} ({x.ndim} dimensions)"
         )
     if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
         raise DataError(f"{path}: 'x' is empty (shape {x.shape}); it needs at least one image")
@@ -342,17 +327,16 @@ def _images(x: np.ndarray, path: Path) -> torch.Tensor:
     lo, hi = float(x.min()), float(x.max())
     if lo < 0.0 or hi > 1.0:
         hint = "divide by 255 or save as uint8" if hi <= 255.0 and lo >= 0.0 else "rescale them"
-        raise DataError(
-            f"{path}: float 'x' values must be in [0, 1], but found min {lo:.6g} and max "
-            f"{hi:.6g}; {hint}"
-        )
+        raise DataError(f"{path}: float 'x' values must be in [0, 1], but found min {lo:.6g} and max {hi:.6g}; {hint}")
     return torch.from_numpy(x.astype(np.float32)).contiguous()
 
 
 # --------------------------------------------------------------------------- unlabelled inputs
 
 
-def load_images(path: str | os.PathLike[str], *, channels: int, size: tuple[int, int]) -> tuple[torch.Tensor, list[str]]:
+def load_images(
+    path: str | os.PathLike[str], *, channels: int, size: tuple[int, int]
+) -> tuple[torch.Tensor, list[str]]:
     """Images to obfuscate, without labels: ``(Tensor[N, channels, H, W] in [0, 1], names)``.
 
     ``path`` is one image file, a folder of images (not searched recursively), or an ``.npz`` with
@@ -376,7 +360,8 @@ def load_images(path: str | os.PathLike[str], *, channels: int, size: tuple[int,
     else:
         if path.is_dir():
             files = sorted(
-                f for f in path.iterdir()
+                f
+                for f in path.iterdir()
                 if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES
             )
             if not files:

@@ -133,7 +133,7 @@ def _broadcast_check(name: str, sel_shape: tuple[int, ...], feature_shape: tuple
     if sel_shape == ():
         return
     ok = len(sel_shape) == len(feature_shape) and all(
-        s in (1, f) for s, f in zip(sel_shape, feature_shape)
+        s in (1, f) for s, f in zip(sel_shape, feature_shape, strict=False)
     )
     if not ok:
         raise ShapeError(

@@ -110,7 +110,7 @@ class StochasticConditionalConv2d(ClassLinearMap):
         if self.padding == "valid":
             return (0, 0, 0, 0)
         if self.padding == "same":  # as F.conv2d: the extra pixel of an even kernel goes last
-            (th, tw) = (d * (k - 1) for d, k in zip(self.dilation, self.kernel_size))
+            (th, tw) = (d * (k - 1) for d, k in zip(self.dilation, self.kernel_size, strict=False))
             return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
         ph, pw = self.padding  # type: ignore[misc]
         return (pw, pw, ph, ph)
@@ -118,7 +118,7 @@ class StochasticConditionalConv2d(ClassLinearMap):
     def _out_spatial_padded(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(
             (size - d * (k - 1) - 1) // s + 1
-            for size, d, k, s in zip(spatial, self.dilation, self.kernel_size, self.stride)
+            for size, d, k, s in zip(spatial, self.dilation, self.kernel_size, self.stride, strict=False)
         )
 
     def _out_spatial(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
@@ -127,7 +127,7 @@ class StochasticConditionalConv2d(ClassLinearMap):
         pad = (0, 0) if self.padding == "valid" else self.padding
         return tuple(
             (size + 2 * p - d * (k - 1) - 1) // s + 1
-            for size, p, d, k, s in zip(spatial, pad, self.dilation, self.kernel_size, self.stride)
+            for size, p, d, k, s in zip(spatial, pad, self.dilation, self.kernel_size, self.stride, strict=False)
         )
 
     def _pool_gate(self, gate: Tensor, spatial: tuple[int, ...]) -> Tensor:

@@ -103,8 +103,10 @@ def train_network(exp: Experiment, progress: object | None, log: RunLog) -> None
     cfg, data = exp.config, exp.splits["task"]
     if cfg["network"]["checkpoint"]:
         network = scl.load(cfg["network"]["checkpoint"])
-        if not isinstance(network, SmallCNN) or network.in_channels != exp.dataset.channels or (
-            network.num_classes != exp.dataset.num_classes
+        if (
+            not isinstance(network, SmallCNN)
+            or network.in_channels != exp.dataset.channels
+            or (network.num_classes != exp.dataset.num_classes)
         ):
             raise ConfigError(
                 f"--network {cfg['network']['checkpoint']!r} must be a SmallCNN for "
@@ -145,7 +147,10 @@ def build_layer(config: dict[str, Any], dataset: Dataset) -> scl.StochasticCondi
     channels = dataset.channels
     if layer_cfg["kind"] == "additive":
         return StochasticConditionalAdditive(
-            dataset.image_shape, dataset.num_classes, distribution=layer_cfg["distribution"], distribution_options=options
+            dataset.image_shape,
+            dataset.num_classes,
+            distribution=layer_cfg["distribution"],
+            distribution_options=options,
         )
     k = layer_cfg["kernel_size"]
     return StochasticConditionalConv2d(
@@ -160,7 +165,9 @@ def build_layer(config: dict[str, Any], dataset: Dataset) -> scl.StochasticCondi
     )
 
 
-def privacy_term(kind: str, x: Tensor, h: Tensor, dist: torch.distributions.Distribution) -> tuple[Tensor, dict[str, float]]:
+def privacy_term(
+    kind: str, x: Tensor, h: Tensor, dist: torch.distributions.Distribution
+) -> tuple[Tensor, dict[str, float]]:
     """The term stage 1 minimises beside the task loss (weighted by lam).
 
     ``entropy``: ``-mean(log scale)``, raising the noise (Shredder's idea); needs a location-scale
@@ -188,8 +195,9 @@ def privacy_term(kind: str, x: Tensor, h: Tensor, dist: torch.distributions.Dist
     return total, {k: float(v.detach()) for k, v in terms.items()}  # type: ignore[return-value]
 
 
-def train_stage1(exp: Experiment, progress: object | None, log: RunLog, *, lam: float | None = None,
-                 epochs: int | None = None) -> Obfuscator:
+def train_stage1(
+    exp: Experiment, progress: object | None, log: RunLog, *, lam: float | None = None, epochs: int | None = None
+) -> Obfuscator:
     cfg = exp.config
     lam = cfg["stage1"]["lam"] if lam is None else lam
     network = exp.network
@@ -237,8 +245,15 @@ def soft_shape(config: dict[str, Any], layer: scl.StochasticConditionalLayer, da
     return (1, h, w)
 
 
-def _train_selection(exp: Experiment, obfuscator: Obfuscator, selection: nn.Module, section: str,
-                     progress: object | None, description: str, epochs: int | None = None) -> dict[str, list[float]]:
+def _train_selection(
+    exp: Experiment,
+    obfuscator: Obfuscator,
+    selection: nn.Module,
+    section: str,
+    progress: object | None,
+    description: str,
+    epochs: int | None = None,
+) -> dict[str, list[float]]:
     cfg, network, data = exp.config, exp.network, exp.splits["obfuscator"]
     assert network is not None  # noqa: S101 (internal: set by train_network)
     obfuscator.freeze_layer()
@@ -264,8 +279,9 @@ def _train_selection(exp: Experiment, obfuscator: Obfuscator, selection: nn.Modu
     return history
 
 
-def train_stage2(exp: Experiment, obfuscator: Obfuscator, progress: object | None, *,
-                 gated: bool = True, epochs: int | None = None) -> None:
+def train_stage2(
+    exp: Experiment, obfuscator: Obfuscator, progress: object | None, *, gated: bool = True, epochs: int | None = None
+) -> None:
     """Soft selection on the frozen layer (spec §3.1.2); the gated extension beside it."""
     cfg = exp.config
     torch.manual_seed(cfg["seed"] + 2)
@@ -304,9 +320,7 @@ def evaluate(exp: Experiment) -> dict[str, Any]:
     for name, transform in modes.items():
         single[name] = engine.accuracy(engine.predict_proba(network, test.x, transform, test.y), test.y)
         samples = 1 if transform is None else 8
-        mean8[name] = engine.accuracy(
-            engine.predict_proba(network, test.x, transform, test.y, samples=samples), test.y
-        )
+        mean8[name] = engine.accuracy(engine.predict_proba(network, test.x, transform, test.y, samples=samples), test.y)
     exp.metrics["accuracy"] = single
     exp.metrics["accuracy_mean8"] = mean8
     return single
@@ -335,15 +349,27 @@ def run_attacks(exp: Experiment, progress: object | None, log: RunLog) -> dict[s
     privacy: dict[str, float] = {}
     log("attack: learned decoder (with label-only floor and clean ceiling)")
     report = run_decoder_attacks(
-        hard, attacker, test, num_classes=num_classes, epochs=acfg["decoder_epochs"],
-        averaged_copies=acfg["averaged_copies"], seed=cfg["seed"], progress=progress,
+        hard,
+        attacker,
+        test,
+        num_classes=num_classes,
+        epochs=acfg["decoder_epochs"],
+        averaged_copies=acfg["averaged_copies"],
+        seed=cfg["seed"],
+        progress=progress,
     )
     privacy.update(report.metrics)
     exp.figures.update({f"decoder_{k}": v for k, v in report.reconstructions.items()})
     log("attack: learned decoder on the label-free (soft) release")
     soft_result = decoder_attack(
-        soft, attacker, test, num_classes=num_classes, epochs=acfg["decoder_epochs"],
-        averaged_copies=acfg["averaged_copies"], seed=cfg["seed"], progress=progress,
+        soft,
+        attacker,
+        test,
+        num_classes=num_classes,
+        epochs=acfg["decoder_epochs"],
+        averaged_copies=acfg["averaged_copies"],
+        seed=cfg["seed"],
+        progress=progress,
     )
     privacy["decoder_ssim_soft"] = soft_result.metrics["decoder_ssim"]
     privacy["decoder_psnr_soft"] = soft_result.metrics["decoder_psnr"]
@@ -355,8 +381,13 @@ def run_attacks(exp: Experiment, progress: object | None, log: RunLog) -> dict[s
     if test.attribute is not None and attacker.attribute is not None:
         log("attack: private-attribute inference")
         result = attribute_attack(
-            hard, attacker, test, num_attributes=exp.dataset.num_attributes,
-            epochs=acfg["attribute_epochs"], seed=cfg["seed"], progress=progress,
+            hard,
+            attacker,
+            test,
+            num_attributes=exp.dataset.num_attributes,
+            epochs=acfg["attribute_epochs"],
+            seed=cfg["seed"],
+            progress=progress,
         )
         privacy.update({k: v for k, v in result.items() if isinstance(v, float)})
     with torch.no_grad():
@@ -407,14 +438,32 @@ def sweep(exp: Experiment, progress: object | None, log: RunLog) -> list[dict[st
         train_stage2(exp, obf, progress, gated=False, epochs=max(1, cfg["stage2"]["epochs"] // 2))
         obf.eval()
         assert exp.network is not None  # noqa: S101
-        soft_acc = engine.accuracy(engine.predict_proba(exp.network, test.x, lambda x, y: obf(x), test.y), test.y)
-        hard_acc = engine.accuracy(engine.predict_proba(exp.network, test.x, lambda x, y: obf(x, y), test.y), test.y)
+
+        def soft(x: Tensor, y: Tensor, obf: Obfuscator = obf) -> Tensor:
+            return obf(x)
+
+        def hard(x: Tensor, y: Tensor, obf: Obfuscator = obf) -> Tensor:
+            return obf(x, y)
+
+        soft_acc = engine.accuracy(engine.predict_proba(exp.network, test.x, soft, test.y), test.y)
+        hard_acc = engine.accuracy(engine.predict_proba(exp.network, test.x, hard, test.y), test.y)
         result = decoder_attack(
-            lambda x, y: obf(x, y), exp.splits["attacker"], test, num_classes=exp.dataset.num_classes,
-            epochs=cfg["sweep"]["decoder_epochs"], seed=cfg["seed"], progress=progress,
+            hard,
+            exp.splits["attacker"],
+            test,
+            num_classes=exp.dataset.num_classes,
+            epochs=cfg["sweep"]["decoder_epochs"],
+            seed=cfg["seed"],
+            progress=progress,
         )
-        points.append({"lam": float(lam), "accuracy": soft_acc, "hard_accuracy": hard_acc,
-                       "decoder_ssim": result.metrics["decoder_ssim"]})
+        points.append(
+            {
+                "lam": float(lam),
+                "accuracy": soft_acc,
+                "hard_accuracy": hard_acc,
+                "decoder_ssim": result.metrics["decoder_ssim"],
+            }
+        )
     floor = exp.metrics.get("privacy", {}).get("decoder_ssim_label_floor")
     clean = exp.metrics.get("accuracy", {}).get("clean")
     for point in points:
@@ -508,8 +557,9 @@ def write_outputs(exp: Experiment, folder: Path, log: RunLog, name: str | None =
     if exp.history:
         figures.training_curves(exp.history, fig / "training_curves.png")
     if exp.obfuscator is not None and isinstance(exp.obfuscator.selection, SoftSelection):
-        figures.selection_maps(exp.obfuscator.selection.values.detach(), fig / "selection_maps.png",
-                               class_names=exp.dataset.class_names)
+        figures.selection_maps(
+            exp.obfuscator.selection.values.detach(), fig / "selection_maps.png", class_names=exp.dataset.class_names
+        )
     if exp.metrics.get("sweep"):
         figures.tradeoff_curve(exp.metrics["sweep"], fig / "tradeoff.png")
     exp.metrics["dataset"] = exp.dataset.name
@@ -526,8 +576,10 @@ def write_outputs(exp: Experiment, folder: Path, log: RunLog, name: str | None =
 # -- the commands ----------------------------------------------------------------------------------------
 def run_training(exp: Experiment, progress: object | None, log: RunLog) -> None:
     seconds = exp.metrics.setdefault("seconds", {})
-    log(f"data: {exp.dataset.name}, {len(exp.dataset)} images {exp.dataset.image_shape}, "
-        + ", ".join(f"{k} {len(v)}" for k, v in exp.splits.items()))
+    log(
+        f"data: {exp.dataset.name}, {len(exp.dataset)} images {exp.dataset.image_shape}, "
+        + ", ".join(f"{k} {len(v)}" for k, v in exp.splits.items())
+    )
     start = time.perf_counter()
     train_network(exp, progress, log)
     seconds["base"] = time.perf_counter() - start
@@ -541,8 +593,9 @@ def run_training(exp: Experiment, progress: object | None, log: RunLog) -> None:
     log("accuracy: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in acc.items()))
 
 
-def demo(config: dict[str, Any], out: Path, *, sweep_lams: bool = False, console: Any = None,
-         show_progress: bool = True) -> tuple[Path, dict[str, Any]]:
+def demo(
+    config: dict[str, Any], out: Path, *, sweep_lams: bool = False, console: Any = None, show_progress: bool = True
+) -> tuple[Path, dict[str, Any]]:
     """The whole experiment into the run folder ``out``; returns ``(out, metrics)``."""
     log = RunLog(console)
     total = time.perf_counter()
@@ -566,7 +619,9 @@ def demo(config: dict[str, Any], out: Path, *, sweep_lams: bool = False, console
     return out, exp.metrics
 
 
-def train_command(config: dict[str, Any], out: Path, *, console: Any = None, show_progress: bool = True) -> tuple[Path, dict[str, Any]]:
+def train_command(
+    config: dict[str, Any], out: Path, *, console: Any = None, show_progress: bool = True
+) -> tuple[Path, dict[str, Any]]:
     """Train N, stage 1 and stage 2, evaluate accuracy; no attacks."""
     log = RunLog(console)
     with run_folder(out) as folder, _noise(config):

@@ -48,7 +48,7 @@ def obfuscate_files(run: Path, source: Path, out: Path, *, selection: str = "sof
 
         out.mkdir(parents=True, exist_ok=True)
         images = (h.clamp(0, 1) * 255).round().to(torch.uint8)
-        for name, image in zip(names, images):
+        for name, image in zip(names, images, strict=False):
             array = image.permute(1, 2, 0).numpy()
             pil = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
             with atomic_write(out / f"{name}.png", "wb") as handle:
