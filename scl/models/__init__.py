@@ -1,5 +1,6 @@
 """Small task networks used by the pipelines (and usable on their own)."""
 
 from scl.models.classifier import SmallCNN
+from scl.models.detector import CenterNet
 
-__all__ = ["SmallCNN"]
+__all__ = ["CenterNet", "SmallCNN"]
