@@ -153,3 +153,18 @@ def test_run_folder_refuses_a_non_empty_folder(tmp_path):
         with clf.run_folder(tmp_path / "run"):
             pass
     assert (tmp_path / "run" / "keep.txt").read_text() == "mine"
+
+
+def test_sweep_gives_one_point_per_lambda_and_keeps_the_main_obfuscator(trained, tmp_path):
+    exp, _ = trained
+    main = exp.obfuscator
+    exp.config["sweep"] = {"lams": [0.0, 1.0], "stage1_epochs": 1, "decoder_epochs": 1}
+    with clf._noise(exp.config):
+        points = clf.sweep(exp, None, clf.RunLog())
+    assert [p["lam"] for p in points] == [0.0, 1.0]
+    assert all(0.0 <= p["accuracy"] <= 1.0 and -1.0 <= p["decoder_ssim"] <= 1.0 for p in points)
+    assert exp.obfuscator is main
+    from scl import figures
+
+    path = figures.tradeoff_curve(points, tmp_path / "tradeoff.png")
+    assert path.stat().st_size > 0

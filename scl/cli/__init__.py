@@ -20,7 +20,7 @@ app = typer.Typer(
 )
 
 QuickOpt = Annotated[bool, typer.Option("--quick", help="Few epochs: a smoke test of the whole pipeline.")]
-OutOpt = Annotated[Path | None, typer.Option("--out", help="Run folder to create (default: runs/<command>-<time>).")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Run folder to create (default: runs/COMMAND-DATE-TIME).")]
 DataOpt = Annotated[
     str | None,
     typer.Option(

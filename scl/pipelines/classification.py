@@ -255,7 +255,8 @@ def _train_selection(
     epochs: int | None = None,
 ) -> dict[str, list[float]]:
     cfg, network, data = exp.config, exp.network, exp.splits["obfuscator"]
-    assert network is not None  # noqa: S101 (internal: set by train_network)
+    if network is None:
+        raise SCLError("train or load the task network first")
     obfuscator.freeze_layer()
     obfuscator.layer.train()  # reparameterised samples, frozen weights
 
@@ -437,7 +438,8 @@ def sweep(exp: Experiment, progress: object | None, log: RunLog) -> list[dict[st
         obf = train_stage1(exp, progress, log, lam=float(lam), epochs=cfg["sweep"]["stage1_epochs"])
         train_stage2(exp, obf, progress, gated=False, epochs=max(1, cfg["stage2"]["epochs"] // 2))
         obf.eval()
-        assert exp.network is not None  # noqa: S101
+        if exp.network is None:
+            raise SCLError("train or load the task network first")
 
         def soft(x: Tensor, y: Tensor, obf: Obfuscator = obf) -> Tensor:
             return obf(x)
