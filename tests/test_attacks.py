@@ -416,3 +416,16 @@ def test_bias_corrected_dcor_is_near_zero_for_independent_high_dimensional_data(
 def test_bias_corrected_dcor_is_one_for_a_linear_copy():
     x = torch.rand(100, 20, generator=torch.Generator().manual_seed(1))
     assert distance_correlation(x, 2 * x + 1, bias_corrected=True) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_label_floor_rebuilds_images_that_the_class_determines():
+    # Toy case: each class is one fixed image (a bright bar at a class-specific place). The label
+    # alone then determines x, so the label-only floor must be near the ceiling, not near 0.
+    n, size = 240, 16
+    y = torch.arange(n) % 3
+    x = torch.zeros(n, 1, size, size)
+    for c in range(3):
+        x[y == c, :, 5 * c : 5 * c + 4, 2:14] = 0.9
+    attacker, test = (x[:160], y[:160]), (x[160:], y[160:])
+    result = label_floor_attack(attacker, test, num_classes=3, epochs=40, lr=3e-3, batch_size=32)
+    assert result.metrics["decoder_ssim_label_floor"] > 0.8

@@ -55,6 +55,20 @@ def test_evaluate_updates_the_run(quick_run):
     assert "privacy" in metrics  # kept from the demo
 
 
+def test_train_then_attack_fills_the_privacy_block(tmp_path):
+    out = tmp_path / "trained"
+    tiny = ["--set", "network.epochs=2", "--set", "stage1.epochs=2", "--set", "stage2.epochs=1",
+            "--set", "gated.epochs=1"]
+    result = runner.invoke(app, ["train", "--quick", "--out", str(out), "--no-progress", *tiny])
+    assert result.exit_code == 0, result.output
+    assert "privacy" not in json.loads((out / "metrics.json").read_text())
+    result = runner.invoke(app, ["attack", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    privacy = json.loads((out / "metrics.json").read_text())["privacy"]
+    assert DESIGN_PRIVACY_KEYS <= set(privacy)
+    assert "Privacy" in (out / "report.html").read_text()
+
+
 def test_obfuscate_images_to_pngs_and_npz(quick_run, tmp_path):
     out, _ = quick_run
     source = tmp_path / "photos"

@@ -63,8 +63,14 @@ class Decoder(nn.Module):
     """The fixed inversion decoder shared by every variant of the attack.
 
     ``BatchNorm2d(in)`` (so the attack does not depend on the scale of ``h``) -> bilinear
-    resize to ``out_size`` when ``h`` has another spatial size -> four 3 x 3 convolutions
-    (``in -> width -> width -> width -> out``, padding 1, ReLU between) -> sigmoid.
+    resize to ``out_size`` when ``h`` has another spatial size -> two coordinate channels
+    appended (y and x in [-1, 1]) -> four 3 x 3 convolutions (``in + 2 -> width -> width ->
+    width -> out``, padding 1, ReLU between) -> sigmoid.
+
+    The coordinate channels matter for inputs that carry no position, such as the label-only
+    floor's constant one-hot maps: without them a convolution turns a constant input into a
+    (nearly) constant image and the floor would be artificially low; with them the decoder can
+    learn each class's mean image, the best reconstruction from the label alone.
 
     Args:
         in_channels: channels ``C'`` of ``h``.
@@ -99,7 +105,7 @@ class Decoder(nn.Module):
         self.width = width
         self.norm = nn.BatchNorm2d(in_channels)
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1),
+            nn.Conv2d(in_channels + 2, width, 3, padding=1),
             nn.ReLU(inplace=True),
             nn.Conv2d(width, width, 3, padding=1),
             nn.ReLU(inplace=True),
@@ -117,7 +123,11 @@ class Decoder(nn.Module):
         z = self.norm(h)
         if tuple(z.shape[-2:]) != self.out_size:
             z = F.interpolate(z, size=self.out_size, mode="bilinear", align_corners=False)
-        return torch.sigmoid(self.body(z))
+        height, width = self.out_size
+        ys = torch.linspace(-1.0, 1.0, height, device=z.device, dtype=z.dtype)
+        xs = torch.linspace(-1.0, 1.0, width, device=z.device, dtype=z.dtype)
+        coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij")).expand(z.shape[0], -1, -1, -1)
+        return torch.sigmoid(self.body(torch.cat([z, coords], 1)))
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
