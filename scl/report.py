@@ -225,6 +225,8 @@ def _accuracy_section(metrics: Mapping[str, Any]) -> str:
     if mean8:
         keys += [k for k in mean8 if k not in keys]
     if not keys:
+        if "map" in metrics:  # a detection run reports mAP in its own section
+            return ""
         return "<h2>Accuracy</h2><p>No accuracy was recorded.</p>"
     header = [("Mode", False), ("Test accuracy", True)]
     if mean8:
@@ -284,7 +286,7 @@ def _privacy_section(metrics: Mapping[str, Any]) -> str:
         value = privacy.get(key)
         floor = _first(privacy, floor_keys)
         ceiling = _first(privacy, ceiling_keys)
-        if value is None and floor is None and ceiling is None:
+        if value is None:  # a floor or ceiling alone measures nothing about this run
             continue
         gap = DASH
         v, f = _number(value), _number(floor)
@@ -305,10 +307,15 @@ def _privacy_section(metrics: Mapping[str, Any]) -> str:
     header = [("Attack / measure", False), ("Measured", True),
               ("Floor (label only / chance)", True), ("Ceiling (clean input)", True),
               ("Above floor", True), ("Reading", False)]
+    explanation = _EXPLANATION
+    if "map" in metrics:  # detection: the floor decoder is given the class masks, not a label
+        explanation = explanation.replace("who knows only the label", "who knows only the class masks (where each "
+                                          "category's objects are)").replace("label-only floor", "mask-only floor")
+        explanation = explanation.replace("from the label alone", "from the masks alone")
     return (
         "<h2>Privacy</h2>"
         + _table(header, rows)
-        + f'<p class="note">{_EXPLANATION}</p>'
+        + f'<p class="note">{explanation}</p>'
     )
 
 

@@ -122,7 +122,7 @@ def test_user_errors_exit_with_code_2(args, message):
     assert message in " ".join(result.output.split())
 
 
-@pytest.mark.parametrize("command", ["demo", "train", "evaluate", "attack", "obfuscate", "bench"])
+@pytest.mark.parametrize("command", ["demo", "train", "evaluate", "attack", "obfuscate", "bench", "detect"])
 def test_every_command_has_help_with_an_example(command):
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0

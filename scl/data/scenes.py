@@ -338,9 +338,10 @@ def _load_npz(path: Path) -> DetectionData:
         raise DataError(f"{path}: cannot read this .npz ({exc}); expected {_NPZ_HINT}") from exc
     with npz:
         images = _images_to_tensor(_npz_array(npz, "images", path), str(path))
-        boxes = _npz_array(npz, "boxes", path).astype(np.float64, copy=False) if "boxes" in npz.files else None
-        if boxes is None:
-            raise DataError(f"{path}: missing array 'boxes' (found {sorted(npz.files)}); expected {_NPZ_HINT}")
+        boxes = _npz_array(npz, "boxes", path)
+        if not (np.issubdtype(boxes.dtype, np.number) and boxes.dtype != np.bool_):
+            raise DataError(f"{path}: 'boxes' must be float[M, 4], but has dtype {boxes.dtype}")
+        boxes = boxes.astype(np.float64, copy=False)
         labels = _npz_array(npz, "box_labels", path)
         owner = _npz_array(npz, "box_image", path)
         names = None
@@ -370,7 +371,8 @@ def _load_coco(path: Path, image_size: int) -> DetectionData:
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc}); expected a COCO file with images, "
                         "annotations and categories") from exc
-    if not isinstance(spec, dict) or not all(isinstance(spec.get(k), list) for k in ("images", "annotations", "categories")):
+    keys = ("images", "annotations", "categories")
+    if not isinstance(spec, dict) or not all(isinstance(spec.get(k), list) for k in keys):
         found = sorted(spec) if isinstance(spec, dict) else type(spec).__name__
         raise DataError(f"{path}: a COCO file needs lists 'images', 'annotations' and 'categories', "
                         f"but has {found}")

@@ -149,8 +149,10 @@ def decode(
     return out
 
 
-def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.BatchNorm2d(cout), nn.ReLU())
+def _block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation), nn.BatchNorm2d(cout), nn.ReLU()
+    )
 
 
 @register_module
@@ -177,17 +179,15 @@ class CenterNet(nn.Module):
         self.in_channels, self.num_classes, self.width = in_channels, num_classes, width
         wide = 2 * width
         self.backbone = nn.Sequential(
-            _block(in_channels, width),
+            _block(in_channels, width, stride=2),
             _block(width, wide, stride=2),
             _block(wide, wide),
-            _block(wide, wide, stride=2),
-            _block(wide, wide),
-            _block(wide, wide),
+            _block(wide, wide, dilation=2),
         )
-        self.heatmap = nn.Sequential(nn.Conv2d(wide, wide, 3, padding=1), nn.ReLU(), nn.Conv2d(wide, num_classes, 1))
-        self.size = nn.Sequential(nn.Conv2d(wide, wide, 3, padding=1), nn.ReLU(), nn.Conv2d(wide, 2, 1))
-        self.offset = nn.Sequential(nn.Conv2d(wide, wide, 3, padding=1), nn.ReLU(), nn.Conv2d(wide, 2, 1))
-        nn.init.constant_(self.heatmap[-1].bias, -2.19)  # prior 0.1, as CenterNet
+        self.heatmap = nn.Conv2d(wide, num_classes, 1)
+        self.size = nn.Conv2d(wide, 2, 1)
+        self.offset = nn.Conv2d(wide, 2, 1)
+        nn.init.constant_(self.heatmap.bias, -2.19)  # prior 0.1, as CenterNet
 
     def _check(self, x: Tensor) -> None:
         check_tensor(x, "x", ndim=4, channels=self.in_channels, finite=False)
@@ -206,7 +206,9 @@ class CenterNet(nn.Module):
         out = (image_size[0] // self.stride, image_size[1] // self.stride)
         return encode_targets(targets, self.num_classes, out, self.stride)
 
-    def loss_from_encoded(self, outputs: Mapping[str, Tensor], encoded: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+    def loss_from_encoded(
+        self, outputs: Mapping[str, Tensor], encoded: Mapping[str, Tensor]
+    ) -> tuple[Tensor, dict[str, float]]:
         """Focal heatmap loss + 0.1 x size L1 + offset L1 (the L1 terms at centres, per object)."""
         mask = encoded["mask"]
         num = mask.sum().clamp_min(1.0)
@@ -229,7 +231,8 @@ class CenterNet(nn.Module):
                       image_size=(x.shape[-2], x.shape[-1]), k=k, threshold=threshold)
 
     def extra_repr(self) -> str:
-        return f"in_channels={self.in_channels}, num_classes={self.num_classes}, width={self.width}, stride={self.stride}"
+        return (f"in_channels={self.in_channels}, num_classes={self.num_classes}, width={self.width}, "
+                f"stride={self.stride}")
 
     def config(self) -> dict[str, Any]:
         return {"in_channels": self.in_channels, "num_classes": self.num_classes, "width": self.width}

@@ -1,0 +1,546 @@
+"""The detection experiment of ``scl detect`` (spec §2.2, §2.2.1, Fig. 3 and 4, §3).
+
+1. Detector N (:class:`~scl.models.CenterNet`) trained on clean scenes (or loaded), then frozen.
+2. Stage 1: a stochastic conditional convolution (image in, image-shaped sample out,
+   ``selection_at="input"``) trained with the hard selection from the boxes so that N still
+   detects on its samples, plus the privacy term of the classification experiment.
+3. Stage 2: the layer frozen, a :class:`~scl.selection.SoftSelection` of spatial maps
+   ``(1, H, W)`` per class trained on N's detection loss, for box-free inference (Fig. 4 right).
+4. COCO mAP@[.5:.95], mAP@.5 and mAP@.75 of N on the test split: clean, hard, soft.
+5. Decoder inversion of the hard release, beside its floor (the same decoder given only the class
+   masks) and its clean ceiling; the same decoder on the soft release.
+
+Pixels outside every box: a background class. The layer has ``C + 1`` classes and the hard
+selection sets ``pi_C = 1`` wherever no box lies (``Obfuscator(..., box_background=C)``), so the
+background is obfuscated by its own learned distribution. The alternative, passing those pixels
+through untouched, would release the background (faces behind a car, the room behind a person)
+in the clear; leaving them at 0 in every class would blank them, which reveals the boxes exactly.
+The background class hides the background and gives stage 2 a map of its own to learn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import scl
+from scl.data.scenes import DetectionData, load_detection_data, make_scenes, split_detection
+from scl.errors import ConfigError, SCLError
+from scl.io import atomic_write, write_json
+from scl.layers import StochasticConditionalConv2d
+from scl.models.detector import CenterNet
+from scl.obfuscator import Obfuscator, freeze
+from scl.pipelines import engine
+from scl.pipelines.classification import RunLog, _noise, privacy_term, run_folder
+from scl.pipelines.coco import coco_map
+from scl.pipelines.config import merge, parse_set
+from scl.selection import HardSelection, SoftSelection
+
+__all__ = ["DEFAULTS", "QUICK", "DetectionExperiment", "build_config", "run", "summary_table", "targets"]
+
+CHECKPOINTS = {"network": "detector.safetensors", "obfuscator": "obfuscator.safetensors"}
+
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    # "scenes" (embedded: digits 0, 1, 7 pasted on a canvas), or a path: .npz or COCO .json
+    "data": "scenes",
+    "num_images": 1600,  # embedded scenes only
+    "image_size": 48,  # embedded scenes and COCO images (resized); a multiple of 4
+    "batch_size": 32,
+    "reproducible": True,
+    # intra-op threads while the run lasts (0: torch's default). The tensors are tiny, so extra
+    # threads mostly add synchronisation, which is very slow on busy machines.
+    "threads": 1,
+    "detector": {"epochs": 30, "lr": 3e-3, "width": 16, "checkpoint": None},
+    "layer": {"distribution": "gaussian", "kernel_size": 3, "init_scale": 0.5},
+    # the layer is tiny (C + 1 pairs of 3x3 kernels), so a large learning rate is safe and needed
+    "stage1": {"epochs": 30, "lr": 0.03, "privacy": "entropy", "lam": 0.3},
+    "stage2": {"epochs": 15, "lr": 0.05},
+    "eval": {"top_k": 20, "score_threshold": 0.01},
+    "attacks": {"decoder_epochs": 10, "averaged_copies": 8, "soft": True},
+}
+
+QUICK: dict[str, Any] = {
+    "num_images": 800,
+    "detector": {"epochs": 10},
+    "stage1": {"epochs": 12},
+    "stage2": {"epochs": 6},
+    "attacks": {"decoder_epochs": 4, "soft": False},
+}
+
+_POSITIVE_INTS = (
+    ("num_images",), ("image_size",), ("batch_size",), ("detector", "epochs"), ("detector", "width"),
+    ("layer", "kernel_size"), ("stage1", "epochs"), ("stage2", "epochs"), ("eval", "top_k"),
+    ("attacks", "decoder_epochs"), ("attacks", "averaged_copies"),
+)
+
+
+def build_config(*, quick: bool = False, config_file: str | Path | None = None, assignments: Iterable[str] = (),
+                 overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults, then ``--quick``, then the JSON file, then ``overrides``, then ``--set``; validated."""
+    config = copy.deepcopy(DEFAULTS)
+    if quick:
+        config = merge(config, QUICK)
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            loaded = json.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid JSON: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a JSON object")
+        config = merge(config, loaded)
+    if overrides:
+        config = merge(config, overrides)
+    config = merge(config, parse_set(assignments))
+    validate(config)
+    return config
+
+
+def validate(config: Mapping[str, Any]) -> None:
+    for keys in _POSITIVE_INTS:
+        value: Any = config
+        for key in keys:
+            value = value[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{'.'.join(keys)} must be a positive integer, but got {value!r}")
+    if config["image_size"] % 4 or config["image_size"] < 16:
+        raise ConfigError(f"image_size must be a multiple of 4 and at least 16, but got {config['image_size']}")
+    if config["layer"]["kernel_size"] % 2 == 0:
+        raise ConfigError(f"layer.kernel_size must be odd (padding 'same'), but got {config['layer']['kernel_size']}")
+    if config["stage1"]["privacy"] not in ("entropy", "ssim", "both"):
+        raise ConfigError(f"stage1.privacy must be one of ['entropy', 'ssim', 'both'], but got "
+                          f"{config['stage1']['privacy']!r}")
+    lam = config["stage1"]["lam"]
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 0:
+        raise ConfigError(f"stage1.lam must be a number >= 0, but got {lam!r}")
+    threads = config["threads"]
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise ConfigError(f"threads must be an integer >= 0 (0: torch's default), but got {threads!r}")
+    threshold = config["eval"]["score_threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
+        raise ConfigError(f"eval.score_threshold must be in [0, 1), but got {threshold!r}")
+
+
+@dataclass
+class DetectionExperiment:
+    """What a detection run holds in memory."""
+
+    config: dict[str, Any]
+    dataset: DetectionData
+    splits: dict[str, DetectionData]
+    network: CenterNet | None = None
+    obfuscator: Obfuscator | None = None
+    history: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def background(self) -> int:
+        """The layer's background class: index C (the layer has C + 1 classes)."""
+        return self.dataset.num_classes
+
+    @property
+    def selection_names(self) -> list[str]:
+        return [*self.dataset.class_names, "background"]
+
+
+# -- data -------------------------------------------------------------------------------------------
+def load_dataset(config: Mapping[str, Any]) -> DetectionData:
+    """The embedded scenes, or the user's ``.npz`` / COCO ``.json``."""
+    if config["data"] == "scenes":
+        return make_scenes(config["num_images"], size=config["image_size"], seed=config["seed"])
+    return load_detection_data(config["data"], image_size=config["image_size"])
+
+
+def prepare(config: dict[str, Any]) -> DetectionExperiment:
+    dataset = load_dataset(config)
+    return DetectionExperiment(config, dataset, split_detection(dataset, seed=config["seed"]))
+
+
+def _generator(config: Mapping[str, Any], offset: int) -> torch.Generator:
+    return torch.Generator().manual_seed(config["seed"] * 1000 + offset)
+
+
+def _encoded(network: CenterNet, data: DetectionData) -> tuple[Tensor, ...]:
+    enc = network.encode(data.targets(), data.image_size)
+    return enc["heatmap"], enc["size"], enc["offset"], enc["mask"]
+
+
+def _unpack(heat: Tensor, size: Tensor, offset: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    return {"heatmap": heat, "size": size, "offset": offset, "mask": mask}
+
+
+# -- stage 0: the detector ------------------------------------------------------------------------------
+def train_detector(exp: DetectionExperiment, progress: object | None, log: RunLog) -> None:
+    cfg, data = exp.config, exp.splits["train"]
+    checkpoint = cfg["detector"]["checkpoint"]
+    if checkpoint:
+        network = scl.load(checkpoint)
+        if not isinstance(network, CenterNet) or network.in_channels != exp.dataset.channels or (
+            network.num_classes != exp.dataset.num_classes
+        ):
+            raise ConfigError(
+                f"detector.checkpoint {checkpoint!r} must be a CenterNet for {exp.dataset.channels} "
+                f"channels and {exp.dataset.num_classes} classes"
+            )
+        log(f"loaded detector N from {checkpoint}")
+    else:
+        torch.manual_seed(cfg["seed"])
+        network = CenterNet(exp.dataset.channels, exp.dataset.num_classes, width=cfg["detector"]["width"])
+
+        def loss_fn(x: Tensor, *enc: Tensor) -> tuple[Tensor, dict[str, float]]:
+            return network.loss_from_encoded(network(x), _unpack(*enc))
+
+        network.train()
+        exp.history["detector"] = engine.train(
+            loss_fn, list(network.parameters()), (data.images, *_encoded(network, data)),
+            epochs=cfg["detector"]["epochs"], lr=cfg["detector"]["lr"], batch_size=cfg["batch_size"],
+            generator=_generator(cfg, 1), progress=progress, description="detector N (clean scenes)",
+        )
+    network.eval()
+    freeze(network)  # frozen in stages 1 and 2 (spec §3)
+    exp.network = network
+
+
+# -- stage 1 ------------------------------------------------------------------------------------------
+def build_layer(config: Mapping[str, Any], dataset: DetectionData) -> StochasticConditionalConv2d:
+    """Image in, image-shaped sample out; C + 1 classes (the last one is the background)."""
+    lcfg = config["layer"]
+    options = {"init_scale": lcfg["init_scale"]} if lcfg["distribution"] in ("gaussian", "laplace") else {}
+    return StochasticConditionalConv2d(
+        dataset.channels, dataset.channels, lcfg["kernel_size"], dataset.num_classes + 1, padding="same",
+        distribution=lcfg["distribution"], distribution_options=options, selection_at="input",
+    )
+
+
+def box_masks(exp: DetectionExperiment, data: DetectionData) -> Tensor:
+    """The hard selection of every image of ``data``: ``Tensor[N, C + 1, 1, H, W]``."""
+    hard = HardSelection(exp.dataset.num_classes + 1, background=exp.background)
+    return hard.from_boxes(data.targets(), data.image_size, data.image_size)
+
+
+def train_stage1(exp: DetectionExperiment, progress: object | None, log: RunLog) -> Obfuscator:
+    cfg, network = exp.config, exp.network
+    if network is None:
+        raise SCLError("train the detector first")
+    torch.manual_seed(cfg["seed"] + 1)
+    layer = build_layer(cfg, exp.dataset)
+    obfuscator = Obfuscator(layer, box_background=exp.background)
+    data = exp.splits["obfuscator"]
+    kind, lam = cfg["stage1"]["privacy"], float(cfg["stage1"]["lam"])
+
+    def loss_fn(x: Tensor, masks: Tensor, *enc: Tensor) -> tuple[Tensor, dict[str, float]]:
+        h, dist = layer.sample_with_distribution(x, masks)
+        task, stats = network.loss_from_encoded(network(h), _unpack(*enc))
+        privacy, pstats = privacy_term(kind, x, h, dist)
+        return task + lam * privacy, {"task_loss": float(task.detach()), **stats, **pstats}
+
+    layer.train()
+    exp.history["stage1"] = engine.train(
+        loss_fn, list(layer.parameters()), (data.images, box_masks(exp, data), *_encoded(network, data)),
+        epochs=cfg["stage1"]["epochs"], lr=cfg["stage1"]["lr"], batch_size=cfg["batch_size"],
+        generator=_generator(cfg, 2), progress=progress, description=f"stage 1: layer, box selection (λ={lam:g})",
+    )
+    layer.eval()
+    return obfuscator
+
+
+# -- stage 2 ------------------------------------------------------------------------------------------
+def train_stage2(exp: DetectionExperiment, obfuscator: Obfuscator, progress: object | None) -> None:
+    """Spatial soft selection maps ``(1, H, W)`` per class on the frozen layer (spec §2.2.1)."""
+    cfg, network, data = exp.config, exp.network, exp.splits["obfuscator"]
+    if network is None:
+        raise SCLError("train the detector first")
+    torch.manual_seed(cfg["seed"] + 2)
+    soft = SoftSelection(exp.dataset.num_classes + 1, (1, *exp.dataset.image_size))
+    obfuscator.selection = soft
+    obfuscator.freeze_layer()
+    obfuscator.layer.train()  # reparameterised samples, frozen weights
+
+    def loss_fn(x: Tensor, *enc: Tensor) -> tuple[Tensor, dict[str, float]]:
+        return network.loss_from_encoded(network(obfuscator(x)), _unpack(*enc))
+
+    exp.history["stage2 soft"] = engine.train(
+        loss_fn, obfuscator.selection_parameters(), (data.images, *_encoded(network, data)),
+        epochs=cfg["stage2"]["epochs"], lr=cfg["stage2"]["lr"], batch_size=cfg["batch_size"],
+        generator=_generator(cfg, 3), progress=progress, description="stage 2: soft selection maps",
+    )
+    obfuscator.eval()
+    exp.obfuscator = obfuscator
+
+
+# -- evaluation ----------------------------------------------------------------------------------------
+Transform = Callable[[Tensor, list[dict[str, Tensor]]], Tensor]
+
+
+@torch.no_grad()
+def predict(exp: DetectionExperiment, data: DetectionData, transform: Transform | None = None,
+            batch_size: int = 128) -> list[dict[str, Tensor]]:
+    """N's detections on ``transform(images, targets)`` (clean images without a transform)."""
+    network = exp.network
+    if network is None:
+        raise SCLError("train the detector first")
+    ecfg = exp.config["eval"]
+    out: list[dict[str, Tensor]] = []
+    for start in range(0, len(data), batch_size):
+        index = list(range(start, min(start + batch_size, len(data))))
+        x = data.images[index]
+        if transform is not None:
+            x = transform(x, data.targets(index))
+        out.extend(network.detect(x, k=ecfg["top_k"], threshold=ecfg["score_threshold"]))
+    return out
+
+
+def _modes(exp: DetectionExperiment) -> dict[str, Transform | None]:
+    obf = exp.obfuscator
+    if obf is None:
+        raise SCLError("nothing to evaluate: train the obfuscator first")
+    obf.eval()
+    return {"clean": None, "hard": lambda x, t: obf(x, boxes=t), "soft": lambda x, t: obf(x)}
+
+
+def evaluate(exp: DetectionExperiment) -> dict[str, dict[str, float]]:
+    """COCO mAP of N on the test split for clean, hard (boxes known) and soft (box-free) inputs."""
+    test = exp.splits["test"]
+    results = {}
+    for name, transform in _modes(exp).items():
+        results[name] = coco_map(test.targets(), predict(exp, test, transform),
+                                 num_classes=exp.dataset.num_classes, image_size=test.image_size)
+    for key in ("map", "map50", "map75"):
+        exp.metrics[key] = {name: r[key] for name, r in results.items()}
+    return results
+
+
+# -- attacks ------------------------------------------------------------------------------------------
+def run_attacks(exp: DetectionExperiment, progress: object | None, log: RunLog) -> dict[str, float]:
+    """Decoder inversion of the hard release, its class-mask floor and clean ceiling.
+
+    The attacks of :mod:`scl.attacks` take ``obfuscate(x, y)`` with one integer per image; here
+    ``y`` is the image's index into the attacker + test images, which the closures use to look
+    up that image's boxes (the attacker knows them: it holds the annotated split).
+    """
+    from scl.attacks import clean_ceiling_attack, decoder_attack
+
+    cfg, obf = exp.config, exp.obfuscator
+    if obf is None:
+        raise SCLError("nothing to attack: train the obfuscator first")
+    obf.eval()
+    acfg = cfg["attacks"]
+    attacker, test = exp.splits["attacker"], exp.splits["test"]
+    n_a, n_t = len(attacker), len(test)
+    index_a, index_t = torch.arange(n_a), n_a + torch.arange(n_t)
+    split_a, split_t = (attacker.images, index_a), (test.images, index_t)
+    # the hard selection of every image, [N, C + 1, 1, H, W]: obf.layer(x, masks[i]) is exactly
+    # obf(x, boxes=targets[i]) (HardSelection.from_boxes with the background class), without
+    # rebuilding the masks for every batch of every epoch
+    masks = torch.cat([box_masks(exp, attacker), box_masks(exp, test)])
+    common = {"num_classes": n_a + n_t, "epochs": acfg["decoder_epochs"], "seed": cfg["seed"], "progress": progress,
+              "batch_size": cfg["batch_size"]}
+
+    def hard(x: Tensor, index: Tensor) -> Tensor:
+        return obf.layer(obf.features(x), masks[index])
+
+    def soft(x: Tensor, index: Tensor) -> Tensor:
+        return obf(x)
+
+    def masks_only(x: Tensor, index: Tensor) -> Tensor:
+        return masks[index, :, 0]
+
+    privacy: dict[str, float] = {}
+    log("attack: learned decoder on the hard (box) release")
+    result = decoder_attack(hard, split_a, split_t, averaged_copies=acfg["averaged_copies"], **common)
+    privacy.update(result.metrics)
+    exp.figures["decoder"] = result.reconstructions
+    log("attack: the same decoder given only the class masks (floor)")
+    floor = decoder_attack(masks_only, split_a, split_t, averaged_copies=1, **common)
+    privacy["decoder_ssim_label_floor"] = floor.metrics["decoder_ssim"]
+    privacy["decoder_psnr_label_floor"] = floor.metrics["decoder_psnr"]
+    exp.figures["floor"] = floor.reconstructions
+    log("attack: the same decoder on clean images (ceiling)")
+    clean = clean_ceiling_attack(split_a, split_t, **common)
+    privacy.update(clean.metrics)
+    exp.figures["ceiling"] = clean.reconstructions
+    if acfg["soft"]:
+        log("attack: learned decoder on the box-free (soft) release")
+        soft_result = decoder_attack(soft, split_a, split_t, averaged_copies=1, **common)
+        privacy["decoder_ssim_soft"] = soft_result.metrics["decoder_ssim"]
+        privacy["decoder_psnr_soft"] = soft_result.metrics["decoder_psnr"]
+    exp.metrics["privacy"] = privacy
+    return privacy
+
+
+def targets(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, checked against the measured numbers."""
+    rows = []
+    map50, priv = metrics.get("map50", {}), metrics.get("privacy", {})
+    if "clean" in map50 and "soft" in map50:
+        gap = 100 * (map50["clean"] - map50["soft"])
+        rows.append({"name": "clean - soft mAP@.5 (points)", "value": round(gap, 4), "target": "<= 3.0",
+                     "met": bool(gap <= 3.0)})
+    if "decoder_ssim" in priv and "decoder_ssim_label_floor" in priv:
+        floor = priv["decoder_ssim_label_floor"]
+        rows.append({"name": "decoder SSIM (hard release)", "value": round(priv["decoder_ssim"], 4),
+                     "target": f"<= mask-only floor + 0.05 = {floor + 0.05:.3f}",
+                     "met": bool(priv["decoder_ssim"] <= floor + 0.05)})
+    return rows
+
+
+# -- outputs -----------------------------------------------------------------------------------------
+CAPTIONS = {
+    "samples": "Test scenes: clean, obfuscated with the hard selection from the boxes, obfuscated with "
+    "the learned soft selection (box-free), and what the decoder attack rebuilds from the hard release "
+    "beside its floor (the same decoder given only the class masks) and ceiling (given clean images).",
+    "hard_selection": "Hard selection π_c from the boxes (Fig. 4 middle): white = 1 inside class-c "
+    "boxes; the background class is 1 outside every box.",
+    "selection_maps": "Learned soft selection maps π_c (Fig. 4 right), shared by all images, on a "
+    "fixed 0..1 scale; one per object class and one for the background.",
+    "detections_truth": "Ground-truth boxes of the first test scenes.",
+    "detections_clean": "Detector N on clean test scenes (score >= 0.3).",
+    "detections_hard": "Detector N on the hard (box) release of the same scenes (score >= 0.3).",
+    "detections_soft": "Detector N on the soft (box-free) release of the same scenes (score >= 0.3).",
+    "training_curves": "Loss per epoch: detector N, stage 1 (layer) and stage 2 (soft selection).",
+}
+
+
+def _shown(dets: list[dict[str, Tensor]], threshold: float = 0.3) -> list[dict[str, Tensor]]:
+    return [{k: v[d["scores"] >= threshold] for k, v in d.items()} for d in dets]
+
+
+def write_outputs(exp: DetectionExperiment, folder: Path, log: RunLog, name: str | None = None) -> None:
+    """Figures, metrics.json, config.json, log.txt and report.html."""
+    from scl import figures
+    from scl.report import write_report
+
+    fig = folder / "figures"
+    test = exp.splits["test"]
+    k = min(8, len(test))
+    view = test.subset(range(k))
+    names = exp.dataset.class_names
+    rows: dict[str, Tensor] = {"clean": view.images}
+    if exp.obfuscator is not None:
+        with torch.no_grad():
+            for mode, transform in _modes(exp).items():
+                if transform is not None:
+                    rows[f"{mode} release"] = transform(view.images, view.targets())
+                dets = _shown(predict(exp, view, transform))
+                figures.boxes_overlay(rows["clean" if transform is None else f"{mode} release"],
+                                      [d["boxes"] for d in dets], [d["labels"] for d in dets],
+                                      fig / f"detections_{mode}.png", scores=[d["scores"] for d in dets],
+                                      class_names=names, title=f"N's detections: {mode}")
+        masks = box_masks(exp, view)
+        labels = [*names, "bg"]
+        figures.image_grid({"image": view.images, **{f"π {n}": masks[:, c] for c, n in enumerate(labels)}},
+                           fig / "hard_selection.png", title="Hard selection from the boxes (bg: background)")
+        if isinstance(exp.obfuscator.selection, SoftSelection):
+            figures.selection_maps(exp.obfuscator.selection.values.detach(), fig / "selection_maps.png",
+                                   class_names=exp.selection_names)
+    figures.boxes_overlay(view.images, view.boxes, view.labels, fig / "detections_truth.png", class_names=names,
+                          title="ground truth")
+    for key, label in (("decoder", "decoder reconstruction"), ("floor", "mask-only floor"),
+                       ("ceiling", "clean ceiling")):
+        if key in exp.figures:
+            rows[label] = exp.figures[key]
+    figures.image_grid(rows, fig / "samples.png", title="Test scenes and what leaves the data owner")
+    if exp.history:
+        figures.training_curves(exp.history, fig / "training_curves.png")
+    exp.metrics["dataset"] = exp.dataset.name
+    exp.metrics["num_classes"] = exp.dataset.num_classes
+    exp.metrics["class_names"] = list(names)
+    exp.metrics["input_shape"] = [exp.dataset.channels, *exp.dataset.image_size]
+    exp.metrics["objects"] = {k: v.num_objects for k, v in exp.splits.items()}
+    exp.metrics["targets"] = targets(exp.metrics)
+    write_json(folder / "metrics.json", exp.metrics)
+    write_json(folder / "config.json", exp.config)
+    with atomic_write(folder / "log.txt") as handle:
+        handle.write("\n".join(log.lines) + "\n")
+    write_report(folder, captions=CAPTIONS, name=name)
+
+
+def save_checkpoints(exp: DetectionExperiment, folder: Path) -> None:
+    ckpt = folder / "checkpoints"
+    if exp.network is not None:
+        scl.save(exp.network, ckpt / CHECKPOINTS["network"])
+    if exp.obfuscator is not None:
+        scl.save(exp.obfuscator, ckpt / CHECKPOINTS["obfuscator"])
+
+
+@contextlib.contextmanager
+def _threads(count: int) -> Any:
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fmt_maps(result: Mapping[str, Mapping[str, float]]) -> str:
+    return ", ".join(f"{mode} {100 * r['map']:.1f} / {100 * r['map50']:.1f}" for mode, r in result.items())
+
+
+def run(config: dict[str, Any], out: Path, *, console: Any = None, show_progress: bool = True
+        ) -> tuple[Path, dict[str, Any]]:
+    """The whole detection experiment into the run folder ``out``; returns ``(out, metrics)``."""
+    log = RunLog(console)
+    total = time.perf_counter()
+    with run_folder(out) as folder, _noise(config), _threads(config["threads"]):
+        progress = engine.make_progress(show_progress, console)
+        with progress if progress is not None else contextlib.nullcontext():  # type: ignore[attr-defined]
+            exp = prepare(config)
+            seconds = exp.metrics.setdefault("seconds", {})
+            log(f"data: {exp.dataset.name}, {len(exp.dataset)} images {tuple(exp.dataset.images.shape[1:])}, "
+                f"{exp.dataset.num_objects} objects of {exp.dataset.num_classes} classes; "
+                + ", ".join(f"{k} {len(v)}" for k, v in exp.splits.items()))
+            for stage, step in (("base", lambda: train_detector(exp, progress, log)),
+                                ("stage1", lambda: setattr(exp, "obfuscator", train_stage1(exp, progress, log))),
+                                ("stage2", lambda: train_stage2(exp, exp.obfuscator, progress))):  # type: ignore[arg-type]
+                start = time.perf_counter()
+                step()
+                seconds[stage] = time.perf_counter() - start
+            start = time.perf_counter()
+            result = evaluate(exp)
+            seconds["evaluate"] = time.perf_counter() - start
+            log("mAP@[.5:.95] / mAP@.5 (%): " + _fmt_maps(result))
+            start = time.perf_counter()
+            run_attacks(exp, progress, log)
+            seconds["attacks"] = time.perf_counter() - start
+        seconds["total"] = time.perf_counter() - total
+        save_checkpoints(exp, folder)
+        write_outputs(exp, folder, log, name=Path(out).name)
+    return out, exp.metrics
+
+
+def summary_table(metrics: Mapping[str, Any]) -> Any:
+    """A rich table of the run's results for the terminal."""
+    from rich.table import Table
+
+    table = Table(title="scl detect: results on the test split")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_column("beside", justify="right")
+    maps, map50 = metrics.get("map", {}), metrics.get("map50", {})
+    for mode in maps:
+        table.add_row(f"mAP@[.5:.95] ({mode})", f"{100 * maps[mode]:.1f}", f"mAP@.5: {100 * map50.get(mode, 0):.1f}")
+    priv = metrics.get("privacy", {})
+    for label, key, other, text in (
+        ("decoder SSIM, hard release", "decoder_ssim", "decoder_ssim_label_floor", "mask-only floor {:.3f}"),
+        ("decoder SSIM, 8 copies averaged", "decoder_ssim_avg8", "decoder_ssim_clean", "clean ceiling {:.3f}"),
+        ("decoder SSIM, soft release", "decoder_ssim_soft", "decoder_ssim_label_floor", "mask-only floor {:.3f}"),
+        ("decoder PSNR (dB), hard release", "decoder_psnr", "decoder_psnr_label_floor", "mask-only floor {:.2f}"),
+    ):
+        if key in priv:
+            table.add_row(label, f"{priv[key]:.3f}", text.format(priv[other]) if other in priv else "")
+    return table
