@@ -222,8 +222,15 @@ def test_run_decoder_attacks_floor_and_ceiling(noise_report) -> None:
         "decoder_psnr_label_floor",
         "decoder_ssim_clean",
         "decoder_psnr_clean",
+        "decoder_ssim_label_decoder",
+        "decoder_psnr_label_decoder",
+        "ssim_class_mean",
+        "psnr_class_mean",
+        "ssim_blank",
     }
     assert all(isinstance(v, float) and math.isfinite(v) for v in m.values())
+    # the floor is the better label-only reconstruction: learned decoder or class-mean image
+    assert m["decoder_ssim_label_floor"] == max(m["decoder_ssim_label_decoder"], m["ssim_class_mean"])
     # the clean ceiling rebuilds the images; the label alone does not
     assert m["decoder_ssim_clean"] > 0.8
     assert m["decoder_ssim_clean"] - m["decoder_ssim_label_floor"] > 0.4
@@ -307,7 +314,9 @@ def test_attacks_are_seeded_and_leave_global_rng_alone(splits) -> None:
     assert torch.equal(torch.get_rng_state(), state)
     again = label_floor_attack(*data, num_classes=NUM_CLASSES, epochs=1, seed=3)
     assert first.metrics == again.metrics
-    assert set(first.metrics) == {"decoder_ssim_label_floor", "decoder_psnr_label_floor"}
+    assert set(first.metrics) == {
+        "decoder_ssim_label_floor", "decoder_psnr_label_floor", "decoder_ssim_label_decoder",
+        "decoder_psnr_label_decoder", "ssim_class_mean", "psnr_class_mean"}
 
 
 # ----------------------------------------------------------------------------- attribute

@@ -19,7 +19,7 @@ DEFAULTS: dict[str, Any] = {
     # fix the noise of the whole experiment with scl.deterministic(seed) so numbers reproduce;
     # a deployment would leave this off (noise from OS entropy)
     "reproducible": True,
-    "network": {"epochs": 20, "lr": 2e-3, "width": 32, "checkpoint": None},
+    "network": {"epochs": 40, "lr": 2e-3, "width": 32, "checkpoint": None},
     "layer": {
         "kind": "conv",  # conv | additive
         "distribution": "gaussian",
@@ -31,7 +31,7 @@ DEFAULTS: dict[str, Any] = {
     # "ssim" pushes SSIM(x, h) down; "both" adds them. Weighted by lam.
     "stage1": {"epochs": 40, "lr": 3e-3, "privacy": "entropy", "lam": 0.1},
     # soft selection shape: "spatial" (1, H, W) maps, "channel" (C_in, 1, 1), or "scalar" ()
-    "stage2": {"epochs": 30, "lr": 0.05, "soft_shape": "spatial"},
+    "stage2": {"epochs": 80, "lr": 0.1, "soft_shape": "spatial"},
     "gated": {"epochs": 30, "lr": 3e-3},
     "attacks": {
         "decoder_epochs": 30,
