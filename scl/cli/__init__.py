@@ -45,7 +45,10 @@ def _console():  # noqa: ANN202
 
 
 def _fail(message: str) -> None:
-    _console().print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # escape: messages quote user values and names such as scl[federated] literally
+    _console().print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -263,9 +266,7 @@ def federated(
         out = out or _default_out("federated")
         folder, metrics = job.run(cfg, out, console=_console(), show_progress=not no_progress)
     except SCLError as exc:
-        from rich.markup import escape
-
-        _fail(escape(str(exc)))  # keep "scl[federated]" literal
+        _fail(str(exc))
         return
     _federated_summary(metrics, folder)
 

@@ -1,0 +1,118 @@
+"""Federated learning with stochastic conditional layers (spec §2.3, §2.3.1): ``scl federated``.
+
+* :mod:`.task` - the procedure (shares, NN-p, SL-p, obfuscation, screening, FedAvg rounds), once;
+* :mod:`.local` - the single-process transport (``--engine local``);
+* :mod:`.server_app`, :mod:`.client_app` - the Flower transport (``--engine flower``, the default),
+  imported only when used, so scl works without Flower installed;
+* :mod:`.screening` - random screening of obfuscated samples (§2.3.1).
+
+Example::
+
+    from scl.pipelines import federated
+    config = federated.build_config(quick=True, overrides={"federated": {"engine": "local"}})
+    folder, metrics = federated.run(config, "runs/fed")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import time
+from pathlib import Path
+from typing import Any
+
+from scl.errors import ConfigError
+from scl.io import atomic_write, write_json
+from scl.pipelines import classification, engine
+from scl.pipelines.federated.screening import screen, screening_mask
+from scl.pipelines.federated.task import build_config, run_procedure, shares
+
+__all__ = [
+    "build_config",
+    "flower_installed",
+    "require_flower",
+    "run",
+    "run_procedure",
+    "screen",
+    "screening_mask",
+    "shares",
+]
+
+INSTALL_HINT = "pip install 'scl[federated]'"
+
+
+def flower_installed() -> bool:
+    """Whether Flower (``flwr``) can be imported, without importing it."""
+    return importlib.util.find_spec("flwr") is not None
+
+
+def require_flower() -> None:
+    """Raise :class:`ConfigError` with the install command when Flower is missing."""
+    if not flower_installed():
+        raise ConfigError(
+            f"--engine flower needs Flower, which is not installed; install it with `{INSTALL_HINT}` "
+            "or run without it with `--engine local`"
+        )
+
+
+def write_outputs(result: Any, config: dict[str, Any], folder: Path, log: classification.RunLog, name: str) -> None:
+    """Checkpoints, figures, metrics.json, config.json, log.txt and report.html of a federated run."""
+    import scl
+    from scl import figures
+    from scl.report import write_report
+
+    scl.save(result.network, folder / "checkpoints" / classification.CHECKPOINTS["network"])
+    scl.save(result.obfuscator, folder / "checkpoints" / classification.CHECKPOINTS["obfuscator"])
+    fig = folder / "figures"
+    figures.accuracy_vs_share(result.metrics["series"], fig / "accuracy_vs_share.png")
+    figures.image_grid(result.samples, fig / "samples.png", title="A client's data, and what N trains on")
+    data = classification.load_dataset(config)
+    shape = list(data.image_shape)
+    result.metrics.update({"dataset": data.name, "num_classes": data.num_classes, "input_shape": shape})
+    write_json(folder / "metrics.json", result.metrics)
+    write_json(folder / "config.json", config)
+    with atomic_write(folder / "log.txt") as handle:
+        handle.write("\n".join(log.lines) + "\n")
+    write_report(folder, name=name)
+
+
+def run(
+    config: dict[str, Any],
+    out: str | Path,
+    *,
+    console: Any = None,
+    show_progress: bool = True,
+    inspect: Any = None,
+) -> tuple[Path, dict[str, Any]]:
+    """The federated procedure into the run folder ``out`` (written under a temporary name).
+
+    Args:
+        config: from :func:`build_config`; ``federated.engine`` picks the transport.
+        out: the run folder to create.
+        console: a rich console for the log and progress (``None``: silent).
+        show_progress: rich progress bars.
+        inspect: test hook, see :class:`~.local.LocalTransport` and :class:`~.server_app.FlowerTransport`.
+
+    Returns:
+        ``(out, metrics)``.
+
+    """
+    out = Path(out)
+    if config["federated"]["engine"] == "flower":
+        require_flower()
+    log = classification.RunLog(console)
+    start = time.perf_counter()
+    with classification.run_folder(out) as folder:
+        progress = engine.make_progress(show_progress, console)
+        with progress if progress is not None else contextlib.nullcontext():  # type: ignore[attr-defined]
+            if config["federated"]["engine"] == "flower":
+                from scl.pipelines.federated.server_app import run_flower
+
+                result = run_flower(config, progress, log, inspect)
+            else:
+                from scl.pipelines.federated.local import LocalTransport
+
+                result = run_procedure(config, LocalTransport(config, inspect), progress, log)
+        result.metrics["seconds"]["total"] = time.perf_counter() - start
+        write_outputs(result, config, folder, log, out.name)
+    return out, result.metrics
