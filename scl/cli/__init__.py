@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -50,6 +52,17 @@ def _fail(message: str) -> None:
     # escape: messages quote user values and names such as scl[federated] literally
     _console().print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn scl's errors (bad input, bad data, bad config) into one line and exit code 2."""
+    from scl.errors import SCLError
+
+    try:
+        yield
+    except SCLError as exc:
+        _fail(str(exc))
 
 
 def _default_out(command: str) -> Path:
@@ -118,18 +131,14 @@ def demo(
 
     Example: `scl demo --quick --out runs/first`
     """
-    from scl.errors import SCLError
     from scl.pipelines import classification
 
-    try:
+    with _user_errors():
         cfg = _config(quick, config, set_, data, network)
         out = out or _default_out("demo")
         folder, metrics = classification.demo(
             cfg, out, sweep_lams=sweep, console=_console(), show_progress=not no_progress
         )
-    except SCLError as exc:
-        _fail(str(exc))
-        return
     _summary(metrics, folder)
 
 
@@ -147,16 +156,12 @@ def train(
 
     Example: `scl train --data my_images/ --out runs/mine`
     """
-    from scl.errors import SCLError
     from scl.pipelines import classification
 
-    try:
+    with _user_errors():
         cfg = _config(quick, config, set_, data, network)
         out = out or _default_out("train")
         folder, metrics = classification.train_command(cfg, out, console=_console(), show_progress=not no_progress)
-    except SCLError as exc:
-        _fail(str(exc))
-        return
     _summary(metrics, folder)
 
 
@@ -185,14 +190,10 @@ def attack(
 
 
 def _update(run: Path, action: str, no_progress: bool) -> None:
-    from scl.errors import SCLError
     from scl.pipelines import classification
 
-    try:
+    with _user_errors():
         metrics = classification.update_run(run, action, console=_console(), show_progress=not no_progress)
-    except SCLError as exc:
-        _fail(str(exc))
-        return
     _summary(metrics, run)
 
 
@@ -207,14 +208,10 @@ def obfuscate(
 
     Example: `scl obfuscate --run runs/mine --input photos/ --out obfuscated/`
     """
-    from scl.errors import SCLError
     from scl.pipelines import obfuscate as job
 
-    try:
+    with _user_errors():
         count = job.obfuscate_files(run, input_, out, selection=selection)
-    except SCLError as exc:
-        _fail(str(exc))
-        return
     _console().print(f"obfuscated {count} images into [bold]{out}[/bold]")
 
 
@@ -252,7 +249,6 @@ def federated(
 
     Example: `scl federated --quick --engine local --clients 3 --out runs/fed`
     """
-    from scl.errors import SCLError
     from scl.pipelines import federated as job
 
     overrides: dict = {"federated": {}}
@@ -261,13 +257,10 @@ def federated(
             overrides["federated"][key] = value
     if data is not None:
         overrides["data"] = data
-    try:
+    with _user_errors():
         cfg = job.build_config(quick=quick, config_file=config, assignments=set_ or (), overrides=overrides)
         out = out or _default_out("federated")
         folder, metrics = job.run(cfg, out, console=_console(), show_progress=not no_progress)
-    except SCLError as exc:
-        _fail(str(exc))
-        return
     _federated_summary(metrics, folder)
 
 
@@ -325,17 +318,13 @@ def detect(
 
     Example: `scl detect --quick --out runs/boxes`
     """
-    from scl.errors import SCLError
     from scl.pipelines import detection
 
-    try:
+    with _user_errors():
         cfg = detection.build_config(quick=quick, config_file=config, assignments=set_ or (),
                                      overrides={"data": data} if data is not None else None)
         out = out or _default_out("detect")
         folder, metrics = detection.run(cfg, out, console=_console(), show_progress=not no_progress)
-    except SCLError as exc:
-        _fail(str(exc))
-        return
     console = _console()
     console.print(detection.summary_table(metrics))
     for target in metrics.get("targets", []):

@@ -348,30 +348,19 @@ def run_attacks(exp: Experiment, progress: object | None, log: RunLog) -> dict[s
         return obf(x)
 
     privacy: dict[str, float] = {}
-    log("attack: learned decoder (with label-only floor and clean ceiling)")
-    report = run_decoder_attacks(
-        hard,
-        attacker,
-        test,
+    options = dict(
         num_classes=num_classes,
         epochs=acfg["decoder_epochs"],
         averaged_copies=acfg["averaged_copies"],
         seed=cfg["seed"],
         progress=progress,
     )
+    log("attack: learned decoder (with label-only floor and clean ceiling)")
+    report = run_decoder_attacks(hard, attacker, test, **options)
     privacy.update(report.metrics)
     exp.figures.update({f"decoder_{k}": v for k, v in report.reconstructions.items()})
     log("attack: learned decoder on the label-free (soft) release")
-    soft_result = decoder_attack(
-        soft,
-        attacker,
-        test,
-        num_classes=num_classes,
-        epochs=acfg["decoder_epochs"],
-        averaged_copies=acfg["averaged_copies"],
-        seed=cfg["seed"],
-        progress=progress,
-    )
+    soft_result = decoder_attack(soft, attacker, test, **options)
     privacy["decoder_ssim_soft"] = soft_result.metrics["decoder_ssim"]
     privacy["decoder_psnr_soft"] = soft_result.metrics["decoder_psnr"]
     log(f"attack: white-box inversion of {min(acfg['whitebox_images'], len(test))} test images")

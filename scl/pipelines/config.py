@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +101,18 @@ def build(
     config_file: str | Path | None = None,
     assignments: Iterable[str] = (),
     overrides: Mapping[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    quick_overrides: Mapping[str, Any] | None = None,
+    check: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Defaults, then ``--quick``, then the file, then ``overrides``, then ``--set``; validated."""
-    config = copy.deepcopy(DEFAULTS)
+    """Defaults, then ``--quick``, then the file, then ``overrides``, then ``--set``; validated.
+
+    ``defaults``, ``quick_overrides`` and ``check`` default to this module's (the classification
+    experiment); other pipelines pass their own.
+    """
+    config = copy.deepcopy(dict(DEFAULTS if defaults is None else defaults))
     if quick:
-        config = merge(config, QUICK)
+        config = merge(config, QUICK if quick_overrides is None else quick_overrides)
     if config_file is not None:
         path = Path(config_file)
         try:
@@ -120,7 +127,7 @@ def build(
     if overrides:
         config = merge(config, overrides)
     config = merge(config, parse_set(assignments))
-    validate(config)
+    (validate if check is None else check)(config)
     return config
 
 

@@ -21,8 +21,6 @@ The background class hides the background and gives stage 2 a map of its own to 
 from __future__ import annotations
 
 import contextlib
-import copy
-import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -42,7 +40,7 @@ from scl.obfuscator import Obfuscator, freeze
 from scl.pipelines import engine
 from scl.pipelines.classification import RunLog, _noise, privacy_term, run_folder
 from scl.pipelines.coco import coco_map
-from scl.pipelines.config import merge, parse_set
+from scl.pipelines.config import build
 from scl.selection import HardSelection, SoftSelection
 
 __all__ = ["DEFAULTS", "QUICK", "DetectionExperiment", "build_config", "run", "summary_table", "targets"]
@@ -87,25 +85,8 @@ _POSITIVE_INTS = (
 def build_config(*, quick: bool = False, config_file: str | Path | None = None, assignments: Iterable[str] = (),
                  overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Defaults, then ``--quick``, then the JSON file, then ``overrides``, then ``--set``; validated."""
-    config = copy.deepcopy(DEFAULTS)
-    if quick:
-        config = merge(config, QUICK)
-    if config_file is not None:
-        path = Path(config_file)
-        try:
-            loaded = json.loads(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from exc
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid JSON: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a JSON object")
-        config = merge(config, loaded)
-    if overrides:
-        config = merge(config, overrides)
-    config = merge(config, parse_set(assignments))
-    validate(config)
-    return config
+    return build(quick=quick, config_file=config_file, assignments=assignments, overrides=overrides,
+                 defaults=DEFAULTS, quick_overrides=QUICK, check=validate)
 
 
 def validate(config: Mapping[str, Any]) -> None:

@@ -43,7 +43,7 @@ from scl.data.partition import PARTITIONS, partition, share_order
 from scl.errors import ConfigError, SCLError
 from scl.obfuscator import Obfuscator, freeze
 from scl.pipelines import classification, engine
-from scl.pipelines.config import DEFAULTS, merge, parse_set, validate
+from scl.pipelines.config import DEFAULTS, build, merge, validate
 from scl.pipelines.federated.screening import screen
 from scl.selection import ClassIndex
 
@@ -100,25 +100,8 @@ def build_config(
     overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Defaults, then ``--quick``, then the JSON file, then ``overrides``, then ``--set``; validated."""
-    config = defaults()
-    if quick:
-        config = merge(config, QUICK)
-    if config_file is not None:
-        path = Path(config_file)
-        try:
-            loaded = json.loads(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from exc
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid JSON: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a JSON object")
-        config = merge(config, loaded)
-    if overrides:
-        config = merge(config, overrides)
-    config = merge(config, parse_set(assignments))
-    validate_config(config)
-    return config
+    return build(quick=quick, config_file=config_file, assignments=assignments, overrides=overrides,
+                 defaults=defaults(), quick_overrides=QUICK, check=validate_config)
 
 
 def _number(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> None:
