@@ -27,9 +27,12 @@ DASH = "—"
 
 #: Figure captions keyed by file stem; other figures get a caption made from their name.
 CAPTIONS: dict[str, str] = {
+    "client_samples": "One client's images (they never leave the client), the same images obfuscated by SL-p "
+    "on the client, and with random screening (spec §2.3.1) as N is trained on them.",
     "samples": "Test images: clean, obfuscated with hard selection (label known), obfuscated "
-    "with label-free selection, and what the decoder attack reconstructs from the obfuscated "
-    "ones.",
+    "with label-free selections, then what the attacks rebuild from the hard release: the "
+    "learned decoder, the label-only floor (the same decoder given only the label) and the "
+    "white-box inversion.",
     "images": "Test images: clean, obfuscated and reconstructed by the decoder attack.",
     "reconstructions": "Decoder attack: obfuscated activations and the images it reconstructs "
     "from them, beside the originals.",
@@ -444,7 +447,7 @@ def _caption(stem: str, captions: Mapping[str, str]) -> str:
     return captions[max(prefixes, key=len)] if prefixes else ""
 
 
-_FIGURE_ORDER = ("samples", "images", "reconstructions", "training_curves", "curves",
+_FIGURE_ORDER = ("samples", "client_samples", "images", "reconstructions", "training_curves", "curves",
                  "selection_maps", "selection", "tradeoff", "tradeoff_curve",
                  "accuracy_vs_share", "detections", "boxes")
 
@@ -550,10 +553,10 @@ def write_report(
         f"<h1>scl run report: {_e(dataset_text)}</h1>",
         f'<p class="meta">{" · ".join(meta)}</p>',
         _accuracy_section(metrics),
-        _privacy_section(metrics),
-        _targets_section(metrics),
         _detection_section(metrics),
         _federated_section(metrics),
+        _privacy_section(metrics),
+        _targets_section(metrics),
         _time_section(metrics),
         _other_section(metrics),
         _figures_section(run_dir, all_captions),

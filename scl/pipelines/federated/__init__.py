@@ -65,7 +65,7 @@ def write_outputs(result: Any, config: dict[str, Any], folder: Path, log: classi
     scl.save(result.obfuscator, folder / "checkpoints" / classification.CHECKPOINTS["obfuscator"])
     fig = folder / "figures"
     figures.accuracy_vs_share(result.metrics["series"], fig / "accuracy_vs_share.png")
-    figures.image_grid(result.samples, fig / "samples.png", title="A client's data, and what N trains on")
+    figures.image_grid(result.samples, fig / "client_samples.png", title="A client's data, and what N trains on")
     data = classification.load_dataset(config)
     shape = list(data.image_shape)
     result.metrics.update({"dataset": data.name, "num_classes": data.num_classes, "input_shape": shape})
