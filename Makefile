@@ -4,8 +4,9 @@ VENV ?= .venv
 CONSTRAINTS ?= constraints.txt
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.scl-installed
-# Stable allocator behaviour for benchmarks (glibc malloc keeps large blocks mapped).
-BENCH_ENV := MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967296
+# glibc malloc: keep large blocks instead of returning them to the system on every free.
+# Several times faster on large activations, and stable numbers for benchmarks.
+FAST_MALLOC := MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967296
 
 .PHONY: demo test test-slow bench lint clean
 
@@ -15,16 +16,16 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/scl demo
+	$(FAST_MALLOC) $(VENV)/bin/scl demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(FAST_MALLOC) $(PY) -m pytest -q -m "not slow"
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(FAST_MALLOC) $(PY) -m pytest -q -m slow
 
 bench: $(STAMP)
-	$(BENCH_ENV) $(PY) -m benchmarks
+	$(FAST_MALLOC) $(PY) -m benchmarks
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check scl tests benchmarks
