@@ -168,3 +168,12 @@ def test_sweep_gives_one_point_per_lambda_and_keeps_the_main_obfuscator(trained,
 
     path = figures.tradeoff_curve(points, tmp_path / "tradeoff.png")
     assert path.stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("kind", "shape"), [("input", (3, 16, 16)), ("spatial", (1, 16, 16)), ("channel", (3, 1, 1)), ("scalar", ())]
+)
+def test_soft_selection_shapes(trained, kind, shape):
+    exp, _ = trained
+    config = cfg.build(assignments=[f"stage2.soft_shape={kind}"])
+    assert clf.soft_shape(config, exp.obfuscator.layer, exp.dataset) == shape

@@ -236,13 +236,12 @@ def train_stage1(
 
 # -- stage 2 ------------------------------------------------------------------------------------------
 def soft_shape(config: dict[str, Any], layer: scl.StochasticConditionalLayer, dataset: Dataset) -> tuple[int, ...]:
+    """The shape of each class tensor of the soft selection: ``input`` (C_in, H, W), the size
+    of the input as spec §2.2.1 puts it; ``spatial`` (1, H, W); ``channel`` (C_in, 1, 1); or
+    ``scalar`` ()."""
     kind = config["stage2"]["soft_shape"]
     c, h, w = dataset.image_shape
-    if kind == "scalar":
-        return ()
-    if kind == "channel":
-        return (c, 1, 1)
-    return (1, h, w)
+    return {"input": (c, h, w), "spatial": (1, h, w), "channel": (c, 1, 1), "scalar": ()}[kind]
 
 
 def _train_selection(

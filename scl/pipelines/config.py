@@ -30,7 +30,8 @@ DEFAULTS: dict[str, Any] = {
     # privacy term of stage 1: "entropy" raises the mean log noise scale (as Shredder does);
     # "ssim" pushes SSIM(x, h) down; "both" adds them. Weighted by lam.
     "stage1": {"epochs": 40, "lr": 3e-3, "privacy": "entropy", "lam": 0.1},
-    # soft selection shape: "spatial" (1, H, W) maps, "channel" (C_in, 1, 1), or "scalar" ()
+    # soft selection shape: "input" (C_in, H, W) as spec §2.2.1, "spatial" (1, H, W) maps,
+    # "channel" (C_in, 1, 1), or "scalar" ()
     "stage2": {"epochs": 80, "lr": 0.1, "soft_shape": "spatial"},
     "gated": {"epochs": 30, "lr": 3e-3},
     "attacks": {
@@ -56,7 +57,7 @@ CHOICES = {
     "layer.kind": ("conv", "additive"),
     "layer.selection_at": ("input", "output"),
     "stage1.privacy": ("entropy", "ssim", "both"),
-    "stage2.soft_shape": ("spatial", "channel", "scalar"),
+    "stage2.soft_shape": ("input", "spatial", "channel", "scalar"),
 }
 
 
