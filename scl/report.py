@@ -260,6 +260,8 @@ _PRIVACY_ROWS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...], str, str]
     ("Decoder inversion, SSIM of 8 noisy copies averaged", "decoder_ssim_avg8",
      ("decoder_ssim_avg8_label_floor", "decoder_ssim_label_floor"),
      ("decoder_ssim_avg8_clean", "decoder_ssim_clean"), "float", "lower is more private"),
+    ("Decoder inversion, SSIM of luminance", "decoder_ssim_luma", ("decoder_ssim_luma_label_floor",),
+     ("decoder_ssim_luma_clean",), "float", "lower is more private"),
     ("White-box inversion, SSIM", "whitebox_ssim",
      ("whitebox_ssim_label_floor", "decoder_ssim_label_floor"),
      ("whitebox_ssim_clean", "decoder_ssim_clean"), "float", "lower is more private"),

@@ -227,6 +227,11 @@ def test_run_decoder_attacks_floor_and_ceiling(noise_report) -> None:
         "ssim_class_mean",
         "psnr_class_mean",
         "ssim_blank",
+        "decoder_ssim_luma",
+        "decoder_ssim_luma_label_floor",
+        "decoder_ssim_luma_clean",
+        "ssim_luma_class_mean",
+        "ssim_luma_blank",
     }
     assert all(isinstance(v, float) and math.isfinite(v) for v in m.values())
     # the floor is the better label-only reconstruction: learned decoder or class-mean image
@@ -316,7 +321,8 @@ def test_attacks_are_seeded_and_leave_global_rng_alone(splits) -> None:
     assert first.metrics == again.metrics
     assert set(first.metrics) == {
         "decoder_ssim_label_floor", "decoder_psnr_label_floor", "decoder_ssim_label_decoder",
-        "decoder_psnr_label_decoder", "ssim_class_mean", "psnr_class_mean"}
+        "decoder_psnr_label_decoder", "ssim_class_mean", "psnr_class_mean",
+        "ssim_luma_class_mean", "decoder_ssim_luma_label_floor"}
 
 
 # ----------------------------------------------------------------------------- attribute
@@ -438,3 +444,15 @@ def test_label_floor_rebuilds_images_that_the_class_determines():
     attacker, test = (x[:160], y[:160]), (x[160:], y[160:])
     result = label_floor_attack(attacker, test, num_classes=3, epochs=40, lr=3e-3, batch_size=32)
     assert result.metrics["decoder_ssim_label_floor"] > 0.8
+
+
+def test_luma_ssim_does_not_reward_a_blank_guess_on_single_channel_colour():
+    from scl.attacks.metrics import luma
+
+    coarse = torch.rand(16, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    x = torch.zeros(16, 3, 16, 16)
+    x[:, :1] = F.interpolate(coarse, size=(16, 16), mode="bilinear", align_corners=False)  # red only
+    blank = torch.zeros_like(x)
+    assert ssim(blank, x) > 0.6  # colour SSIM rewards the two empty channels
+    assert ssim(luma(blank), luma(x)) < 0.1
+    assert ssim(luma(x), luma(x)) == pytest.approx(1.0, abs=1e-5)

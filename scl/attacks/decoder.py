@@ -39,7 +39,7 @@ from scl.attacks._common import (
     seeded,
     unpack_split,
 )
-from scl.attacks.metrics import psnr, ssim
+from scl.attacks.metrics import luma, psnr, ssim
 from scl.errors import ShapeError
 
 if TYPE_CHECKING:
@@ -250,6 +250,7 @@ def _train_and_score(
         metrics = {
             f"decoder_ssim{suffix}": ssim(decoded, target),
             f"decoder_psnr{suffix}": psnr(decoded, target),
+            f"decoder_ssim_luma{suffix}": ssim(luma(decoded), luma(target)),
         }
         decoded_avg = None
         if averaged_copies is not None:
@@ -390,6 +391,10 @@ def label_floor_attack(
         "psnr_class_mean": psnr(class_mean, target),
     }
     metrics["decoder_ssim_label_floor"] = max(metrics["decoder_ssim_label_decoder"], metrics["ssim_class_mean"])
+    metrics["ssim_luma_class_mean"] = ssim(luma(class_mean), luma(target))
+    metrics["decoder_ssim_luma_label_floor"] = max(
+        learned["decoder_ssim_luma_label_floor"], metrics["ssim_luma_class_mean"]
+    )
     metrics["decoder_psnr_label_floor"] = max(metrics["decoder_psnr_label_decoder"], metrics["psnr_class_mean"])
     result.metrics = metrics
     return result
@@ -472,7 +477,10 @@ def run_decoder_attacks(
     # A black image knows nothing; on images with empty channels (e.g. tinted digits) SSIM
     # still rewards it, so its score is reported to read the others against.
     blank = torch.zeros_like(xt.detach().float().cpu())
-    references = {"ssim_blank": ssim(blank, xt.detach().float().cpu())}
+    references = {
+        "ssim_blank": ssim(blank, xt.detach().float().cpu()),
+        "ssim_luma_blank": ssim(luma(blank), luma(xt.detach().float().cpu())),
+    }
     return DecoderAttackReport(
         metrics={**attack.metrics, **floor.metrics, **clean.metrics, **references},
         reconstructions={

@@ -129,6 +129,16 @@ def psnr(pred: Tensor, target: Tensor) -> float:
     return float(per_image.clamp(max=PSNR_MAX_DB).mean())
 
 
+def luma(images: Tensor) -> Tensor:
+    """Per-pixel mean over channels, ``Tensor[N, C, H, W] -> Tensor[N, 1, H, W]``.
+
+    SSIM over colour channels rewards a black image wherever a channel is empty (two empty
+    patches compare as identical): on images coloured one channel at a time, a blank guess scores
+    high. SSIM of the luminance scores the shape of what was rebuilt, whatever its colour.
+    """
+    return images.mean(1, keepdim=True)
+
+
 def _centred_distances(z: Tensor) -> Tensor:
     """Double-centred Euclidean distance matrix ``A`` of ``Tensor[n, d]`` rows (float64)."""
     d = torch.cdist(z, z, compute_mode="donot_use_mm_for_euclid_dist")

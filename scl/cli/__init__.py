@@ -99,6 +99,7 @@ def _summary(metrics: dict, out: Path) -> None:
     rows = [
         ("decoder SSIM", "decoder_ssim", "decoder_ssim_label_floor", "label-only floor {:.3f}"),
         ("decoder SSIM, 8 copies averaged", "decoder_ssim_avg8", "decoder_ssim_clean", "clean ceiling {:.3f}"),
+        ("decoder SSIM of luminance", "decoder_ssim_luma", "decoder_ssim_luma_label_floor", "label-only floor {:.3f}"),
         ("decoder SSIM, soft release", "decoder_ssim_soft", "decoder_ssim_label_floor", "label-only floor {:.3f}"),
         ("white-box SSIM", "whitebox_ssim", "decoder_ssim_label_floor", "label-only floor {:.3f}"),
         ("attribute accuracy", "attribute_accuracy", "attribute_chance", "chance {:.3f}"),
