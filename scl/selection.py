@@ -65,8 +65,8 @@ class SharedSelection:
 Selection = ClassIndex | SharedSelection | Tensor
 
 
-def check_labels(labels: Any, num_classes: int, batch_size: int | None = None) -> Tensor:
-    """Validate class labels and return them as ``int64``.
+def check_labels(labels: Any, num_classes: int, batch_size: int | None = None, *, name: str = "labels") -> Tensor:
+    """Validate class labels and return them as ``int64`` (``name`` is used in the messages).
 
     Raises:
         LabelError: wrong type, rank, length, or a label outside ``[0, num_classes)``.
@@ -75,24 +75,24 @@ def check_labels(labels: Any, num_classes: int, batch_size: int | None = None) -
         try:
             labels = torch.as_tensor(labels)
         except (TypeError, ValueError, RuntimeError) as exc:
-            raise LabelError(f"labels must be a tensor of class indices, but got {labels!r}") from exc
+            raise LabelError(f"{name} must be a tensor of class indices, but got {labels!r}") from exc
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise LabelError(
-            f"labels must be integer class indices, but got dtype {labels.dtype}; "
-            "convert with labels.long()"
+            f"{name} must be integer class indices, but got dtype {labels.dtype}; "
+            f"convert with {name.rsplit('.', 1)[-1]}.long()"
         )
     if labels.dim() != 1:
-        raise LabelError(f"labels must be a 1-D tensor [B], but got shape {tuple(labels.shape)}")
+        raise LabelError(f"{name} must be a 1-D tensor [B], but got shape {tuple(labels.shape)}")
     if batch_size is not None and labels.shape[0] != batch_size:
         raise LabelError(
-            f"labels must have one entry per sample ({batch_size}), but got {labels.shape[0]}"
+            f"{name} must have one entry per sample ({batch_size}), but got {labels.shape[0]}"
         )
     if labels.numel():
         bad = (labels < 0) | (labels >= num_classes)
         if bool(bad.any()):
             index = int(bad.nonzero()[0, 0])
             raise LabelError(
-                f"labels must be in [0, {num_classes}), but got {int(labels[index])} at index {index}"
+                f"{name} must be in [0, {num_classes}), but got {int(labels[index])} at index {index}"
             )
     return labels.long()
 

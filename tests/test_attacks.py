@@ -378,7 +378,7 @@ def test_validation_errors(splits) -> None:
     good = (x[:16], y[:16])
     tiny: dict[str, Any] = dict(num_classes=NUM_CLASSES, epochs=1)
 
-    with pytest.raises(LabelError, match=r"shape \(16,\) to match x, but got \(15,\)"):
+    with pytest.raises(LabelError, match=r"must have one entry per sample \(16\), but got 15"):
         decoder_attack(identity, (x[:16], y[:15]), good, **tiny)
     with pytest.raises(ShapeError, match=r"Tensor\[N, C, H, W\].*but got shape \(16, 16, 16\)"):
         decoder_attack(identity, (x[:16, 0], y[:16]), good, **tiny)

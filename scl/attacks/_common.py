@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 import torch
 from torch import Tensor, nn
 
-from scl.errors import ConfigError, DataError, LabelError, ShapeError
+from scl.errors import ConfigError, DataError, ShapeError
 
 if TYPE_CHECKING:  # rich is only needed for type hints; callers pass their own Progress
     from rich.progress import Progress
@@ -76,24 +76,6 @@ def check_images(x: Any, name: str) -> Tensor:
     if lo < -1e-6 or hi > 1 + 1e-6:
         raise DataError(f"{name} must have values in [0, 1], but got values in [{lo:g}, {hi:g}]")
     return x
-
-
-def check_labels(y: Any, n: int, num_classes: int, name: str) -> Tensor:
-    """Validate integer ``Tensor[N]`` with values in ``[0, num_classes)``; returns it as int64."""
-    if not isinstance(y, Tensor):
-        raise LabelError(f"{name} must be a Tensor[N] of integers, but got {type(y).__name__}")
-    if y.dim() != 1 or y.shape[0] != n:
-        raise LabelError(f"{name} must have shape ({n},) to match x, but got {tuple(y.shape)}")
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise LabelError(f"{name} must hold integers, but got dtype {y.dtype}")
-    if n > 0:
-        lo, hi = int(y.min()), int(y.max())
-        if lo < 0 or hi >= num_classes:
-            bad = int(((y < 0) | (y >= num_classes)).nonzero()[0])
-            raise LabelError(
-                f"{name} must be in [0, {num_classes}), but got {int(y[bad])} at index {bad}"
-            )
-    return y.long()
 
 
 def check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:

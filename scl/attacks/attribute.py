@@ -24,7 +24,6 @@ from scl.attacks._common import (
     Split,
     as_feature_map,
     check_images,
-    check_labels,
     check_positive_float,
     check_positive_int,
     fit,
@@ -35,6 +34,7 @@ from scl.attacks._common import (
     unpack_split,
 )
 from scl.errors import ShapeError
+from scl.selection import check_labels
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -91,8 +91,8 @@ def _split(
 ) -> tuple[Tensor, Tensor, Tensor]:
     x, y, a = unpack_split(split, name, need_attribute=True)
     x = check_images(x, f"{name}.x")
-    y = check_labels(y, x.shape[0], num_classes, f"{name}.y")
-    a = check_labels(a, x.shape[0], num_attributes, f"{name}.attribute")
+    y = check_labels(y, num_classes, x.shape[0], name=f"{name}.y")
+    a = check_labels(a, num_attributes, x.shape[0], name=f"{name}.attribute")
     return x, y, a
 
 

@@ -29,7 +29,6 @@ from scl.attacks._common import (
     Split,
     as_feature_map,
     check_images,
-    check_labels,
     check_positive_float,
     check_positive_int,
     fit,
@@ -41,6 +40,7 @@ from scl.attacks._common import (
 )
 from scl.attacks.metrics import luma, psnr, ssim
 from scl.errors import ShapeError
+from scl.selection import check_labels
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -180,7 +180,7 @@ class DecoderAttackReport:
 def _split_images(split: Split, name: str, num_classes: int) -> tuple[Tensor, Tensor]:
     x, y, _ = unpack_split(split, name)
     x = check_images(x, f"{name}.x")
-    y = check_labels(y, x.shape[0], num_classes, f"{name}.y")
+    y = check_labels(y, num_classes, x.shape[0], name=f"{name}.y")
     return x, y
 
 
