@@ -37,9 +37,11 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch.distributions import Binomial, Categorical, Distribution, Laplace, Normal, constraints
 
 from scl.errors import ConfigError
+from scl.random import rand, randn
 
 _REGISTRY: dict[str, type[NoiseDistribution]] = {}
 
@@ -79,7 +81,7 @@ def get(spec: str | NoiseDistribution, **options: Any) -> NoiseDistribution:
 
 def _uniform(shape: torch.Size, like: Tensor, generator: torch.Generator | None) -> Tensor:
     """Uniform samples in the open interval (0, 1)."""
-    u = torch.rand(shape, generator=generator, device=like.device, dtype=like.dtype)
+    u = rand(shape, generator=generator, device=like.device, dtype=like.dtype)
     eps = torch.finfo(like.dtype).eps
     return u.clamp(eps, 1.0 - eps)
 
@@ -123,6 +125,16 @@ class NoiseDistribution:
     ) -> Tensor:
         """One sample of ``dist``; reparameterised (differentiable) when ``training``."""
         raise NotImplementedError
+
+    def sample_joint(
+        self, joint: Tensor, dim: int, *, training: bool, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Distribution]:
+        """``(sample, distribution)`` from the raw maps stacked along ``dim``: ``num_params`` equal
+        slices in ``param_names`` order, as a layer computes them in one op. The same as
+        ``build`` then ``sample``; a subclass may fuse the two (see :class:`Gaussian`)."""
+        params = list(joint.split(joint.shape[dim] // self.num_params, dim))
+        dist = self.build(params)
+        return self.sample(dist, training=training, generator=generator), dist
 
     def config(self) -> dict[str, Any]:
         """Constructor options, for checkpoints."""
@@ -182,10 +194,60 @@ class Gaussian(_LocationScale):
         self, dist: Distribution, *, training: bool, generator: torch.Generator | None = None
     ) -> Tensor:
         loc, scale = dist.loc, dist.scale  # type: ignore[attr-defined]
-        eps = torch.randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
+        eps = randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
         if torch.is_grad_enabled() and (loc.requires_grad or scale.requires_grad):
             return torch.addcmul(loc, scale, eps)
         return eps.mul_(scale).add_(loc)  # inference: no new buffers
+
+    def sample_joint(
+        self, joint: Tensor, dim: int, *, training: bool, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Normal]:
+        n = joint.shape[dim] // 2
+        loc, raw = joint.narrow(dim, 0, n), joint.narrow(dim, n, n)
+        eps = randn(loc.shape, generator=generator, device=joint.device, dtype=joint.dtype)
+        if torch.is_grad_enabled() and joint.requires_grad:
+            sample, scale = _GaussianSample.apply(joint, eps, dim, self.min_scale)
+            return sample, Normal(loc, scale, validate_args=False)
+        scale = F.softplus(raw).add_(self.min_scale)
+        return eps.mul_(scale).add_(loc), Normal(loc, scale, validate_args=False)
+
+
+class _GaussianSample(torch.autograd.Function):
+    """``loc + (softplus(raw) + min_scale) * eps`` and the scale, from ``joint = [loc | raw]``.
+
+    Written by hand because autograd's version makes four passes over the output in backward plus
+    a concatenation of the two gradients; this one writes the gradient of ``joint`` in place, in
+    two passes. Returns ``(sample, scale)``; the scale is differentiable too (privacy losses use
+    it).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, joint: Tensor, eps: Tensor, dim: int, min_scale: float) -> tuple[Tensor, Tensor]:
+        n = joint.shape[dim] // 2
+        loc, raw = joint.narrow(dim, 0, n), joint.narrow(dim, n, n)
+        scale = F.softplus(raw).add_(min_scale)
+        ctx.save_for_backward(joint, eps)
+        ctx.dim = dim
+        ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None, not zeros
+        return torch.addcmul(loc, scale, eps), scale
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_sample: Tensor | None, grad_scale: Tensor | None) -> tuple[Tensor | None, ...]:
+        joint, eps = ctx.saved_tensors
+        n = joint.shape[ctx.dim] // 2
+        grad = torch.empty_like(joint)
+        grad_loc, grad_raw = grad.narrow(ctx.dim, 0, n), grad.narrow(ctx.dim, n, n)
+        if grad_sample is None:
+            grad_loc.zero_()
+            through_scale = grad_scale if grad_scale is not None else torch.zeros_like(eps)
+        else:
+            grad_loc.copy_(grad_sample)
+            through_scale = grad_sample * eps
+            if grad_scale is not None:
+                through_scale.add_(grad_scale)
+        torch.mul(through_scale, torch.sigmoid(joint.narrow(ctx.dim, n, n)), out=grad_raw)  # softplus' = sigmoid
+        return grad, None, None, None
 
 
 @register

@@ -19,9 +19,12 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
+from torch import Tensor
 
 _DETERMINISTIC: contextvars.ContextVar[dict[str, torch.Generator] | None] = contextvars.ContextVar(
     "scl_deterministic", default=None
@@ -94,3 +97,82 @@ def noise_generator(
     if training:
         return None
     return entropy_generator(device)
+
+
+# -- drawing large noise tensors on several threads ---------------------------------------------
+#
+# Torch's CPU samplers (``normal_``, ``uniform_``) run on one thread: for a 1M-element layer output
+# drawing the noise takes longer than the convolution that computes its parameters. No library
+# offers a parallel CPU sampler for torch tensors, so scl splits a large draw into fixed-size
+# chunks, seeds one generator per chunk from the caller's generator and fills the chunks on a
+# small thread pool (torch releases the GIL inside the fill). The chunk size is fixed, so the
+# result depends on the caller's generator only, not on the number of threads. Tensors below two
+# chunks, and tensors on other devices (whose samplers are already parallel), are drawn directly.
+
+CHUNK_ELEMENTS = 1 << 18
+_POOL: ThreadPoolExecutor | None = None
+_POOL_KEY: tuple[int, int] | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    global _POOL, _POOL_KEY
+    key = (os.getpid(), workers)  # a forked child has no pool threads: build its own
+    with _POOL_LOCK:
+        if _POOL_KEY != key:
+            if _POOL is not None and _POOL_KEY is not None and _POOL_KEY[0] == os.getpid():
+                _POOL.shutdown(wait=False)
+            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scl-noise")
+            _POOL_KEY = key
+        return _POOL
+
+
+def _fill(out: Tensor, kind: str, generator: torch.Generator | None) -> Tensor:
+    def fill(t: Tensor, g: torch.Generator | None) -> None:
+        if kind == "normal":
+            t.normal_(generator=g)
+        else:
+            t.uniform_(generator=g)
+
+    n = out.numel()
+    if out.device.type != "cpu" or n < 2 * CHUNK_ELEMENTS:
+        fill(out, generator)
+        return out
+    flat = out.view(-1)
+    chunks = -(-n // CHUNK_ELEMENTS)
+    seeds = torch.randint(0, 2**63 - 1, (chunks,), generator=generator).tolist()
+
+    def work(i: int) -> None:
+        g = torch.Generator()
+        g.manual_seed(seeds[i])
+        fill(flat[i * CHUNK_ELEMENTS : (i + 1) * CHUNK_ELEMENTS], g)
+
+    workers = min(torch.get_num_threads(), chunks)
+    if workers < 2 or threading.current_thread().name.startswith("scl-noise"):
+        for i in range(chunks):
+            work(i)
+    else:
+        list(_pool(workers).map(work, range(chunks)))
+    return out
+
+
+def randn(
+    shape: torch.Size | tuple[int, ...],
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Standard normal samples of ``shape``, as ``torch.randn`` (large CPU draws use several threads)."""
+    return _fill(torch.empty(shape, device=device, dtype=dtype), "normal", generator)
+
+
+def rand(
+    shape: torch.Size | tuple[int, ...],
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Uniform samples in [0, 1) of ``shape``, as ``torch.rand`` (large CPU draws use several threads)."""
+    return _fill(torch.empty(shape, device=device, dtype=dtype), "uniform", generator)

@@ -403,3 +403,56 @@ def test_eval_samples_average_to_the_distribution_mean(distribution: str) -> Non
     std = dist.variance.sqrt()[0]
     error = (sample.mean(0) - dist.mean[0]).abs()
     assert torch.all(error < 5 * std / math.sqrt(20_000) + 1e-6), (error, std)
+
+
+# -- the fused Gaussian sample of conv/linear layers equals build + sample ----------------------
+def _reference(layer: Any, x: Tensor, pi: Any, seed: int) -> tuple[Tensor, Any]:
+    dist = layer.distribution(x, pi)
+    sample = layer.noise.sample(dist, training=True, generator=torch.Generator().manual_seed(seed))
+    return sample, dist
+
+
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+@pytest.mark.parametrize("loss_uses", ["sample", "sample+scale+loc", "scale only"])
+def test_fused_gaussian_sample_matches_build_then_sample(kind: str, loss_uses: str) -> None:
+    torch.manual_seed(0)
+    if kind == "conv":
+        layer = scl.StochasticConditionalConv2d(2, 3, 3, C, padding=1)
+        x = torch.randn(4, 2, 6, 6, requires_grad=True)
+    else:
+        layer = scl.StochasticConditionalLinear(5, 3, C)
+        x = torch.randn(4, 5, requires_grad=True)
+    labels = torch.tensor([0, 2, 1, 2])
+
+    def loss_of(sample: Tensor, dist: Any) -> Tensor:
+        weights = torch.linspace(-1, 1, sample.numel()).view_as(sample)
+        if loss_uses == "sample":
+            return (sample * weights).sum()
+        if loss_uses == "scale only":
+            return dist.scale.log().mean()
+        return (sample * weights).sum() - dist.scale.log().mean() + dist.loc.square().mean()
+
+    grads = []
+    for fused in (True, False):
+        layer.zero_grad()
+        x.grad = None
+        if fused:
+            sample, dist = layer.sample_with_distribution(x, labels, generator=torch.Generator().manual_seed(5))
+        else:
+            sample, dist = _reference(layer, x, labels, 5)
+        loss_of(sample, dist).backward()
+        grads.append(
+            (sample.detach(), dist.scale.detach(), x.grad.clone(), layer.weight.grad.clone(), layer.bias.grad.clone())
+        )
+    for got, expected in zip(*grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_gaussian_sample_without_grad_matches_build_then_sample() -> None:
+    layer = scl.StochasticConditionalConv2d(2, 3, 3, C, padding=1).eval()
+    x, labels = torch.randn(4, 2, 6, 6), torch.tensor([0, 2, 1, 2])
+    with torch.no_grad():
+        got, dist = layer.sample_with_distribution(x, labels, generator=torch.Generator().manual_seed(5))
+        expected, ref = _reference(layer, x, labels, 5)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(dist.scale, ref.scale)

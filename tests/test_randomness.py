@@ -238,3 +238,67 @@ def test_deterministic_refuses_a_non_integer_seed(seed: object) -> None:
     with pytest.raises(scl.ConfigError, match="seed must be an int"):
         with scl.deterministic(seed):  # type: ignore[arg-type]
             pass
+
+
+# -- large draws on several threads (scl.random.randn / rand) -----------------------------------
+LARGE = 3 * scl.random.CHUNK_ELEMENTS + 12345  # four chunks, the last one partial
+
+
+@pytest.mark.parametrize("draw", [scl.random.randn, scl.random.rand])
+def test_large_draws_depend_on_the_generator_only_not_on_the_thread_count(draw) -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = draw((LARGE,), generator=torch.Generator().manual_seed(7))
+        torch.set_num_threads(2)
+        threaded = draw((LARGE,), generator=torch.Generator().manual_seed(7))
+        other_seed = draw((LARGE,), generator=torch.Generator().manual_seed(8))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(serial, threaded)
+    assert not torch.equal(serial, other_seed)
+
+
+def test_large_normal_draws_are_standard_normal_with_independent_chunks() -> None:
+    z = scl.random.randn((LARGE,), generator=torch.Generator().manual_seed(3))
+    assert abs(z.mean().item()) < 0.005  # standard error 1/sqrt(800k) ~ 0.0011
+    assert abs(z.std().item() - 1.0) < 0.005
+    assert abs((z.abs() > 1.96).float().mean().item() - 0.05) < 0.002  # the tails too
+    n = scl.random.CHUNK_ELEMENTS
+    chunks = z[: 3 * n].view(3, n)
+    corr = torch.corrcoef(chunks)
+    off_diagonal = corr[~torch.eye(3, dtype=torch.bool)]
+    assert off_diagonal.abs().max() < 0.01  # chunks are not copies or shifts of one stream
+
+
+def test_large_uniform_draws_cover_the_unit_interval_evenly() -> None:
+    u = scl.random.rand((LARGE,), generator=torch.Generator().manual_seed(4))
+    assert u.min() >= 0 and u.max() < 1
+    counts = torch.histc(u, bins=10, min=0, max=1) / u.numel()
+    assert (counts - 0.1).abs().max() < 0.003
+
+
+def test_small_draws_are_torchs_own() -> None:
+    expected = torch.randn(5, 7, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(scl.random.randn((5, 7), generator=torch.Generator().manual_seed(1)), expected)
+
+
+def test_large_training_draws_follow_torch_manual_seed() -> None:
+    torch.manual_seed(11)
+    a = scl.random.randn((LARGE,))
+    torch.manual_seed(11)
+    b = scl.random.randn((LARGE,))
+    assert torch.equal(a, b)
+
+
+def test_a_large_eval_sample_is_fresh_and_correctly_scaled() -> None:
+    # a layer output above two chunks takes the threaded path; eval noise still comes from entropy
+    layer = scl.StochasticConditionalConv2d(1, 8, 1, C, padding=0, distribution_options={"init_scale": 0.7}).eval()
+    with torch.no_grad():
+        layer.weight.zero_()
+    x = torch.zeros(16, 1, 64, 64)  # 16*8*64*64 = 524288 elements = 2 chunks
+    labels = torch.zeros(16, dtype=torch.long)
+    with torch.no_grad():
+        a, b = layer(x, labels), layer(x, labels)
+    assert not torch.equal(a, b)
+    assert abs(a.std().item() - 0.7) < 0.01

@@ -85,9 +85,18 @@ class StochasticConditionalLayer(nn.Module):
     ) -> tuple[Tensor, Distribution]:
         """``(sample, distribution)`` from one computation of the parameter maps (for losses that
         need both, e.g. a noise-entropy privacy term)."""
-        dist = self.distribution(x, pi)
+        joint = self._joint_params(x, pi)
+        if joint is None:
+            dist = self.distribution(x, pi)
+            gen = noise_generator(x.device, training=self.training, generator=generator)
+            return self.noise.sample(dist, training=self.training, generator=gen), dist
         gen = noise_generator(x.device, training=self.training, generator=generator)
-        return self.noise.sample(dist, training=self.training, generator=gen), dist
+        return self.noise.sample_joint(joint[0], joint[1], training=self.training, generator=gen)
+
+    def _joint_params(self, x: Tensor, pi: Selection) -> tuple[Tensor, int] | None:
+        """The raw maps stacked along one dim as computed, ``(maps, dim)``, if the layer has them
+        (sampling from them skips a split and a concatenation in backward); else ``None``."""
+        return None
 
     def extra_repr(self) -> str:
         return (
@@ -217,6 +226,10 @@ class ClassLinearMap(StochasticConditionalLayer):
     # -- the layer --------------------------------------------------------------------------------
     def params(self, x: Tensor, pi: Selection) -> list[Tensor]:
         """Raw parameter maps, each ``[B, out, *spatial_out]`` (``[B, ..., out]`` for linear)."""
+        joint, dim = self._joint_params(x, pi)
+        return list(joint.split(self.out_channels, dim=dim))
+
+    def _joint_params(self, x: Tensor, pi: Selection) -> tuple[Tensor, int]:
         self._check_input(x)
         sel = self._selection(pi, x.shape[0])
         xc = self._to_cf(x)
@@ -224,7 +237,7 @@ class ClassLinearMap(StochasticConditionalLayer):
             y = self._op_per_sample(xc, self.weight[sel.labels], self.bias[sel.labels])
         else:
             y = self._selected(xc, sel)
-        return list(self._from_cf(y).split(self.out_channels, dim=self._param_dim(x)))
+        return self._from_cf(y), self._param_dim(x)
 
     def _param_dim(self, x: Tensor) -> int:
         return 1
