@@ -217,6 +217,39 @@ def obfuscate(
 
 
 @app.command()
+def export(
+    source: Annotated[
+        Path,
+        typer.Argument(help="A run folder of `scl train`/`scl demo`, or an obfuscator checkpoint (.safetensors)."),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="The ONNX file to write, e.g. obfuscator.onnx.")],
+    input_shape: Annotated[
+        str | None,
+        typer.Option("--input-shape", help="One input's shape C,H,W without the batch (default: from the run)."),
+    ] = None,
+    selection: Annotated[
+        str | None, typer.Option("--selection", help="Label-free selection: soft (default for a run) or gated.")
+    ] = None,
+    opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset, 13 to 20 (default: 20).")] = None,
+) -> None:
+    """Export a trained obfuscator to ONNX: label-free obfuscation with onnxruntime, no torch, fresh noise per run.
+
+    Example: `scl export runs/mine --out obfuscator.onnx` (or `scl export obfuscator.safetensors --out
+    obfuscator.onnx --input-shape 3,16,16`)
+    """
+    from rich.markup import escape
+
+    from scl import export as job
+
+    with _user_errors():
+        obfuscator, recorded = job.load_for_export(source, selection=selection)
+        shape = job.parse_shape(input_shape) if input_shape is not None else recorded
+        path = job.export_onnx(obfuscator, out, input_shape=shape, opset=opset)
+        summary = job.describe(path)
+    _console().print(f"wrote [bold]{escape(str(path))}[/bold]: {escape(summary)}", highlight=False, soft_wrap=True)
+
+
+@app.command()
 def bench(
     repeats: Annotated[int, typer.Option(help="Interleaved repetitions per case.")] = 30,
 ) -> None:
