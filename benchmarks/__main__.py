@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from scl.bench import layer_cases, machine, measure, ratios, table
+from scl.bench import layer_cases, machine, measure, noise_floor, ratios, table
 from scl.io import atomic_write
 
 # (command, target seconds on 2 cores)
@@ -49,6 +49,16 @@ def main() -> None:
     text = table(rows)
     print(text, flush=True)
     pipelines = "" if args.skip_pipelines else "\n\n## Pipelines\n\n" + time_pipelines()
+    floor = noise_floor(rows)
+    floor_text = (
+        ""
+        if floor is None
+        else f"Their sum plus the convolution itself, {floor:.2f}x the plain conv, is a floor under "
+        "the soft-inference ratio of any layer that draws Gaussian noise with these samplers on this "
+        "machine"
+        + (", above its 'must' of 1.5x: no implementation can meet that target here." if floor > 1.5 else ".")
+    )
+    print(f"\nfloor for Gaussian soft inference on this machine: {floor:.2f}x" if floor else "", flush=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     with atomic_write(args.out) as handle:
         handle.write(
@@ -61,14 +71,16 @@ def main() -> None:
             "the same conv followed by the same Gaussian sampling (an unconditional stochastic "
             "layer). Layer: `StochasticConditionalConv2d(3, 16, 3, C, padding=1)`, gaussian "
             "(32 maps), batch 64, 32x32.\n\n" + text + "\n\n"
-            "Reading the table: drawing the noise is a large share of every stochastic case. On "
-            "this CPU `torch.randn` for the 1M-element output alone takes longer than the plain "
-            "convolution's forward pass (torch's CPU normal sampler runs on one thread), and the "
-            "softplus scale, the reparameterised sample and their backward are several more "
-            "passes over that tensor. The rows 'plain conv + gaussian sampling' (an "
-            "unconditional stochastic layer) and 'parameter maps only' (the class-conditional "
-            "kernels and selection without sampling) separate the price of the noise from the "
-            "price of conditioning on the class." + pipelines + "\n"
+            "Reading the table: every Gaussian layer of this output size must, besides its "
+            "convolution, draw 1M normal samples and take the softplus of 1M raw scales; the rows "
+            "'... of the output alone' time exactly that work, with nothing else, against the "
+            "plain conv's forward. " + floor_text + " scl draws large tensors on several threads "
+            "(`scl.random.randn`; the result does not depend on the thread count), which helps in "
+            "proportion to the free cores. The rows 'plain conv + gaussian sampling' (an "
+            "unconditional stochastic layer with the same fused sampling) and 'parameter maps "
+            "only' (the class-conditional kernels and selection without sampling) separate the "
+            "price of the noise from the price of conditioning on the class: the last column is "
+            "the price of the classes." + pipelines + "\n"
         )
     print(f"\nwritten to {args.out}")
 

@@ -19,7 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from scl.layers import StochasticConditionalConv2d
+from scl.random import randn
 from scl.selection import ClassIndex, SoftSelection
+
+TORCH_RANDN_ROW = "torch.randn of the output alone"
+SCL_RANDN_ROW = "scl.random.randn (threaded) of the output alone"
+SOFTPLUS_ROW = "softplus of the output's scale map alone"
 
 
 @dataclass
@@ -58,8 +63,7 @@ def layer_cases(batch: int = 64, size: int = 32) -> list[Case]:
     gaussian = get("gaussian")
 
     def stochastic_plain() -> torch.Tensor:
-        loc, raw = plain(x).split(16, 1)
-        return gaussian.sample(gaussian.build([loc, raw]), training=torch.is_grad_enabled())
+        return gaussian.sample_joint(plain(x), 1, training=torch.is_grad_enabled())[0]
 
     cases.append(Case("plain conv + gaussian sampling fwd+bwd", _fwd_bwd(stochastic_plain), base_train))
 
@@ -69,6 +73,13 @@ def layer_cases(batch: int = 64, size: int = 32) -> list[Case]:
 
     cases.append(Case("plain conv + gaussian sampling inference", stochastic_plain_infer, base_infer))
     stoch_train, stoch_infer = cases[2].name, cases[3].name
+    # The per-element work every Gaussian layer of this output size must do besides its conv,
+    # timed alone: it bounds from below what any implementation can reach against the plain conv.
+    out_shape = (batch, 16, size, size)
+    raw = torch.randn(out_shape)
+    cases.append(Case(TORCH_RANDN_ROW, lambda: torch.randn(out_shape), base_infer))
+    cases.append(Case(SCL_RANDN_ROW, lambda: randn(out_shape), base_infer))
+    cases.append(Case(SOFTPLUS_ROW, lambda: F.softplus(raw), base_infer))
     for classes in (10, 100):
         layer = StochasticConditionalConv2d(3, 16, 3, classes, padding=1)
         labels = torch.randint(0, classes, (batch,))
@@ -198,3 +209,16 @@ def table(rows: list[dict[str, object]]) -> str:
         stochastic = "" if r["stochastic"] is None else f"{r['stochastic']:.2f}x"
         lines.append(f"| {r['case']} | {r['ms']:.2f} | {ratio} | {must} | {goal} | {met} | {stochastic} |")
     return "\n".join(lines)
+
+
+def noise_floor(rows: list[dict[str, object]]) -> float | None:
+    """A floor under the soft-inference ratio of any Gaussian layer of the benchmarked size:
+    1 (the convolution) + the cheaper noise draw alone + the softplus alone, each against the plain
+    conv's forward, from the rows of :func:`layer_cases`."""
+    by_name = {str(r["case"]): r["ratio"] for r in rows}
+    draws = [by_name.get(TORCH_RANDN_ROW), by_name.get(SCL_RANDN_ROW)]
+    softplus = by_name.get(SOFTPLUS_ROW)
+    draws = [d for d in draws if isinstance(d, float)]
+    if not draws or not isinstance(softplus, float):
+        return None
+    return 1.0 + min(draws) + softplus

@@ -257,10 +257,17 @@ def bench(
 
     Example: `scl bench --repeats 10`
     """
-    from scl.bench import layer_cases, measure, ratios, table
+    from scl.bench import layer_cases, measure, noise_floor, ratios, table
 
     cases = layer_cases()
-    typer.echo(table(ratios(cases, measure(cases, repeats=repeats))))
+    rows = ratios(cases, measure(cases, repeats=repeats))
+    typer.echo(table(rows))
+    floor = noise_floor(rows)
+    if floor is not None:
+        typer.echo(
+            f"floor for any Gaussian layer's soft inference on this machine (conv + noise draw + softplus): "
+            f"{floor:.2f}x the plain conv"
+        )
 
 
 @app.command()
