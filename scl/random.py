@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
 import os
 import threading
 from collections.abc import Iterator
@@ -147,12 +148,17 @@ def _fill(out: Tensor, kind: str, generator: torch.Generator | None) -> Tensor:
         g.manual_seed(seeds[i])
         fill(flat[i * CHUNK_ELEMENTS : (i + 1) * CHUNK_ELEMENTS], g)
 
-    workers = min(torch.get_num_threads(), chunks)
-    if workers < 2 or threading.current_thread().name.startswith("scl-noise"):
-        for i in range(chunks):
+    counter = itertools.count()  # each thread takes the next chunk (next() is atomic under the GIL)
+
+    def drain() -> None:
+        while (i := next(counter)) < chunks:
             work(i)
-    else:
-        list(_pool(workers).map(work, range(chunks)))
+
+    helpers = min(torch.get_num_threads(), chunks) - 1
+    futures = [] if helpers < 1 else [_pool(helpers).submit(drain) for _ in range(helpers)]
+    drain()  # the calling thread works too
+    for future in futures:
+        future.result()
     return out
 
 
