@@ -3,25 +3,56 @@
 A data owner obfuscates on their own device before anything leaves it; the device may have no
 torch. :func:`export_onnx` writes the obfuscator's label-free inference path as one ONNX model:
 
-``x -> pre-layers L -> selection (soft or gated) -> parameter maps -> fresh noise sample``
+``x -> pre-layers L -> selection (soft or gated) -> parameter maps -> noise sample``
 
-The noise is drawn inside the ONNX model by ONNX's own random operators (``RandomNormalLike``,
-``RandomUniformLike``) without a ``seed`` attribute, so onnxruntime draws new noise on every run.
-No noise tensor is stored in the file: noise an attacker can regenerate can be subtracted.
+Where the noise comes from (``noise=``):
+
+``"input"`` (the default)
+    The model has a second input, ``noise``, that the caller fills on every run from a strong
+    source of randomness (``numpy.random.default_rng()``, a PCG64 generator seeded from OS
+    entropy; or ``secrets``/``os.urandom``), as scl itself draws inference noise (:mod:`scl.random`).
+    The graph holds no random operator, so it is deterministic given ``(x, noise)``. The noise is
+    standard and parameter-free; the graph turns it into the layer's sample:
+
+    ==============  ===============================  =========================================
+    distribution    ``noise``                         the sample ``h``
+    ==============  ===============================  =========================================
+    gaussian        standard normal ``[B, *out]``     ``loc + scale * noise``
+    laplace         uniform [0, 1) ``[B, *out]``      inverse CDF of ``u = clamp(noise)``:
+                                                      ``loc - scale * sign(2u-1) * log1p(-|2u-1|)``
+    binomial        uniform [0, 1) ``[n, B, *out]``   fraction of the ``n = total_count`` trials
+                                                      with ``noise < sigmoid(logits)``
+    multinomial     uniform [0, 1) ``[B, *out, K]``   ``values[argmax(logits - log(-log(clamp(noise))))]``
+                                                      (Gumbel-max over the K choices)
+    ==============  ===============================  =========================================
+
+    ``B`` is the batch of ``x``, ``out`` one output's shape, ``clamp`` keeps a uniform inside the
+    open interval (eps, 1 - eps) as scl's own samplers do. The metadata_props record the contract
+    (``scl_noise_input``, ``scl_noise_distribution``: ``standard_normal`` or ``uniform``,
+    ``scl_noise_shape``: a JSON list with ``"batch"`` for the batch dimension, ``scl_noise_dtype``),
+    and :func:`draw_noise` draws a correct array from it. Draw fresh noise for every run and never
+    reuse it: noise an attacker can regenerate or see twice can be subtracted.
+
+``"internal"``
+    The model draws the noise itself with ONNX's ``RandomNormalLike``/``RandomUniformLike``,
+    without a ``seed`` attribute, and has the one input ``x``. Caveat: onnxruntime (1.32) seeds its
+    CPU random operators from one process-wide seed, the clock at start-up unless
+    ``onnxruntime.set_seed`` is called, plus the node's index, narrowed to 32 bits for
+    ``std::default_random_engine``; sessions created in one process without a new ``set_seed``
+    draw the same stream, and an attacker who can try all 2^32 seeds could regenerate the noise.
+    Do not use it where privacy matters.
+
+No noise tensor is ever stored in the file.
 
 Example::
 
-    from scl.export import export_onnx
+    import numpy as np
+    from scl.export import draw_noise, export_onnx
 
     obfuscator = scl.load("runs/mine/checkpoints/obfuscator.safetensors")
     export_onnx(obfuscator, "obfuscator.onnx", input_shape=(3, 16, 16))
-
-Caveat: onnxruntime (1.32) seeds its CPU random operators from one process-wide seed, the clock at
-start-up unless ``onnxruntime.set_seed`` is called, plus the node's index, narrowed to 32 bits for
-``std::default_random_engine``. Sessions created in one process without a new ``set_seed`` draw the
-same stream, and an attacker who can try all 2^32 seeds could regenerate the noise: this is weaker
-than scl's own OS-entropy generator. Call ``onnxruntime.set_seed`` with OS entropy before creating
-each session (README), and prefer ``scl obfuscate`` where that matters.
+    # on the device, with onnxruntime:
+    h = session.run(None, {"x": x, "noise": draw_noise("obfuscator.onnx", len(x))})[0]
 
 Exporter: torch 2.13 has two. The default ``torch.export``-based one (``dynamo=True``, which
 needs onnxscript) cannot trace scl's input validation, whose finiteness check branches on tensor
@@ -49,7 +80,8 @@ import io
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,89 +101,145 @@ from scl.obfuscator import Obfuscator
 from scl.selection import GatedSelection, SoftSelection
 
 INPUT_NAME = "x"
+NOISE_NAME = "noise"
 OUTPUT_NAME = "h"
+BATCH = "batch"  # the symbolic batch dimension, in the graph and in scl_noise_shape
+NOISE_MODES = ("input", "internal")
 # The opsets tested (every layer and distribution above exports and runs at 13 and at 20, the
 # TorchScript exporter's maximum and default).
 MIN_OPSET, MAX_OPSET = 13, 20
 _INSTALL_HINT = "pip install 'scl[onnx]'"
+# Every ONNX operator that draws random numbers: none may appear in an "input"-mode graph.
+_RANDOM_OPS = frozenset(
+    {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
+)
 
 
-# -- samplers: the eval-mode draw of each distribution, written with ops that trace to ONNX's own
-# -- random operators (torch.randn_like -> RandomNormalLike, torch.rand_like -> RandomUniformLike)
+# -- samplers: the eval-mode draw of each distribution from standard noise (an input of the
+# -- graph), or from ONNX's own random operators (torch.randn_like -> RandomNormalLike,
+# -- torch.rand_like -> RandomUniformLike)
 
 
-def _open_uniform_like(like: Tensor) -> Tensor:
-    """Uniform samples in the open interval (0, 1), shaped like ``like``."""
-    eps = torch.finfo(like.dtype).eps
-    return torch.rand_like(like).clamp(eps, 1.0 - eps)
+def _open_uniform(u: Tensor) -> Tensor:
+    """Uniform samples clamped into the open interval (0, 1), as scl's own samplers do."""
+    eps = torch.finfo(u.dtype).eps
+    return u.clamp(eps, 1.0 - eps)
 
 
-def _sample_gaussian(dist: Distribution) -> Tensor:
+def _gaussian(dist: Distribution, noise: Tensor) -> Tensor:
     loc, scale = dist.loc, dist.scale  # type: ignore[attr-defined]
-    return loc + scale * torch.randn_like(loc)
+    return loc + scale * noise.view_as(loc)
 
 
-def _sample_laplace(dist: Distribution) -> Tensor:
+def _laplace(dist: Distribution, noise: Tensor) -> Tensor:
     loc, scale = dist.loc, dist.scale  # type: ignore[attr-defined]
-    u = _open_uniform_like(loc) * 2.0 - 1.0  # inverse CDF, as scl's laplace entry
+    u = _open_uniform(noise.view_as(loc)) * 2.0 - 1.0  # inverse CDF, as scl's laplace entry
     return loc - scale * u.sign() * torch.log1p(-u.abs())
 
 
-def _sample_binomial(dist: Distribution) -> Tensor:
+def _binomial_trials(dist: Distribution) -> Tensor:
+    probs = torch.sigmoid(dist.logits)  # type: ignore[attr-defined]
+    return probs.unsqueeze(0).expand(int(dist.total_count), *probs.shape)  # type: ignore[attr-defined]
+
+
+def _binomial(dist: Distribution, noise: Tensor) -> Tensor:
     """The fraction of ``total_count`` Bernoulli(p) trials that succeed: exact, like ``torch.binomial``."""
     probs = torch.sigmoid(dist.logits)  # type: ignore[attr-defined]
-    n = int(dist.total_count)  # type: ignore[attr-defined]
-    trials = torch.rand_like(probs.unsqueeze(0).expand(n, *probs.shape))
+    trials = noise.view_as(_binomial_trials(dist))
     return (trials < probs).to(probs.dtype).mean(0)
 
 
-def _sample_multinomial(dist: Distribution) -> Tensor:
+def _multinomial(dist: Distribution, noise: Tensor) -> Tensor:
     """One of the K values per element, drawn exactly by the Gumbel-max trick."""
     logits, values = dist.logits, dist.values  # type: ignore[attr-defined]
-    gumbel = -torch.log(-torch.log(_open_uniform_like(logits)))
+    gumbel = -torch.log(-torch.log(_open_uniform(noise.view_as(logits))))
     index = (logits + gumbel).argmax(-1, keepdim=True)
     return values.gather(-1, index).squeeze(-1)
 
 
-# name -> (what the built distribution must provide, the sampler, the ONNX random op it uses)
-_SAMPLERS: dict[str, tuple[Callable[[Distribution], bool], Callable[[Distribution], Tensor], str]] = {
-    "gaussian": (lambda d: isinstance(d, Normal), _sample_gaussian, "RandomNormalLike"),
-    "laplace": (lambda d: isinstance(d, Laplace), _sample_laplace, "RandomUniformLike"),
-    "binomial": (
-        lambda d: isinstance(getattr(d, "logits", None), Tensor) and isinstance(getattr(d, "total_count", None), int),
-        _sample_binomial,
-        "RandomUniformLike",
-    ),
-    "multinomial": (
-        lambda d: isinstance(getattr(d, "logits", None), Tensor) and isinstance(getattr(d, "values", None), Tensor),
-        _sample_multinomial,
-        "RandomUniformLike",
-    ),
+@dataclass(frozen=True)
+class _Sampler:
+    """How one distribution is drawn from standard noise.
+
+    ``like(dist)`` is a tensor of the noise's shape (``view_as`` it in ``apply`` makes a noise
+    input of another batch fail in onnxruntime instead of broadcasting one draw over the batch).
+    """
+
+    accepts: Callable[[Distribution], bool]
+    like: Callable[[Distribution], Tensor]
+    apply: Callable[[Distribution, Tensor], Tensor]
+    noise: str  # "standard_normal" or "uniform" (in [0, 1))
+    batch_axis: int  # where the batch is in the noise's shape
+
+    @property
+    def random_op(self) -> str:
+        return "RandomNormalLike" if self.noise == "standard_normal" else "RandomUniformLike"
+
+    def draw_in_graph(self, dist: Distribution) -> Tensor:
+        like = self.like(dist)
+        return torch.randn_like(like) if self.noise == "standard_normal" else torch.rand_like(like)
+
+
+def _is_normal(d: Distribution) -> bool:
+    return isinstance(d, Normal)
+
+
+def _is_laplace(d: Distribution) -> bool:
+    return isinstance(d, Laplace)
+
+
+def _is_binomial(d: Distribution) -> bool:
+    return isinstance(getattr(d, "logits", None), Tensor) and isinstance(getattr(d, "total_count", None), int)
+
+
+def _is_choice(d: Distribution) -> bool:
+    return isinstance(getattr(d, "logits", None), Tensor) and isinstance(getattr(d, "values", None), Tensor)
+
+
+_SAMPLERS: dict[str, _Sampler] = {
+    "gaussian": _Sampler(_is_normal, lambda d: d.loc, _gaussian, "standard_normal", 0),  # type: ignore[attr-defined]
+    "laplace": _Sampler(_is_laplace, lambda d: d.loc, _laplace, "uniform", 0),  # type: ignore[attr-defined]
+    "binomial": _Sampler(_is_binomial, _binomial_trials, _binomial, "uniform", 1),
+    "multinomial": _Sampler(_is_choice, lambda d: d.logits, _multinomial, "uniform", 0),  # type: ignore[attr-defined]
 }
 
 
 def exportable_distributions() -> list[str]:
-    """The distribution names :func:`export_onnx` can express with ONNX random operators."""
+    """The distribution names :func:`export_onnx` can sample in ONNX (in either noise mode)."""
     return sorted(_SAMPLERS)
 
 
 class _LabelFreeObfuscation(nn.Module):
-    """The obfuscator's label-free path, ``x -> h``, as one traceable module.
+    """The obfuscator's label-free path, ``x -> h`` or ``(x, noise) -> h``, as one traceable module.
 
     It goes through the obfuscator's own code (``features``, ``select`` with no labels, which
     picks the attached soft or gated selection, and ``layer.distribution``); only the final draw
-    is replaced by a sampler that traces to ONNX random operators.
+    is replaced by the sampler: from the ``noise`` input, or (``noise=None``) from ONNX random ops.
     """
 
-    def __init__(self, obfuscator: Obfuscator, sampler: Callable[[Distribution], Tensor]) -> None:
+    def __init__(self, obfuscator: Obfuscator, sampler: _Sampler) -> None:
         super().__init__()
         self.obfuscator = obfuscator
         self.sampler = sampler
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
         features = self.obfuscator.features(x)
         pi = self.obfuscator.select(features)
-        return self.sampler(self.obfuscator.layer.distribution(features, pi))
+        dist = self.obfuscator.layer.distribution(features, pi)
+        return self.sampler.apply(dist, self.sampler.draw_in_graph(dist) if noise is None else noise)
+
+
+def _draw(distribution: str, shape: Sequence[int], dtype: Any, rng: Any) -> Any:
+    """Standard noise of ``shape`` from the numpy generator ``rng`` (the :func:`draw_noise` contract)."""
+    import numpy as np
+
+    dtype = np.dtype(dtype)
+    exact = dtype if dtype in (np.float32, np.float64) else np.dtype(np.float32)  # numpy draws these two
+    if distribution == "standard_normal":
+        return rng.standard_normal(tuple(shape), dtype=exact).astype(dtype, copy=False)
+    # rounding to a narrower dtype (float16) could reach 1: keep the uniforms in [0, 1)
+    below_one = np.nextafter(dtype.type(1), dtype.type(0))
+    return np.minimum(rng.random(tuple(shape), dtype=exact).astype(dtype, copy=False), below_one)
 
 
 # -- validation ------------------------------------------------------------------------------------
@@ -194,8 +282,8 @@ def _check_obfuscator(obfuscator: Any) -> str:
     name = obfuscator.layer.noise.name
     if name not in _SAMPLERS:
         raise ConfigError(
-            f"the {name!r} distribution cannot be exported to ONNX (its sample cannot be written "
-            f"with ONNX random operators here); exportable distributions: {exportable_distributions()}"
+            f"the {name!r} distribution cannot be exported to ONNX (scl has no ONNX sampler for it); "
+            f"exportable distributions: {exportable_distributions()}"
         )
     return "soft" if isinstance(selection, SoftSelection) else "gated"
 
@@ -315,6 +403,7 @@ def export_onnx(
     example_input: Tensor | None = None,
     opset: int | None = None,
     dynamic_batch: bool = True,
+    noise: str = "input",
 ) -> Path:
     """Write the obfuscator's label-free inference path as an ONNX model, atomically.
 
@@ -326,25 +415,47 @@ def export_onnx(
         example_input: instead of ``input_shape``, an example batch ``Tensor[B, *input_shape]``.
         opset: the ONNX opset, in [13, 20]; ``None`` takes the exporter's default.
         dynamic_batch: let the ONNX model take any batch size (the default).
+        noise: where the noise comes from (module docstring). ``"input"`` (the default): a second
+            input ``noise`` that the caller fills on every run with fresh standard noise from a
+            strong random source, and no random operator in the graph:
+
+            - gaussian: standard normal, shape ``[B, *out]``
+              (``numpy.random.default_rng().standard_normal(shape, dtype=numpy.float32)``);
+            - laplace: uniform in [0, 1), shape ``[B, *out]``
+              (``numpy.random.default_rng().random(shape, dtype=numpy.float32)``);
+            - binomial: uniform in [0, 1), shape ``[total_count, B, *out]``;
+            - multinomial: uniform in [0, 1), shape ``[B, *out, num_choices]``;
+
+            with ``B`` the batch of ``x`` and ``out`` one output's shape. :func:`draw_noise`
+            draws it from the model's metadata. ``"internal"``: the graph draws the noise with
+            unseeded ONNX random operators, which onnxruntime seeds from one process-wide 32-bit
+            seed that an attacker could search; do not use it where privacy matters.
 
     Returns:
-        ``path``. The model has one input ``x: float32[B, *input_shape]`` and one output
-        ``h: float32[B, *output_shape]``, a fresh noise sample on every run. Its metadata_props
-        record the scl version, the distribution and its options, the selection, the class count
-        and the input and output shapes.
+        ``path``. The model has the input ``x: float32[B, *input_shape]`` (and, in ``"input"``
+        mode, ``noise`` as above; the batch dimension of both is dynamic with ``dynamic_batch``)
+        and one output ``h: float32[B, *output_shape]``. Its metadata_props record the scl
+        version, the distribution and its options, the selection, the class count, the input and
+        output shapes and the noise: ``scl_noise_mode`` and, in ``"input"`` mode,
+        ``scl_noise_input`` (``"noise"``), ``scl_noise_distribution`` (``"standard_normal"`` or
+        ``"uniform"``), ``scl_noise_shape`` (a JSON list, ``"batch"`` for the batch dimension)
+        and ``scl_noise_dtype`` (``"float32"``).
 
     Raises:
         ConfigError: not an Obfuscator, no soft or gated selection, a distribution that cannot be
-            exported, a bad path or opset, or onnx/onnxruntime missing.
+            exported, a bad path, opset or noise mode, or onnx/onnxruntime missing.
         ShapeError: a bad input shape or example, or one the obfuscator does not accept.
     """
+    import numpy as np
+
     onnx, ort = _import_onnx()
     selection_kind = _check_obfuscator(obfuscator)
+    noise = _check_noise_mode(noise)
     path = _check_path(path)
     opset = _check_opset(opset)
     example = _example(obfuscator, input_shape, example_input)
     name = obfuscator.layer.noise.name
-    accepts, sampler, random_op = _SAMPLERS[name]
+    sampler = _SAMPLERS[name]
 
     was_training = obfuscator.training
     obfuscator.eval()
@@ -358,19 +469,27 @@ def export_onnx(
                     f"the obfuscator does not accept inputs of shape {tuple(example.shape[1:])} "
                     f"(batch {example.shape[0]}): {exc}"
                 ) from exc
-            if not accepts(dist):
+            if not sampler.accepts(dist):
                 raise ConfigError(
                     f"the {name!r} layer built a {type(dist).__name__}, which the ONNX sampler for "
                     f"{name!r} does not know how to draw from; exportable distributions: "
                     f"{exportable_distributions()}"
                 )
             output_shape = tuple(dist.batch_shape)
-            proto = _trace(_LabelFreeObfuscation(obfuscator, sampler), example, opset, dynamic_batch)
+            noise_shape = tuple(sampler.like(dist).shape)
+            dtype = example.detach().cpu()[:0].numpy().dtype
+            example_noise = None
+            if noise == "input":
+                drawn = _draw(sampler.noise, noise_shape, dtype, np.random.default_rng())
+                example_noise = torch.from_numpy(drawn).to(example.device)
+            module = _LabelFreeObfuscation(obfuscator, sampler)
+            proto = _trace(module, example, example_noise, sampler.batch_axis, opset, dynamic_batch)
     finally:
         obfuscator.train(was_training)
 
     model = onnx.load_from_string(proto)
-    _check_graph(model, random_op)
+    _check_graph(model, sampler, None if example_noise is None else example_noise.cpu().numpy())
+    symbolic = [BATCH if axis == sampler.batch_axis else size for axis, size in enumerate(noise_shape)]
     metadata = {
         "scl_version": _version(),
         "scl_distribution": name,
@@ -381,18 +500,41 @@ def export_onnx(
         "scl_input_shape": json.dumps(list(example.shape[1:])),
         "scl_output_shape": json.dumps(list(output_shape[1:])),
         "scl_dynamic_batch": json.dumps(dynamic_batch),
-        "scl_noise": f"{random_op}, no seed: fresh noise on every run",
+        "scl_noise_mode": noise,
     }
+    if noise == "input":
+        contract = (
+            f"input {NOISE_NAME!r}: fresh {sampler.noise} {dtype.name} noise"
+            f"{' in [0, 1)' if sampler.noise == 'uniform' else ''} of shape [{', '.join(map(str, symbolic))}] "
+            f"({BATCH} = the batch of {INPUT_NAME!r}) on every run, from a strong random source such as "
+            "numpy.random.default_rng() (OS entropy); never reuse it. The graph holds no random operator."
+        )
+        metadata.update(
+            {
+                "scl_noise_input": NOISE_NAME,
+                "scl_noise_distribution": sampler.noise,
+                "scl_noise_shape": json.dumps(symbolic),
+                "scl_noise_dtype": dtype.name,
+                "scl_noise": contract,
+            }
+        )
+        next(i for i in model.graph.input if i.name == NOISE_NAME).doc_string = contract
+    else:
+        metadata["scl_noise"] = (
+            f"drawn inside the graph by {sampler.random_op} without a seed; onnxruntime seeds it from "
+            "one process-wide 32-bit seed, which an attacker could search: not for private data"
+        )
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     model.doc_string = (
         f"scl obfuscator: label-free ({selection_kind} selection) {name} noise over "
-        f"{obfuscator.num_classes} classes; input {INPUT_NAME!r} [batch, {', '.join(map(str, example.shape[1:]))}]"
+        f"{obfuscator.num_classes} classes; input {INPUT_NAME!r} [{BATCH}, {', '.join(map(str, example.shape[1:]))}]"
+        f"; noise: {metadata['scl_noise']}"
     )
     onnx.checker.check_model(model)
     data = model.SerializeToString()
-    _check_runs(ort, data, example, output_shape, dynamic_batch)
+    _check_runs(ort, data, example, output_shape, dynamic_batch, None if noise == "internal" else metadata)
     try:
         with atomic_write(path, "wb") as handle:
             handle.write(data)
@@ -401,9 +543,32 @@ def export_onnx(
     return path
 
 
-def _trace(module: nn.Module, example: Tensor, opset: int | None, dynamic_batch: bool) -> bytes:
+def _check_noise_mode(noise: Any) -> str:
+    if not isinstance(noise, str) or noise not in NOISE_MODES:
+        raise ConfigError(
+            f"noise must be one of {list(NOISE_MODES)}, but got {noise!r}: 'input' (the default) makes the "
+            "caller feed fresh noise from a strong random source; 'internal' draws it inside the graph "
+            "from onnxruntime's 32-bit seed"
+        )
+    return noise
+
+
+def _trace(
+    module: nn.Module,
+    example: Tensor,
+    example_noise: Tensor | None,
+    noise_batch_axis: int,
+    opset: int | None,
+    dynamic_batch: bool,
+) -> bytes:
     buffer = io.BytesIO()
-    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    args: tuple[Tensor, ...] = (example,) if example_noise is None else (example, example_noise)
+    names = [INPUT_NAME] if example_noise is None else [INPUT_NAME, NOISE_NAME]
+    axes: dict[str, dict[int, str]] | None = None
+    if dynamic_batch:
+        axes = {INPUT_NAME: {0: BATCH}, OUTPUT_NAME: {0: BATCH}}
+        if example_noise is not None:
+            axes[NOISE_NAME] = {noise_batch_axis: BATCH}
     with warnings.catch_warnings(), _exporter_fixes():
         # The tracer warns where scl's input checks turn tensors into Python bools: they ran on
         # the example (validated above) and rightly drop out of the graph.
@@ -413,10 +578,10 @@ def _trace(module: nn.Module, example: Tensor, opset: int | None, dynamic_batch:
         try:
             torch.onnx.export(
                 module,
-                (example,),
+                args,
                 buffer,
                 dynamo=False,
-                input_names=[INPUT_NAME],
+                input_names=names,
                 output_names=[OUTPUT_NAME],
                 dynamic_axes=axes,
                 opset_version=opset,
@@ -464,29 +629,105 @@ def _exporter_fixes() -> Iterator[None]:
         torch.onnx.unregister_custom_op_symbolic("aten::movedim", 9)
 
 
-def _check_graph(model: Any, random_op: str) -> None:
-    """The noise must be drawn by an unseeded ONNX random op, never stored in the file."""
-    ops = [node for node in model.graph.node if node.op_type in ("RandomNormalLike", "RandomUniformLike")]
-    if not any(node.op_type == random_op for node in ops):
-        raise ConfigError(
-            f"the exported graph has no {random_op} node, so it would not draw fresh noise; "
-            "refusing to write it (please report this with the obfuscator's configuration)"
-        )
-    seeded = [node.name for node in ops if any(attr.name == "seed" for attr in node.attribute)]
-    if seeded:
-        raise ConfigError(f"the exported random nodes {seeded} have a fixed seed; refusing to write them")
+def _graphs(graph: Any) -> Iterator[Any]:
+    """``graph`` and every subgraph (the bodies of If, Loop, Scan) inside it."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _graphs(attr.g)
+            for sub in attr.graphs:
+                yield from _graphs(sub)
 
 
-def _check_runs(ort: Any, data: bytes, example: Tensor, output_shape: tuple[int, ...], dynamic_batch: bool) -> None:
-    """Load the model in onnxruntime and run it once on the example (and on another batch size)."""
+def _constants(model: Any) -> Iterator[Any]:
+    """Every constant tensor of the model, as numpy arrays (initializers and Constant nodes)."""
+    from onnx import numpy_helper
+
+    for graph in _graphs(model.graph):
+        for tensor in graph.initializer:
+            yield numpy_helper.to_array(tensor)
+        for node in graph.node:
+            if node.op_type == "Constant":
+                for attr in node.attribute:
+                    if attr.name == "value":
+                        yield numpy_helper.to_array(attr.t)
+
+
+def _check_graph(model: Any, sampler: _Sampler, example_noise: Any | None) -> None:
+    """No stored noise, and the noise drawn where the mode says.
+
+    ``"input"`` mode (``example_noise`` is the noise traced with): no random operator anywhere,
+    the ``noise`` input is consumed, and no constant holds the traced noise's values.
+    ``"internal"`` mode (``example_noise is None``): the sampler's unseeded random operator.
+    """
     import numpy as np
 
+    nodes = [node for graph in _graphs(model.graph) for node in graph.node]
+    random = [node for node in nodes if node.op_type in _RANDOM_OPS]
+    if example_noise is None:
+        if not any(node.op_type == sampler.random_op for node in random):
+            raise ConfigError(
+                f"the exported graph has no {sampler.random_op} node, so it would not draw fresh noise; "
+                "refusing to write it (please report this with the obfuscator's configuration)"
+            )
+        seeded = [node.name for node in random if any(attr.name == "seed" for attr in node.attribute)]
+        if seeded:
+            raise ConfigError(f"the exported random nodes {seeded} have a fixed seed; refusing to write them")
+        return
+    if random:
+        raise ConfigError(
+            f"the exported graph draws random numbers itself ({sorted({node.op_type for node in random})}) "
+            "although its noise is an input; refusing to write it (please report this)"
+        )
+    if not any(NOISE_NAME in node.input for node in nodes):
+        raise ConfigError(
+            f"the exported graph does not use its {NOISE_NAME!r} input; refusing to write it (please report this)"
+        )
+    # Traced noise stored as a constant would hold these exact values; a weight matches one of
+    # them only by a float32 coincidence, so half a sample's worth of matches is no accident.
+    values = np.concatenate([np.ravel(c) for c in _constants(model) if c.dtype.kind == "f"] or [np.zeros(0)])
+    found = int(np.isin(np.ravel(example_noise), values).sum())
+    per_sample = example_noise.size // example_noise.shape[sampler.batch_axis]
+    if found >= 2 and 2 * found >= per_sample:
+        raise ConfigError(
+            f"the exported graph stores {found} values of the noise it was traced with as constants; "
+            "refusing to write it (please report this)"
+        )
+
+
+def _check_runs(
+    ort: Any,
+    data: bytes,
+    example: Tensor,
+    output_shape: tuple[int, ...],
+    dynamic_batch: bool,
+    metadata: Mapping[str, str] | None,
+) -> None:
+    """Load the model in onnxruntime and run it on the example (and on another batch size).
+
+    With a noise input (``metadata`` given): the same noise gives the same output, other noise
+    another output, and noise for another batch size is refused rather than broadcast.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng()
     batches = [example.detach().cpu().numpy()]
     if dynamic_batch:
         batches.append(np.concatenate([batches[0], batches[0][:1]]))
+
+    def feed(x: Any, batch: int | None = None) -> dict[str, Any]:
+        if metadata is None:
+            return {INPUT_NAME: x}
+        return {INPUT_NAME: x, NOISE_NAME: draw_noise(metadata, x.shape[0] if batch is None else batch, rng)}
+
+    feeds = [feed(x) for x in batches]
     try:
         session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-        outputs = [session.run(None, {INPUT_NAME: x})[0] for x in batches]
+        outputs = [session.run(None, inputs)[0] for inputs in feeds]
+        if metadata is not None:
+            again = session.run(None, feeds[0])[0]
+            other = session.run(None, feed(batches[0]))[0]
     except Exception as exc:  # onnxruntime raises its own exception types, not exported by name
         raise ConfigError(
             f"onnxruntime could not run the exported model: {str(exc).splitlines()[0]}"
@@ -497,10 +738,33 @@ def _check_runs(ort: Any, data: bytes, example: Tensor, output_shape: tuple[int,
             raise ShapeError(f"the exported model returned shape {tuple(h.shape)}, expected {expected}")
         if not np.isfinite(h).all():
             raise ConfigError("the exported model returned NaN or Inf on the example input")
+    if metadata is None:
+        return
+    if not np.array_equal(again, outputs[0]):
+        raise ConfigError(
+            "the exported model gave two outputs for the same input and noise, so it draws randomness of its "
+            "own; refusing to write it (please report this)"
+        )
+    if np.array_equal(other, outputs[0]):
+        raise ConfigError(
+            "the exported model's output does not depend on its noise input (every parameter map is "
+            "saturated, or the noise was not traced); refusing to write it"
+        )
+    if dynamic_batch:
+        quiet = ort.RunOptions()
+        quiet.log_severity_level = 4  # the refusal expected here is not an error to log
+        try:
+            session.run(None, feed(batches[1], 1), quiet)  # one draw that would broadcast over 2+ inputs
+        except Exception:  # refused, as it must be
+            return
+        raise ConfigError(
+            "the exported model accepted noise for another batch size (it would broadcast one draw over "
+            "the batch); refusing to write it (please report this)"
+        )
 
 
 def describe(path: str | os.PathLike[str]) -> str:
-    """One line about an exported model: size, opset, input and output, noise, selection."""
+    """One line about an exported model: size, opset, inputs and output, noise, selection."""
     onnx, _ = _import_onnx()
     path = Path(path)
     model = onnx.load(str(path))
@@ -510,11 +774,101 @@ def describe(path: str | os.PathLike[str]) -> str:
     def shape(key: str) -> str:
         return ", ".join(["batch", *map(str, json.loads(meta.get(key, "[]")))])
 
+    x = f"{INPUT_NAME} [{shape('scl_input_shape')}]"
+    if meta.get("scl_noise_mode") == "input":
+        noise_shape = ", ".join(map(str, json.loads(meta.get("scl_noise_shape", "[]"))))
+        inputs = (
+            f"inputs {x} and {NOISE_NAME} [{noise_shape}] ({meta.get('scl_noise_distribution')} "
+            f"{meta.get('scl_noise_dtype')}, fresh from a strong random source on every run)"
+        )
+        noise = "no random operator in the graph"
+    else:
+        inputs = f"input {x}"
+        noise = meta.get("scl_noise", "")
     return (
-        f"{path.stat().st_size / 1024:.1f} KiB, opset {opset}; input {INPUT_NAME} [{shape('scl_input_shape')}] -> "
+        f"{path.stat().st_size / 1024:.1f} KiB, opset {opset}; {inputs} -> "
         f"output {OUTPUT_NAME} [{shape('scl_output_shape')}]; {meta.get('scl_distribution')} noise, "
-        f"{meta.get('scl_selection')} selection over {meta.get('scl_num_classes')} classes; {meta.get('scl_noise')}"
+        f"{meta.get('scl_selection')} selection over {meta.get('scl_num_classes')} classes; {noise}"
     )
+
+
+def draw_noise(model: str | os.PathLike[str] | Mapping[str, str], batch_size: int, rng: Any = None) -> Any:
+    """Fresh noise for one run of a model exported with ``noise="input"``: its ``noise`` input.
+
+    Args:
+        model: the ``.onnx`` file, or its metadata as a mapping (e.g.
+            ``session.get_modelmeta().custom_metadata_map`` of an onnxruntime session).
+        batch_size: the batch of the ``x`` it goes with.
+        rng: a ``numpy.random.Generator``; ``None`` (the default) takes a new
+            ``numpy.random.default_rng()``, a PCG64 generator seeded from OS entropy. Pass a seeded
+            one only for tests: noise an attacker can regenerate can be subtracted.
+
+    Returns:
+        A numpy array of the metadata's ``scl_noise_dtype`` (float32) and ``scl_noise_shape`` with
+        ``batch_size`` for ``"batch"``: standard normal (``scl_noise_distribution`` =
+        ``"standard_normal"``) or uniform in [0, 1) (``"uniform"``). Draw new noise for every run.
+
+    Raises:
+        ConfigError: the model has no noise input (exported with ``noise="internal"``, or not by
+            scl), its metadata is unreadable, or ``rng`` is not a numpy Generator.
+        ShapeError: ``batch_size`` is not a positive int.
+    """
+    import numpy as np
+
+    distribution, shape, dtype = _noise_contract(model)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ShapeError(f"batch_size must be a positive int (the batch of x), but got {batch_size!r}")
+    if rng is None:
+        rng = np.random.default_rng()
+    elif not isinstance(rng, np.random.Generator):
+        raise ConfigError(
+            f"rng must be a numpy.random.Generator such as numpy.random.default_rng() (seeded from OS "
+            f"entropy), but got {type(rng).__name__}"
+        )
+    return _draw(distribution, [int(batch_size) if d == BATCH else int(d) for d in shape], dtype, rng)
+
+
+def _noise_contract(model: Any) -> tuple[str, list[int | str], str]:
+    """``(distribution, shape with "batch", dtype)`` from a model file or its metadata."""
+    if isinstance(model, Mapping):
+        meta, where = dict(model), "the metadata"
+    elif isinstance(model, (str, os.PathLike)):
+        onnx, _ = _import_onnx()
+        where = repr(str(model))
+        try:
+            proto = onnx.load(str(model), load_external_data=False)
+        except Exception as exc:  # onnx raises OSError or protobuf's DecodeError
+            raise ConfigError(f"cannot read the ONNX model {where}: {str(exc).splitlines()[0]}") from exc
+        meta = {entry.key: entry.value for entry in proto.metadata_props}
+    else:
+        raise ConfigError(
+            f"draw_noise needs an .onnx path or the model's metadata mapping, but got {type(model).__name__}"
+        )
+    mode = meta.get("scl_noise_mode")
+    if mode != "input":
+        got = f"noise mode {mode!r}" if mode else "no scl noise metadata"
+        raise ConfigError(
+            f"{where} describes a model without a {NOISE_NAME!r} input ({got}); draw_noise is for models "
+            "written by scl export with the default --noise input"
+        )
+    try:
+        distribution = meta["scl_noise_distribution"]
+        shape = json.loads(meta["scl_noise_shape"])
+        dtype = meta["scl_noise_dtype"]
+        valid = (
+            distribution in ("standard_normal", "uniform")
+            and isinstance(shape, list)
+            and shape.count(BATCH) == 1
+            and all(d == BATCH or (isinstance(d, int) and not isinstance(d, bool) and d > 0) for d in shape)
+            and dtype in ("float16", "float32", "float64")
+        )
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"{where} has incomplete scl noise metadata ({exc})") from exc
+    if not valid:
+        raise ConfigError(
+            f"{where} has invalid scl noise metadata: distribution {distribution!r}, shape {shape!r}, dtype {dtype!r}"
+        )
+    return distribution, shape, dtype
 
 
 def _version() -> str:

@@ -231,11 +231,23 @@ def export(
         str | None, typer.Option("--selection", help="Label-free selection: soft (default for a run) or gated.")
     ] = None,
     opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset, 13 to 20 (default: 20).")] = None,
+    noise: Annotated[
+        str,
+        typer.Option(
+            "--noise",
+            help=(
+                "input (default): the model takes the noise as a second input, `noise`, that you fill on "
+                "every run from a strong random source (numpy.random.default_rng(), OS entropy), so nobody "
+                "can regenerate it. internal: the model draws it with ONNX random ops, which onnxruntime "
+                "seeds from one 32-bit seed an attacker could search; not for private data."
+            ),
+        ),
+    ] = "input",
 ) -> None:
     """Export a trained obfuscator to ONNX: label-free obfuscation with onnxruntime, no torch, fresh noise per run.
 
     Example: `scl export runs/mine --out obfuscator.onnx` (or `scl export obfuscator.safetensors --out
-    obfuscator.onnx --input-shape 3,16,16`)
+    obfuscator.onnx --input-shape 3,16,16`); then feed `x` and fresh `noise` (scl.export.draw_noise, README).
     """
     from rich.markup import escape
 
@@ -244,9 +256,13 @@ def export(
     with _user_errors():
         obfuscator, recorded = job.load_for_export(source, selection=selection)
         shape = job.parse_shape(input_shape) if input_shape is not None else recorded
-        path = job.export_onnx(obfuscator, out, input_shape=shape, opset=opset)
+        path = job.export_onnx(obfuscator, out, input_shape=shape, opset=opset, noise=noise)
         summary = job.describe(path)
-    _console().print(f"wrote [bold]{escape(str(path))}[/bold]: {escape(summary)}", highlight=False, soft_wrap=True)
+    _console().print(
+        f"wrote [bold]{escape(str(path))}[/bold] (noise mode: {escape(noise)}): {escape(summary)}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
