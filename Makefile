@@ -29,6 +29,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check scl tests benchmarks
+	$(VENV)/bin/mypy scl
 
 clean:
 	rm -rf $(VENV) build *.egg-info

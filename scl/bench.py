@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -87,16 +88,16 @@ def layer_cases(batch: int = 64, size: int = 32) -> list[Case]:
         onehot = F.one_hot(labels, classes).float()
 
         def naive(layer: StochasticConditionalConv2d = layer, onehot: torch.Tensor = onehot) -> torch.Tensor:
-            out = 0
+            out: torch.Tensor | int = 0
             for c in range(layer.num_classes):  # the loop scl avoids
                 pi = onehot[:, c, None, None, None]
                 out = out + F.conv2d(x * pi, layer.weight[c], padding=1) + layer.bias[c, :, None, None] * pi
-            return out
+            return cast(torch.Tensor, out)  # num_classes >= 1
 
         cases.append(
             Case(
                 f"C={classes} hard selection fwd+bwd",
-                _fwd_bwd(lambda lay=layer, h=hard: lay(x, h)),
+                _fwd_bwd(cast("Callable[[], torch.Tensor]", lambda lay=layer, h=hard: lay(x, h))),
                 base_train,
                 2.0,
                 1.3,
@@ -106,7 +107,7 @@ def layer_cases(batch: int = 64, size: int = 32) -> list[Case]:
         cases.append(
             Case(
                 f"C={classes} hard selection, parameter maps only fwd+bwd",
-                _fwd_bwd(lambda lay=layer, h=hard: torch.cat(lay.params(x, h), 1)),
+                _fwd_bwd(cast("Callable[[], torch.Tensor]", lambda lay=layer, h=hard: torch.cat(lay.params(x, h), 1))),
                 base_train,
             )
         )
@@ -132,7 +133,7 @@ def layer_cases(batch: int = 64, size: int = 32) -> list[Case]:
             cases.append(
                 Case(
                     f"C={classes} gated per-sample fwd+bwd",
-                    _fwd_bwd(lambda lay=layer, g=gate: lay(x, g)),
+                    _fwd_bwd(cast("Callable[[], torch.Tensor]", lambda lay=layer, g=gate: lay(x, g))),
                     base_train,
                     3.0,
                     None,
@@ -216,9 +217,8 @@ def noise_floor(rows: list[dict[str, object]]) -> float | None:
     1 (the convolution) + the cheaper noise draw alone + the softplus alone, each against the plain
     conv's forward, from the rows of :func:`layer_cases`."""
     by_name = {str(r["case"]): r["ratio"] for r in rows}
-    draws = [by_name.get(TORCH_RANDN_ROW), by_name.get(SCL_RANDN_ROW)]
+    draws = [d for d in (by_name.get(TORCH_RANDN_ROW), by_name.get(SCL_RANDN_ROW)) if isinstance(d, float)]
     softplus = by_name.get(SOFTPLUS_ROW)
-    draws = [d for d in draws if isinstance(d, float)]
     if not draws or not isinstance(softplus, float):
         return None
     return 1.0 + min(draws) + softplus

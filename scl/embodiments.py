@@ -77,7 +77,7 @@ class SplitNetwork(nn.Module):
     def forward(self, x: Tensor, labels: Tensor | None = None, boxes: Any = None) -> Tensor:
         o1 = self.n1(x)
         o2 = self.obfuscator.features(x)
-        image_size = tuple(x.shape[-2:]) if x.dim() >= 3 else None
+        image_size = (x.shape[-2], x.shape[-1]) if x.dim() >= 3 else None
         if self.order == "merge_first":
             merged = merge(o1, o2, self.merge)
             h = self.obfuscator.sample(merged, labels, boxes, image_size=image_size)

@@ -359,7 +359,7 @@ def _example(obfuscator: Obfuscator, input_shape: Sequence[int] | None, example_
             f"(3, 16, 16), but got {tuple(input_shape)!r}"
         )
     parameter = next(obfuscator.parameters(), None)
-    like = {"device": parameter.device, "dtype": parameter.dtype} if parameter is not None else {}
+    like: dict[str, Any] = {"device": parameter.device, "dtype": parameter.dtype} if parameter is not None else {}
     # A batch of 2 so that the batch dimension is traced as a size, not as a broadcast 1.
     return torch.rand(2, *input_shape, **like)
 
@@ -554,7 +554,7 @@ def _check_noise_mode(noise: Any) -> str:
 
 
 def _trace(
-    module: nn.Module,
+    module: _LabelFreeObfuscation,
     example: Tensor,
     example_noise: Tensor | None,
     noise_batch_axis: int,
@@ -579,7 +579,7 @@ def _trace(
             torch.onnx.export(
                 module,
                 args,
-                buffer,
+                buffer,  # type: ignore[arg-type]  # the TorchScript exporter (dynamo=False) takes file objects
                 dynamo=False,
                 input_names=names,
                 output_names=[OUTPUT_NAME],

@@ -14,7 +14,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -22,7 +22,9 @@ from scl.errors import SCLError, ShapeError
 from scl.io import atomic_write
 
 if TYPE_CHECKING:
+    from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
+    from matplotlib.image import AxesImage
 
 __all__ = [
     "accuracy_vs_share",
@@ -204,7 +206,7 @@ def training_curves(
         raise SCLError("training_curves needs at least one stage, but got an empty history")
     from matplotlib import colormaps
 
-    palette = colormaps["tab10"].colors
+    palette = cast("Sequence[Any]", cast("ListedColormap", colormaps["tab10"]).colors)  # a tuple of RGB tuples
     metric_names: list[str] = []
     for metrics in history.values():
         for metric in metrics:
@@ -343,7 +345,7 @@ def selection_maps(
     rows = math.ceil(num_classes / columns)
     fig = _new_figure(1.7 * columns + 1.0, 1.8 * rows + 0.5)
     axes = fig.subplots(rows, columns, squeeze=False)
-    image = None
+    mappable: AxesImage | None = None
     for index in range(rows * columns):
         ax = axes[index // columns][index % columns]
         ax.set_xticks([])
@@ -351,11 +353,11 @@ def selection_maps(
         if index >= num_classes:
             ax.set_axis_off()
             continue
-        image = ax.imshow(
+        mappable = ax.imshow(
             tensor[index].numpy(), vmin=0.0, vmax=1.0, cmap=_MAP_CMAP, interpolation="nearest"
         )
         ax.set_title(names[index], fontsize=10)
-    fig.colorbar(image, ax=axes, label=r"$\pi_c$", shrink=0.9)
+    fig.colorbar(cast("AxesImage", mappable), ax=axes, label=r"$\pi_c$", shrink=0.9)  # set: num_classes >= 1
     fig.suptitle(rf"learned selection maps $\pi_c${note}")
     return _save(fig, path)
 
@@ -406,13 +408,11 @@ def tradeoff_curve(points: Sequence[Mapping[str, Any]], path: str | os.PathLike[
         for lam, x, y in usable:
             ax.annotate(f"λ={lam:g}", (x, y), textcoords="offset points", xytext=(5, 5),
                         fontsize=8)
-    floors = [_finite(p.get("decoder_ssim_label_floor")) for p in points]
-    floors = [f for f in floors if f is not None]
+    floors = [f for f in (_finite(p.get("decoder_ssim_label_floor")) for p in points) if f is not None]
     if floors:
         floor = sum(floors) / len(floors)
         ax.axvline(floor, ls="--", color="#c44e52", lw=1.2, label=f"label-only floor ({floor:.3f})")
-    cleans = [_finite(p.get("clean_accuracy")) for p in points]
-    cleans = [c for c in cleans if c is not None]
+    cleans = [c for c in (_finite(p.get("clean_accuracy")) for p in points) if c is not None]
     if cleans:
         clean = sum(cleans) / len(cleans)
         ax.axhline(clean, ls="--", color="#55a868", lw=1.2, label=f"clean accuracy ({clean:.1%})")
@@ -500,7 +500,7 @@ def boxes_overlay(
     from matplotlib import colormaps
     from matplotlib.patches import Rectangle
 
-    palette = colormaps["tab10"].colors
+    palette = cast("Sequence[Any]", cast("ListedColormap", colormaps["tab10"]).colors)  # a tuple of RGB tuples
     columns = max(1, min(count, 4))
     rows = max(1, math.ceil(count / columns))
     fig = _new_figure(2.6 * columns, 2.6 * rows + (0.4 if title else 0))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -20,8 +20,10 @@ from scl.selection import (
 )
 from scl.validation import check_tensor
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
-def freeze(module: nn.Module) -> nn.Module:
+
+def freeze(module: ModuleT) -> ModuleT:
     """Stop gradients to every parameter of ``module`` (stage 2 trains the selection only)."""
     for parameter in module.parameters():
         parameter.requires_grad_(False)
@@ -95,10 +97,11 @@ class Obfuscator(nn.Module):
                 raise LabelError(
                     f"boxes must have one target per image ({features.shape[0]}), but got {len(boxes)}"
                 )
-            size = tuple(features.shape[-2:])
+            size = cast("tuple[int, int]", tuple(features.shape[-2:]))
             if self.layer.selection_at == "output":
-                size = self.layer._out_spatial(size)  # type: ignore[attr-defined]
-            masks = self.hard.from_boxes(boxes, size, image_size or tuple(features.shape[-2:]))
+                # only ClassLinearMap layers define _out_spatial (StochasticConditional raises AttributeError)
+                size = self.layer._out_spatial(size)  # type: ignore[operator]
+            masks = self.hard.from_boxes(boxes, size, image_size or cast("tuple[int, int]", tuple(features.shape[-2:])))
             return masks.to(features.device, features.dtype)
         if isinstance(self.selection, SoftSelection):
             return self.selection()
@@ -137,13 +140,13 @@ class Obfuscator(nn.Module):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """An obfuscated sample of ``x``."""
-        image_size = tuple(x.shape[-2:]) if x.dim() >= 3 else None
+        image_size = (x.shape[-2], x.shape[-1]) if x.dim() >= 3 else None
         return self.sample(self.features(x), labels, boxes, image_size=image_size, generator=generator)
 
     def distribution(self, x: Tensor, labels: Tensor | None = None, boxes: Any = None) -> Distribution:
         """The distribution the obfuscated sample is drawn from."""
         h = self.features(x)
-        image_size = tuple(x.shape[-2:]) if x.dim() >= 3 else None
+        image_size = (x.shape[-2], x.shape[-1]) if x.dim() >= 3 else None
         return self.layer.distribution(h, self.select(h, labels, boxes, image_size=image_size))
 
     def freeze_layer(self) -> Obfuscator:

@@ -23,6 +23,7 @@ import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -125,7 +126,7 @@ def _pool(workers: int) -> ThreadPoolExecutor:
                 _POOL.shutdown(wait=False)
             _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scl-noise")
             _POOL_KEY = key
-        return _POOL
+        return cast(ThreadPoolExecutor, _POOL)  # built above whenever the key changed
 
 
 def _fill(out: Tensor, kind: str, generator: torch.Generator | None) -> Tensor:

@@ -392,9 +392,9 @@ def _load_coco(path: Path, image_size: int) -> DetectionData:
     for file in files:
         image_path = path.parent / file
         try:
-            with Image.open(image_path) as img:
-                img.load()
-                opened.append(img.copy())
+            with Image.open(image_path) as loaded:
+                loaded.load()
+                opened.append(loaded.copy())
         except (OSError, ValueError) as exc:
             raise DataError(f"{image_path}: cannot read this image ({exc}); COCO 'file_name' paths are read "
                             f"relative to {path.parent}") from exc

@@ -275,7 +275,7 @@ class ClassLinearMap(StochasticConditionalLayer):
         _broadcast_check(f"layer {self.selection_at}", sel_shape, features)
         if len(sel_shape) <= 1 or all(s == 1 for s in sel_shape[1:]):
             coeff = values.reshape(values.shape[0], self.num_classes, -1)  # [N, C, ch or 1]
-            key = sel.key if shared and not self.training else None
+            key = sel.key if isinstance(sel, SharedSelection) and not self.training else None
             weight, bias = self._mix_cached(coeff, key)
             if shared:
                 return self._op(x, weight[0], bias[0])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ def _pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
         isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in pair
     ):
         raise ConfigError(f"{name} must be an int >= {minimum} or a pair of them, but got {value!r}")
-    return pair  # type: ignore[return-value]
+    return pair
 
 
 class StochasticConditionalConv2d(ClassLinearMap):
@@ -91,7 +91,7 @@ class StochasticConditionalConv2d(ClassLinearMap):
         left, right, top, bottom = self._explicit_padding(x.shape[2:])
         if left == right and top == bottom:  # unfold pads symmetric borders itself
             pad = (top, left)
-            padded = (x.shape[2] + 2 * top, x.shape[3] + 2 * left)
+            padded: tuple[int, ...] = (x.shape[2] + 2 * top, x.shape[3] + 2 * left)
         else:
             x = F.pad(x, (left, right, top, bottom))
             pad, padded = (0, 0), tuple(x.shape[2:])
@@ -112,7 +112,7 @@ class StochasticConditionalConv2d(ClassLinearMap):
         if self.padding == "same":  # as F.conv2d: the extra pixel of an even kernel goes last
             (th, tw) = (d * (k - 1) for d, k in zip(self.dilation, self.kernel_size, strict=False))
             return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
-        ph, pw = self.padding  # type: ignore[misc]
+        ph, pw = cast("tuple[int, int]", self.padding)  # a pair: the strings were handled above
         return (pw, pw, ph, ph)
 
     def _out_spatial_padded(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
@@ -124,7 +124,7 @@ class StochasticConditionalConv2d(ClassLinearMap):
     def _out_spatial(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
         if self.padding == "same":
             return spatial
-        pad = (0, 0) if self.padding == "valid" else self.padding
+        pad = (0, 0) if self.padding == "valid" else cast("tuple[int, int]", self.padding)
         return tuple(
             (size + 2 * p - d * (k - 1) - 1) // s + 1
             for size, p, d, k, s in zip(spatial, pad, self.dilation, self.kernel_size, self.stride, strict=False)
@@ -133,7 +133,7 @@ class StochasticConditionalConv2d(ClassLinearMap):
     def _pool_gate(self, gate: Tensor, spatial: tuple[int, ...]) -> Tensor:
         if tuple(gate.shape[2:]) == spatial:
             return gate
-        return F.adaptive_avg_pool2d(gate, spatial)
+        return F.adaptive_avg_pool2d(gate, cast("tuple[int, int]", spatial))
 
     def extra_repr(self) -> str:
         return (

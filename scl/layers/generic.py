@@ -21,7 +21,7 @@ import functools
 import importlib
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -149,7 +149,7 @@ class StochasticConditional(StochasticConditionalLayer):
         template = self._template[0]
         template.train(self.training)
         if self.recurrent:
-            return recurrent.grouped_rnn(template, params, x, training=self.training)
+            return recurrent.grouped_rnn(cast("nn.LSTM | nn.GRU", template), params, x, training=self.training)
 
         def call(p: dict[str, Tensor], b: dict[str, Tensor], xs: Tensor) -> Tensor:
             return _first(functional_call(template, (p, b), (xs,)))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -187,7 +187,7 @@ class CenterNet(nn.Module):
         self.heatmap = nn.Conv2d(wide, num_classes, 1)
         self.size = nn.Conv2d(wide, 2, 1)
         self.offset = nn.Conv2d(wide, 2, 1)
-        nn.init.constant_(self.heatmap.bias, -2.19)  # prior 0.1, as CenterNet
+        nn.init.constant_(cast(Tensor, self.heatmap.bias), -2.19)  # prior 0.1, as CenterNet
 
     def _check(self, x: Tensor) -> None:
         check_tensor(x, "x", ndim=4, channels=self.in_channels, finite=False)

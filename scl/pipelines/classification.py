@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,9 @@ from scl.models import SmallCNN
 from scl.obfuscator import Obfuscator, freeze
 from scl.pipelines import engine
 from scl.selection import ClassIndex, GatedSelection, SoftSelection
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 CHECKPOINTS = {"network": "network.safetensors", "obfuscator": "obfuscator.safetensors", "gated": "gated.safetensors"}
 
@@ -373,10 +376,10 @@ def run_attacks(exp: Experiment, progress: object | None, log: RunLog) -> dict[s
             hard,
             attacker,
             test,
-            num_attributes=exp.dataset.num_attributes,
+            num_attributes=cast(int, exp.dataset.num_attributes),  # the splits have attributes
             epochs=acfg["attribute_epochs"],
             seed=cfg["seed"],
-            progress=progress,
+            progress=cast("Progress | None", progress),  # from engine.make_progress
         )
         privacy.update({k: v for k, v in result.items() if isinstance(v, float)})
     with torch.no_grad():
@@ -444,7 +447,7 @@ def sweep(exp: Experiment, progress: object | None, log: RunLog) -> list[dict[st
             num_classes=exp.dataset.num_classes,
             epochs=cfg["sweep"]["decoder_epochs"],
             seed=cfg["seed"],
-            progress=progress,
+            progress=cast("Progress | None", progress),  # from engine.make_progress
         )
         points.append(
             {

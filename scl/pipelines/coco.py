@@ -45,7 +45,7 @@ def to_coco(
         )
     h, w = image_size
     images = [{"id": i + 1, "width": int(w), "height": int(h)} for i in range(len(targets))]
-    annotations = []
+    annotations: list[dict[str, Any]] = []
     results = []
     for i, (target, det) in enumerate(zip(targets, detections, strict=True)):
         for box, label in zip(target["boxes"].tolist(), target["labels"].tolist(), strict=True):

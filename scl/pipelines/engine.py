@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -107,11 +108,11 @@ def predict_proba(
     for start in range(0, x.shape[0], batch_size):
         xb = x[start : start + batch_size]
         yb = None if y is None else y[start : start + batch_size]
-        total = 0
+        total: Tensor | int = 0
         for _ in range(samples):
             h = xb if transform is None else transform(xb, yb)  # type: ignore[arg-type]
             total = total + torch.softmax(network(h), -1)
-        outputs.append(total / samples)
+        outputs.append(cast(Tensor, total) / samples)
     return torch.cat(outputs)
 
 

@@ -36,7 +36,7 @@ def obfuscate_files(run: Path, source: Path, out: Path, *, selection: str = "sof
     if obfuscator.selection is None:
         raise ConfigError(f"{str(run)!r}: the obfuscator has no trained selection; run stage 2 first")
     shape = _input_shape(Path(run))
-    x, names = load_images(source, channels=shape[0], size=tuple(shape[1:]))
+    x, names = load_images(source, channels=shape[0], size=(shape[1], shape[2]))
     with torch.no_grad():
         h = torch.cat([obfuscator(x[i : i + 256]) for i in range(0, x.shape[0], 256)])
     out = Path(out)

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import os
+from typing import cast
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 import torch  # noqa: E402  (before Flower: ArrayRecord.to_torch_state_dict needs torch imported)
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, MetricRecordValues, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 
 from scl.pipelines.federated import task  # noqa: E402
@@ -37,7 +38,7 @@ def round_info(record: object) -> task.RoundInfo:
 
 def reply_content(update: task.Update) -> RecordDict:
     """The reply: N's parameters and scalar metrics, weighted by ``num-examples``."""
-    metrics = {k: float(v) for k, v in update.metrics.items()}
+    metrics: dict[str, MetricRecordValues] = {k: float(v) for k, v in update.metrics.items()}
     metrics["num-examples"] = int(update.num_examples)
     return RecordDict({"arrays": ArrayRecord(update.arrays), "metrics": MetricRecord(metrics)})
 
@@ -52,8 +53,8 @@ def train(msg: Message, context: Context) -> Message:
     client = int(context.node_config["partition-id"])
     update = task.client_update(
         config,
-        msg.content["arrays"].to_torch_state_dict(),
-        msg.content["layer"].to_torch_state_dict(),
+        cast(ArrayRecord, msg.content["arrays"]).to_torch_state_dict(),
+        cast(ArrayRecord, msg.content["layer"]).to_torch_state_dict(),
         client=client,
         info=round_info(record),
     )

@@ -17,13 +17,13 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # no GPUs here: silence Ray's FutureWarning
 
 import torch  # noqa: E402
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord  # noqa: E402
+from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, Context, Message, MetricRecord  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
 from torch import Tensor  # noqa: E402
@@ -111,7 +111,7 @@ class FlowerTransport:
         ok = len(replies) - len(strategy.failed)
         if aggregated is None or ok == 0:
             return task.RoundResult(dict(arrays), 0, len(errors), errors)
-        weight = sum(int(m.content["metrics"]["num-examples"]) for m in replies if not m.has_error())
+        weight = sum(int(cast(int, m.content["metrics"]["num-examples"])) for m in replies if not m.has_error())
         clients = task.Update(aggregated.to_torch_state_dict(), weight)
         return task.RoundResult(task.fedavg([clean, clients]), ok, len(errors), errors)
 
@@ -150,7 +150,7 @@ def run_flower(
         except BaseException as exc:  # re-raised in the caller's thread below
             holder["error"] = exc
 
-    backend = {
+    backend: dict[str, dict[str, ConfigRecordValues]] = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {"logging_level": logging.ERROR, "log_to_driver": False},
     }

@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -348,7 +348,9 @@ def fedavg(updates: Iterable[Update]) -> dict[str, Tensor]:
         raise SCLError("no update to aggregate: every participant failed or had no data")
     total = sum(u.num_examples for u in updates)
     return {
-        key: sum(u.arrays[key].double() * (u.num_examples / total) for u in updates).to(updates[0].arrays[key].dtype)
+        key: cast(Tensor, sum(u.arrays[key].double() * (u.num_examples / total) for u in updates)).to(
+            updates[0].arrays[key].dtype
+        )
         for key in updates[0].arrays
     }
 
@@ -515,7 +517,7 @@ def _run_procedure(
         if row["accuracy_screening"] >= f["target_accuracy"]:
             log(f"target accuracy {100 * f['target_accuracy']:g}% reached at p={100 * p:g}%")
             break
-    if round_task is not None:
+    if round_task is not None and progress is not None:
         progress.update(round_task, visible=False)  # type: ignore[attr-defined]
     if final is None:
         raise SCLError("the schedule of shares is empty; check federated.start and federated.max_share")
