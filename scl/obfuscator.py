@@ -99,8 +99,7 @@ class Obfuscator(nn.Module):
                 )
             size = cast("tuple[int, int]", tuple(features.shape[-2:]))
             if self.layer.selection_at == "output":
-                # only ClassLinearMap layers define _out_spatial (StochasticConditional raises AttributeError)
-                size = self.layer._out_spatial(size)  # type: ignore[operator]
+                size = cast("tuple[int, int]", self.layer.output_spatial(features))
             masks = self.hard.from_boxes(boxes, size, image_size or cast("tuple[int, int]", tuple(features.shape[-2:])))
             return masks.to(features.device, features.dtype)
         if isinstance(self.selection, SoftSelection):

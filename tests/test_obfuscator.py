@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
@@ -281,3 +282,28 @@ def test_bad_input_is_refused_before_the_pre_layers() -> None:
 def test_selection_parameters_without_a_selection_is_refused() -> None:
     with pytest.raises(scl.ConfigError, match="the obfuscator has no selection to train"):
         scl.Obfuscator(conv_layer()).selection_parameters()
+
+
+@pytest.mark.parametrize("stride, size", [(1, 6), (2, 3)])
+def test_boxes_at_the_output_of_a_generic_layer_use_its_output_resolution(stride: int, size: int) -> None:
+    # prepare: any module as the parameter network; its output size is only known by running it
+    factory = functools.partial(nn.Conv2d, 2, 3, 3, stride=stride, padding=1)
+    layer = scl.StochasticConditional(factory, C, selection_at="output")
+    obfuscator = scl.Obfuscator(layer)
+    x = torch.randn(1, 2, 6, 6)
+    targets = [{"boxes": torch.tensor([[0.0, 0.0, 6.0, 2.0]]), "labels": torch.tensor([3])}]
+
+    # execute
+    out = obfuscator(x, boxes=targets, generator=gen())
+
+    # assert: class 3's mask covers the top third of the output, whatever its resolution
+    masks = scl.HardSelection(C).from_boxes(targets, (size, size), (6, 6))
+    assert layer.output_spatial(x) == (size, size)
+    assert out.shape == (1, 3, size, size)
+    torch.testing.assert_close(out, layer(x, masks, generator=gen()), rtol=0, atol=0)
+
+
+def test_output_spatial_of_a_generic_layer_reports_a_rejected_input() -> None:
+    layer = scl.StochasticConditional(functools.partial(nn.Conv2d, 2, 3, 3), C, selection_at="output")
+    with pytest.raises(scl.ShapeError, match=r"rejected an input of shape \(1, 5, 6, 6\)"):
+        layer.output_spatial(torch.randn(1, 5, 6, 6))

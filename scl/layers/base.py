@@ -93,6 +93,11 @@ class StochasticConditionalLayer(nn.Module):
         gen = noise_generator(x.device, training=self.training, generator=generator)
         return self.noise.sample_joint(joint[0], joint[1], training=self.training, generator=gen)
 
+    def output_spatial(self, x: Tensor) -> tuple[int, ...]:
+        """The spatial size (the dims after channels) of the layer's output for an input like
+        ``x``; a box selection at the output is drawn at this size."""
+        return tuple(x.shape[2:])
+
     def _joint_params(self, x: Tensor, pi: Selection) -> tuple[Tensor, int] | None:
         """The raw maps stacked along one dim as computed, ``(maps, dim)``, if the layer has them
         (sampling from them skips a split and a concatenation in backward); else ``None``."""
@@ -219,6 +224,9 @@ class ClassLinearMap(StochasticConditionalLayer):
 
     def _out_spatial(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
         return spatial
+
+    def output_spatial(self, x: Tensor) -> tuple[int, ...]:
+        return self._out_spatial(tuple(x.shape[2:]))
 
     def _pool_gate(self, gate: Tensor, spatial: tuple[int, ...]) -> Tensor:
         return gate

@@ -209,6 +209,18 @@ class StochasticConditional(StochasticConditionalLayer):
             ) from exc
         return [m.reshape(b, *shape) for m in mixed.unbind(0)]
 
+    def output_spatial(self, x: Tensor) -> tuple[int, ...]:
+        # one network on a shape-only (meta) input: no compute, the size whatever the network does
+        probe = torch.empty((1, *x.shape[1:]), device="meta", dtype=x.dtype)
+        try:
+            with torch.no_grad():
+                out = _first(self._template[0](probe))
+        except (RuntimeError, AssertionError) as exc:
+            raise ShapeError(
+                f"the parameter networks rejected an input of shape {tuple(x.shape)}: {exc}"
+            ) from exc
+        return tuple(out.shape[2:])
+
     def extra_repr(self) -> str:
         return f"network={self._template[0]!r}, " + super().extra_repr()
 
