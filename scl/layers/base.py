@@ -86,12 +86,11 @@ class StochasticConditionalLayer(nn.Module):
         """``(sample, distribution)`` from one computation of the parameter maps (for losses that
         need both, e.g. a noise-entropy privacy term)."""
         joint = self._joint_params(x, pi)
+        gen = noise_generator(x.device, training=self.training, generator=generator)
         if joint is None:
             dist = self.distribution(x, pi)
-            gen = noise_generator(x.device, training=self.training, generator=generator)
             return self.noise.sample(dist, training=self.training, generator=gen), dist
-        gen = noise_generator(x.device, training=self.training, generator=generator)
-        return self.noise.sample_joint(joint[0], joint[1], training=self.training, generator=gen)
+        return self.noise.sample_joint(*joint, training=self.training, generator=gen)
 
     def output_spatial(self, x: Tensor) -> tuple[int, ...]:
         """The spatial size (the dims after channels) of the layer's output for an input like
