@@ -150,10 +150,13 @@ def _fill(out: Tensor, kind: str, generator: torch.Generator | None) -> Tensor:
         fill(flat[i * CHUNK_ELEMENTS : (i + 1) * CHUNK_ELEMENTS], g)
 
     counter = itertools.count()  # each thread takes the next chunk (next() is atomic under the GIL)
+    # Inference mode is per thread, and a tensor made under it can only be filled under it.
+    inference = torch.is_inference_mode_enabled()
 
     def drain() -> None:
-        while (i := next(counter)) < chunks:
-            work(i)
+        with torch.inference_mode(inference):
+            while (i := next(counter)) < chunks:
+                work(i)
 
     helpers = min(torch.get_num_threads(), chunks) - 1
     futures = [] if helpers < 1 else [_pool(helpers).submit(drain) for _ in range(helpers)]

@@ -302,3 +302,28 @@ def test_a_large_eval_sample_is_fresh_and_correctly_scaled() -> None:
         a, b = layer(x, labels), layer(x, labels)
     assert not torch.equal(a, b)
     assert abs(a.std().item() - 0.7) < 0.01
+
+
+@pytest.mark.parametrize("draw", [scl.random.randn, scl.random.rand])
+def test_large_draws_work_under_inference_mode_and_give_the_same_values(draw) -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # the pool threads must fill tensors made under inference mode
+        with torch.inference_mode():
+            inside = draw((LARGE,), generator=torch.Generator().manual_seed(9))
+        outside = draw((LARGE,), generator=torch.Generator().manual_seed(9))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(inside, outside)
+
+
+def test_a_large_layer_output_under_inference_mode() -> None:
+    layer = scl.StochasticConditionalConv2d(3, 16, 3, C, padding=1).eval()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.inference_mode():
+            h = layer(torch.rand(64, 3, 32, 32), torch.zeros(64, dtype=torch.long))
+    finally:
+        torch.set_num_threads(before)
+    assert h.shape == (64, 16, 32, 32) and torch.isfinite(h).all()
