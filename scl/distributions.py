@@ -16,7 +16,7 @@ name            parameter maps             sample
 ``laplace``     loc, scale                 inverse-CDF of a uniform, same scale transform
 ``binomial``    logits                     fraction of successes in ``total_count`` trials, in
                                            [0, 1]; relaxed Bernoulli trials at ``temperature`` in
-                                           training, exact counts in eval
+                                           training, exact trials (``u < p``) in eval
 ``multinomial`` K logits, K values         per element one of K learnable values (see below)
 ==============  =========================  ====================================================
 
@@ -26,6 +26,10 @@ one of the K values with probabilities ``softmax(logits)``. In training the choi
 through Gumbel-softmax: the forward value is exactly one of the K values, the gradient flows to the
 logits through the relaxed one-hot and to the chosen value directly. In eval the choice is an exact
 categorical draw.
+
+Every sample is made from standard noise (``noise_kind``: N(0, 1) or uniform in [0, 1), shaped like
+``noise_like(dist)``) by ``from_noise``, the one place each formula lives: ``sample`` draws that
+noise from the chosen generator, and ``scl export`` makes it an input of the ONNX model.
 """
 
 from __future__ import annotations
@@ -79,10 +83,9 @@ def get(spec: str | NoiseDistribution, **options: Any) -> NoiseDistribution:
     return _REGISTRY[spec](**options)
 
 
-def _uniform(shape: torch.Size, like: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Uniform samples in the open interval (0, 1)."""
-    u = rand(shape, generator=generator, device=like.device, dtype=like.dtype)
-    eps = torch.finfo(like.dtype).eps
+def _open(u: Tensor) -> Tensor:
+    """Uniform noise in [0, 1) moved into the open interval (0, 1) (logs of it stay finite)."""
+    eps = torch.finfo(u.dtype).eps
     return u.clamp(eps, 1.0 - eps)
 
 
@@ -102,6 +105,10 @@ class NoiseDistribution:
     """Base class of the registry's entries (subclass it and decorate with :func:`register`)."""
 
     name: ClassVar[str] = ""
+    #: the standard noise samples are made from: "standard_normal" (N(0, 1)) or "uniform" ([0, 1))
+    noise_kind: ClassVar[str] = "uniform"
+    #: where the batch dimension of the layer's output sits in the noise's shape
+    noise_batch_axis: ClassVar[int] = 0
 
     @property
     def num_params(self) -> int:
@@ -120,11 +127,28 @@ class NoiseDistribution:
         """Turn the raw parameter maps into a distribution over the layer's output."""
         raise NotImplementedError
 
+    def noise_like(self, dist: Distribution) -> Tensor:
+        """A tensor (maybe an expanded view) with the shape, dtype and device of the standard noise
+        a sample of ``dist`` is made from (of kind ``noise_kind``; its batch dim at
+        ``noise_batch_axis``)."""
+        raise NotImplementedError
+
+    def from_noise(self, dist: Distribution, noise: Tensor, *, training: bool) -> Tensor:
+        """The sample of ``dist`` made from standard ``noise`` shaped like :meth:`noise_like`;
+        reparameterised (differentiable) when ``training``. Deterministic given ``noise``: this
+        is the one place each distribution's sampling formula lives (``scl export`` feeds the
+        noise as a model input)."""
+        raise NotImplementedError
+
     def sample(
         self, dist: Distribution, *, training: bool, generator: torch.Generator | None = None
     ) -> Tensor:
-        """One sample of ``dist``; reparameterised (differentiable) when ``training``."""
-        raise NotImplementedError
+        """One sample of ``dist``; reparameterised (differentiable) when ``training``: standard
+        noise drawn from ``generator``, then :meth:`from_noise`."""
+        like = self.noise_like(dist)
+        draw = randn if self.noise_kind == "standard_normal" else rand
+        noise = draw(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+        return self.from_noise(dist, noise, training=training)
 
     def sample_joint(
         self, joint: Tensor, dim: int, *, training: bool, generator: torch.Generator | None = None
@@ -171,6 +195,9 @@ class _LocationScale(NoiseDistribution):
         target = self.init_scale - self.min_scale
         return [0.0, target + math.log(-math.expm1(-target))]  # softplus^-1(target)
 
+    def noise_like(self, dist: Distribution) -> Tensor:
+        return dist.loc  # type: ignore[attr-defined]
+
     def scale(self, raw: Tensor) -> Tensor:
         if torch.is_grad_enabled() and raw.requires_grad:
             return F.softplus(raw) + self.min_scale
@@ -190,14 +217,10 @@ class Gaussian(_LocationScale):
         self.check_params(params)
         return Normal(params[0], self.scale(params[1]), validate_args=False)
 
-    def sample(
-        self, dist: Distribution, *, training: bool, generator: torch.Generator | None = None
-    ) -> Tensor:
-        loc, scale = dist.loc, dist.scale  # type: ignore[attr-defined]
-        eps = randn(loc.shape, generator=generator, device=loc.device, dtype=loc.dtype)
-        if torch.is_grad_enabled() and (loc.requires_grad or scale.requires_grad):
-            return torch.addcmul(loc, scale, eps)
-        return eps.mul_(scale).add_(loc)  # inference: no new buffers
+    noise_kind = "standard_normal"
+
+    def from_noise(self, dist: Distribution, noise: Tensor, *, training: bool) -> Tensor:
+        return torch.addcmul(dist.loc, dist.scale, noise)  # type: ignore[attr-defined]
 
     def sample_joint(
         self, joint: Tensor, dim: int, *, training: bool, generator: torch.Generator | None = None
@@ -208,8 +231,8 @@ class Gaussian(_LocationScale):
         if torch.is_grad_enabled() and joint.requires_grad:
             sample, scale = _GaussianSample.apply(joint, eps, dim, self.min_scale)
             return sample, Normal(loc, scale, validate_args=False)
-        scale = F.softplus(raw).add_(self.min_scale)
-        return eps.mul_(scale).add_(loc), Normal(loc, scale, validate_args=False)
+        dist = Normal(loc, F.softplus(raw).add_(self.min_scale), validate_args=False)
+        return self.from_noise(dist, eps, training=training), dist
 
 
 class _GaussianSample(torch.autograd.Function):
@@ -260,11 +283,9 @@ class LaplaceNoise(_LocationScale):
         self.check_params(params)
         return Laplace(params[0], self.scale(params[1]), validate_args=False)
 
-    def sample(
-        self, dist: Distribution, *, training: bool, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def from_noise(self, dist: Distribution, noise: Tensor, *, training: bool) -> Tensor:
         loc, scale = dist.loc, dist.scale  # type: ignore[attr-defined]
-        u = _uniform(loc.shape, loc, generator) * 2.0 - 1.0
+        u = _open(noise) * 2.0 - 1.0  # inverse CDF
         return loc - scale * u.sign() * torch.log1p(-u.abs())
 
 
@@ -322,18 +343,21 @@ class BinomialNoise(NoiseDistribution):
         self.check_params(params)
         return BinomialFraction(self.total_count, params[0])
 
-    def sample(
-        self, dist: Distribution, *, training: bool, generator: torch.Generator | None = None
-    ) -> Tensor:
+    noise_batch_axis = 1  # one uniform per trial: [total_count, *output]
+
+    def noise_like(self, dist: Distribution) -> Tensor:
         logits: Tensor = dist.logits  # type: ignore[attr-defined]
-        n = self.total_count
+        return logits.unsqueeze(0).expand(self.total_count, *logits.shape)
+
+    def from_noise(self, dist: Distribution, noise: Tensor, *, training: bool) -> Tensor:
+        logits: Tensor = dist.logits  # type: ignore[attr-defined]
         if training:  # relaxed Bernoulli trials (Maddison et al., 2017): differentiable
-            u = _uniform(torch.Size((n, *logits.shape)), logits, generator)
-            noise = torch.log(u) - torch.log1p(-u)
-            return torch.sigmoid((logits + noise) / self.temperature).mean(0)
+            u = _open(noise)
+            logistic = torch.log(u) - torch.log1p(-u)
+            return torch.sigmoid((logits + logistic) / self.temperature).mean(0)
+        # exact trials: P(u < p) = p for u uniform in [0, 1)
         probs = torch.sigmoid(logits.detach())
-        counts = torch.full_like(probs, float(n))
-        return torch.binomial(counts, probs, generator=generator) / n
+        return (noise < probs).to(probs.dtype).mean(0)
 
     def config(self) -> dict[str, Any]:
         return {"total_count": self.total_count, "temperature": self.temperature}
@@ -402,12 +426,13 @@ class MultinomialNoise(NoiseDistribution):
         values = torch.stack(list(params[k:]), -1)
         return Choice(logits, values)
 
-    def sample(
-        self, dist: Distribution, *, training: bool, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def noise_like(self, dist: Distribution) -> Tensor:
+        return dist.logits  # type: ignore[attr-defined]
+
+    def from_noise(self, dist: Distribution, noise: Tensor, *, training: bool) -> Tensor:
         logits: Tensor = dist.logits  # type: ignore[attr-defined]
         values: Tensor = dist.values  # type: ignore[attr-defined]
-        gumbel = -torch.log(-torch.log(_uniform(logits.shape, logits, generator)))
+        gumbel = -torch.log(-torch.log(_open(noise)))
         if training:  # straight-through Gumbel-softmax (Jang et al., 2017)
             soft = torch.softmax((logits + gumbel) / self.temperature, -1)
             hard = F.one_hot(soft.argmax(-1), self.num_choices).to(soft.dtype)

@@ -67,7 +67,9 @@ negative dims, which the linear layer uses (see :func:`_movedim_symbolic`).
 Exportable: the convolution, linear and additive layers, and ``StochasticConditional`` over
 ``nn.LSTM``/``nn.GRU`` (unrolled over time, so the model takes the example's sequence length
 only); optional pre-layers that torch can trace; the gaussian, laplace, binomial and multinomial
-distributions. Generic ``StochasticConditional`` layers over other modules run under
+distributions, and any registered distribution that makes its samples from standard noise
+(``noise_kind``, ``noise_like``, ``from_noise``: the same formula then runs in torch and in the
+ONNX graph). Generic ``StochasticConditional`` layers over other modules run under
 ``torch.func.vmap``, which the tracer cannot follow: they are refused.
 
 Requires the ``onnx`` extra: ``pip install 'scl[onnx]'`` (onnx, onnxruntime).
@@ -87,8 +89,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Laplace, Normal
+from torch.distributions import Distribution
 
+from scl.distributions import NoiseDistribution, get, names
 from scl.errors import CheckpointError, ConfigError, SCLError, ShapeError
 from scl.io import atomic_write
 from scl.layers import (
@@ -115,46 +118,10 @@ _RANDOM_OPS = frozenset(
 )
 
 
-# -- samplers: the eval-mode draw of each distribution from standard noise (an input of the
-# -- graph), or from ONNX's own random operators (torch.randn_like -> RandomNormalLike,
+# -- samplers: the eval-mode draw of the layer's distribution from standard noise, with the
+# -- distribution's own formula (NoiseDistribution.from_noise); the noise is an input of the graph,
+# -- or drawn by ONNX's own random operators (torch.randn_like -> RandomNormalLike,
 # -- torch.rand_like -> RandomUniformLike)
-
-
-def _open_uniform(u: Tensor) -> Tensor:
-    """Uniform samples clamped into the open interval (0, 1), as scl's own samplers do."""
-    eps = torch.finfo(u.dtype).eps
-    return u.clamp(eps, 1.0 - eps)
-
-
-def _gaussian(dist: Distribution, noise: Tensor) -> Tensor:
-    loc, scale = dist.loc, dist.scale  # type: ignore[attr-defined]
-    return loc + scale * noise.view_as(loc)
-
-
-def _laplace(dist: Distribution, noise: Tensor) -> Tensor:
-    loc, scale = dist.loc, dist.scale  # type: ignore[attr-defined]
-    u = _open_uniform(noise.view_as(loc)) * 2.0 - 1.0  # inverse CDF, as scl's laplace entry
-    return loc - scale * u.sign() * torch.log1p(-u.abs())
-
-
-def _binomial_trials(dist: Distribution) -> Tensor:
-    probs = torch.sigmoid(dist.logits)  # type: ignore[attr-defined]
-    return probs.unsqueeze(0).expand(int(dist.total_count), *probs.shape)  # type: ignore[attr-defined]
-
-
-def _binomial(dist: Distribution, noise: Tensor) -> Tensor:
-    """The fraction of ``total_count`` Bernoulli(p) trials that succeed: exact, like ``torch.binomial``."""
-    probs = torch.sigmoid(dist.logits)  # type: ignore[attr-defined]
-    trials = noise.view_as(_binomial_trials(dist))
-    return (trials < probs).to(probs.dtype).mean(0)
-
-
-def _multinomial(dist: Distribution, noise: Tensor) -> Tensor:
-    """One of the K values per element, drawn exactly by the Gumbel-max trick."""
-    logits, values = dist.logits, dist.values  # type: ignore[attr-defined]
-    gumbel = -torch.log(-torch.log(_open_uniform(noise.view_as(logits))))
-    index = (logits + gumbel).argmax(-1, keepdim=True)
-    return values.gather(-1, index).squeeze(-1)
 
 
 @dataclass(frozen=True)
@@ -165,7 +132,6 @@ class _Sampler:
     input of another batch fail in onnxruntime instead of broadcasting one draw over the batch).
     """
 
-    accepts: Callable[[Distribution], bool]
     like: Callable[[Distribution], Tensor]
     apply: Callable[[Distribution, Tensor], Tensor]
     noise: str  # "standard_normal" or "uniform" (in [0, 1))
@@ -180,33 +146,24 @@ class _Sampler:
         return torch.randn_like(like) if self.noise == "standard_normal" else torch.rand_like(like)
 
 
-def _is_normal(d: Distribution) -> bool:
-    return isinstance(d, Normal)
+def _exportable(noise: NoiseDistribution) -> bool:
+    """A distribution exports when it makes its samples from standard noise (``from_noise``)."""
+    return type(noise).from_noise is not NoiseDistribution.from_noise and noise.noise_kind in (
+        "standard_normal",
+        "uniform",
+    )
 
 
-def _is_laplace(d: Distribution) -> bool:
-    return isinstance(d, Laplace)
+def _sampler_for(noise: NoiseDistribution) -> _Sampler:
+    def apply(dist: Distribution, standard: Tensor) -> Tensor:
+        return noise.from_noise(dist, standard.view_as(noise.noise_like(dist)), training=False)
 
-
-def _is_binomial(d: Distribution) -> bool:
-    return isinstance(getattr(d, "logits", None), Tensor) and isinstance(getattr(d, "total_count", None), int)
-
-
-def _is_choice(d: Distribution) -> bool:
-    return isinstance(getattr(d, "logits", None), Tensor) and isinstance(getattr(d, "values", None), Tensor)
-
-
-_SAMPLERS: dict[str, _Sampler] = {
-    "gaussian": _Sampler(_is_normal, lambda d: d.loc, _gaussian, "standard_normal", 0),  # type: ignore[attr-defined]
-    "laplace": _Sampler(_is_laplace, lambda d: d.loc, _laplace, "uniform", 0),  # type: ignore[attr-defined]
-    "binomial": _Sampler(_is_binomial, _binomial_trials, _binomial, "uniform", 1),
-    "multinomial": _Sampler(_is_choice, lambda d: d.logits, _multinomial, "uniform", 0),  # type: ignore[attr-defined]
-}
+    return _Sampler(noise.noise_like, apply, noise.noise_kind, noise.noise_batch_axis)
 
 
 def exportable_distributions() -> list[str]:
-    """The distribution names :func:`export_onnx` can sample in ONNX (in either noise mode)."""
-    return sorted(_SAMPLERS)
+    """The registered distribution names :func:`export_onnx` can sample in ONNX (in either noise mode)."""
+    return [name for name in names() if _exportable(get(name))]
 
 
 class _LabelFreeObfuscation(nn.Module):
@@ -280,10 +237,11 @@ def _check_obfuscator(obfuscator: Any) -> str:
             "StochasticConditionalAdditive, and StochasticConditional over nn.LSTM or nn.GRU"
         )
     name = obfuscator.layer.noise.name
-    if name not in _SAMPLERS:
+    if not _exportable(obfuscator.layer.noise):
         raise ConfigError(
-            f"the {name!r} distribution cannot be exported to ONNX (scl has no ONNX sampler for it); "
-            f"exportable distributions: {exportable_distributions()}"
+            f"the {name!r} distribution cannot be exported to ONNX: it does not make its samples from "
+            "standard noise (implement noise_like, from_noise and noise_kind, see "
+            f"scl.distributions.NoiseDistribution); exportable distributions: {exportable_distributions()}"
         )
     return "soft" if isinstance(selection, SoftSelection) else "gated"
 
@@ -455,7 +413,7 @@ def export_onnx(
     opset = _check_opset(opset)
     example = _example(obfuscator, input_shape, example_input)
     name = obfuscator.layer.noise.name
-    sampler = _SAMPLERS[name]
+    sampler = _sampler_for(obfuscator.layer.noise)
 
     was_training = obfuscator.training
     obfuscator.eval()
@@ -469,12 +427,6 @@ def export_onnx(
                     f"the obfuscator does not accept inputs of shape {tuple(example.shape[1:])} "
                     f"(batch {example.shape[0]}): {exc}"
                 ) from exc
-            if not sampler.accepts(dist):
-                raise ConfigError(
-                    f"the {name!r} layer built a {type(dist).__name__}, which the ONNX sampler for "
-                    f"{name!r} does not know how to draw from; exportable distributions: "
-                    f"{exportable_distributions()}"
-                )
             output_shape = tuple(dist.batch_shape)
             noise_shape = tuple(sampler.like(dist).shape)
             dtype = example.detach().cpu()[:0].numpy().dtype

@@ -456,3 +456,40 @@ def test_fused_gaussian_sample_without_grad_matches_build_then_sample() -> None:
         expected, ref = _reference(layer, x, labels, 5)
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(dist.scale, ref.scale)
+
+
+# -- one formula per distribution: sample() is from_noise() of standard noise ------------------
+@pytest.mark.parametrize("name", ["gaussian", "laplace", "binomial", "multinomial"])
+@pytest.mark.parametrize("training", [True, False])
+def test_sample_is_from_noise_of_standard_noise_from_the_same_generator(name: str, training: bool) -> None:
+    noise = D.get(name)
+    torch.manual_seed(0)
+    params = [torch.randn(2, 3, 4, 4) for _ in range(noise.num_params)]
+    dist = noise.build(params)
+    like = noise.noise_like(dist)
+    draw = torch.randn if noise.noise_kind == "standard_normal" else torch.rand
+    standard = draw(like.shape, generator=torch.Generator().manual_seed(3))
+    expected = noise.from_noise(dist, standard, training=training)
+    got = noise.sample(dist, training=training, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert got.shape == (2, 3, 4, 4)
+    assert like.shape[noise.noise_batch_axis] == 2  # the batch sits where the export puts it
+
+
+def test_binomial_eval_counts_the_trials_whose_uniform_is_below_p() -> None:
+    noise = D.get("binomial", total_count=4)
+    dist = noise.build([torch.zeros(1, 3)])  # p = 0.5 everywhere
+    u = torch.tensor([[[0.1, 0.6, 0.49]], [[0.2, 0.7, 0.51]], [[0.3, 0.8, 0.0]], [[0.4, 0.9, 0.99]]])
+    got = noise.from_noise(dist, u, training=False)
+    torch.testing.assert_close(got, torch.tensor([[1.0, 0.0, 0.5]]))
+
+
+def test_from_noise_does_not_modify_the_noise_it_is_given() -> None:
+    for name in ["gaussian", "laplace", "binomial", "multinomial"]:
+        noise = D.get(name)
+        dist = noise.build([torch.randn(2, 5) for _ in range(noise.num_params)])
+        standard = torch.rand(noise.noise_like(dist).shape)
+        before = standard.clone()
+        with torch.no_grad():
+            noise.from_noise(dist, standard, training=False)
+        assert torch.equal(standard, before), name

@@ -295,8 +295,8 @@ def _noise_ignoring_gaussian(dist, noise):
     ids=["broadcast", "random-op", "ignored-noise"],
 )
 def test_export_refuses_a_graph_that_breaks_the_noise_contract(tmp_path, monkeypatch, apply, message):
-    sampler = dataclasses.replace(export_module._SAMPLERS["gaussian"], apply=apply)
-    monkeypatch.setitem(export_module._SAMPLERS, "gaussian", sampler)
+    original = export_module._sampler_for
+    monkeypatch.setattr(export_module, "_sampler_for", lambda noise: dataclasses.replace(original(noise), apply=apply))
     with pytest.raises(scl.ConfigError, match=re.escape(message)):
         export_onnx(conv_obfuscator(), tmp_path / "m.onnx", input_shape=SHAPE)
     assert not list(tmp_path.iterdir())
@@ -305,7 +305,7 @@ def test_export_refuses_a_graph_that_breaks_the_noise_contract(tmp_path, monkeyp
 def test_check_graph_finds_stored_noise(tmp_path):
     path = export_onnx(conv_obfuscator(), tmp_path / "m.onnx", input_shape=SHAPE)
     model = onnx.load(str(path))
-    sampler = export_module._SAMPLERS["gaussian"]
+    sampler = export_module._sampler_for(scl.distributions.get("gaussian"))
     noise = draw_noise(path, 2)
     export_module._check_graph(model, sampler, noise)  # the exported graph passes
     model.graph.node.append(helper.make_node("Constant", [], ["stored"], value=numpy_helper.from_array(noise)))
@@ -422,8 +422,37 @@ def test_graph_draws_where_the_mode_says_and_stores_no_noise(tmp_path, distribut
     assert not [c.shape for c in constants if c.shape[-3:] == SHAPE or c.shape[-4:-1] == SHAPE]
 
 
-class UnregisteredNoise(scl.distributions.Gaussian):
+class SampleOnlyNoise(scl.distributions.NoiseDistribution):
+    """A custom distribution that draws its own noise (``sample``) instead of ``from_noise``."""
+
     name = "my-noise"
+    param_names = ("loc",)
+
+    def build(self, params):
+        return torch.distributions.Normal(params[0], torch.ones_like(params[0]))
+
+    def sample(self, dist, *, training, generator=None):
+        return dist.loc + torch.randn(dist.loc.shape, generator=generator)
+
+
+class WideGaussian(scl.distributions.Gaussian):
+    """A custom distribution with its own formula from standard noise: it exports as it is."""
+
+    name = "wide-gaussian"
+
+    def from_noise(self, dist, noise, *, training):
+        return dist.loc + 2.0 * dist.scale * noise
+
+
+def test_a_custom_distribution_with_from_noise_exports_with_its_own_formula(tmp_path):
+    layer = scl.StochasticConditionalConv2d(3, 3, 3, C, padding=1, distribution=WideGaussian())
+    obfuscator = scl.Obfuscator(layer, scl.SoftSelection(C, (1, *SHAPE[1:]))).eval()
+    path = export_onnx(obfuscator, tmp_path / "m.onnx", input_shape=SHAPE)
+    x = torch.rand(3, *SHAPE)
+    noise = draw_noise(path, 3)
+    dist = torch_distribution(obfuscator, x)
+    expected = dist.loc + 2.0 * dist.scale * torch.from_numpy(noise)
+    torch.testing.assert_close(run(path, x, noise), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -436,9 +465,9 @@ class UnregisteredNoise(scl.distributions.Gaussian):
         (lambda: _with_hard_selection(conv_obfuscator()), {}, scl.ConfigError,
          "no soft or gated selection (got HardSelection)"),
         (lambda: scl.Obfuscator(
-            scl.StochasticConditionalConv2d(3, 3, 3, C, padding=1, distribution=UnregisteredNoise()),
+            scl.StochasticConditionalConv2d(3, 3, 3, C, padding=1, distribution=SampleOnlyNoise()),
             scl.SoftSelection(C)), {}, scl.ConfigError,
-         "the 'my-noise' distribution cannot be exported to ONNX"),
+         "the 'my-noise' distribution cannot be exported to ONNX: it does not make its samples from standard noise"),
         (lambda: scl.Obfuscator(scl.StochasticConditional(lambda: nn.Linear(8, 8), C), scl.SoftSelection(C)),
          {"input_shape": (8,)}, scl.ConfigError, "torch.func.vmap, which torch's ONNX exporter cannot trace"),
         (lambda: conv_obfuscator(soft_shape=()), {}, scl.ShapeError,
