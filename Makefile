@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e '.[dev,federated,onnx]'
 	touch $(STAMP)
 
+# DEMO_ARGS: extra options, e.g. `make demo DEMO_ARGS="--quick --out runs/first"` (the tests run that form)
+DEMO_ARGS ?=
 demo: $(STAMP)
-	$(FAST_MALLOC) $(VENV)/bin/scl demo
+	$(FAST_MALLOC) $(VENV)/bin/scl demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(FAST_MALLOC) $(PY) -m pytest -q -m "not slow"

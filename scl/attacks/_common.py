@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from scl.errors import ConfigError, DataError, ShapeError
+from scl.progress import task
 
 if TYPE_CHECKING:  # rich is only needed for type hints; callers pass their own Progress
     from rich.progress import Progress
@@ -157,21 +158,20 @@ def fit(
     a single sample is dropped (batch norm needs two). The model is left in eval mode.
     """
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    task = progress.add_task(description, total=epochs) if progress is not None else None
     model.train()
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, batch_size):
-            index = order[start : start + batch_size]
-            if index.numel() < 2:
-                continue
-            inputs, targets = make_batch(index)
-            loss = loss_fn(model(inputs), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        if task is not None and progress is not None:
-            progress.advance(task)
+    with task(progress, description, epochs) as advance:
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n, batch_size):
+                index = order[start : start + batch_size]
+                if index.numel() < 2:
+                    continue
+                inputs, targets = make_batch(index)
+                loss = loss_fn(model(inputs), targets)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            advance()
     model.eval()
     return model
 

@@ -37,6 +37,7 @@ from scl.layers import StochasticConditionalAdditive, StochasticConditionalConv2
 from scl.models import SmallCNN
 from scl.obfuscator import Obfuscator, freeze
 from scl.pipelines import engine
+from scl.progress import make_progress
 from scl.selection import ClassIndex, GatedSelection, SoftSelection
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ def _generator(config: dict[str, Any], offset: int) -> torch.Generator:
 
 
 # -- stage 0: the task network ------------------------------------------------------------------------
-def train_network(exp: Experiment, progress: object | None, log: RunLog) -> None:
+def train_network(exp: Experiment, progress: Progress | None, log: RunLog) -> None:
     cfg, data = exp.config, exp.splits["task"]
     if cfg["network"]["checkpoint"]:
         network = scl.load(cfg["network"]["checkpoint"])
@@ -199,7 +200,7 @@ def privacy_term(
 
 
 def train_stage1(
-    exp: Experiment, progress: object | None, log: RunLog, *, lam: float | None = None, epochs: int | None = None
+    exp: Experiment, progress: Progress | None, log: RunLog, *, lam: float | None = None, epochs: int | None = None
 ) -> Obfuscator:
     cfg = exp.config
     lam = cfg["stage1"]["lam"] if lam is None else lam
@@ -252,7 +253,7 @@ def _train_selection(
     obfuscator: Obfuscator,
     selection: nn.Module,
     section: str,
-    progress: object | None,
+    progress: Progress | None,
     description: str,
     epochs: int | None = None,
 ) -> dict[str, list[float]]:
@@ -283,7 +284,7 @@ def _train_selection(
 
 
 def train_stage2(
-    exp: Experiment, obfuscator: Obfuscator, progress: object | None, *, gated: bool = True, epochs: int | None = None
+    exp: Experiment, obfuscator: Obfuscator, progress: Progress | None, *, gated: bool = True, epochs: int | None = None
 ) -> None:
     """Soft selection on the frozen layer (spec §3.1.2); the gated extension beside it."""
     cfg = exp.config
@@ -330,7 +331,7 @@ def evaluate(exp: Experiment) -> dict[str, Any]:
 
 
 # -- attacks ------------------------------------------------------------------------------------------
-def run_attacks(exp: Experiment, progress: object | None, log: RunLog) -> dict[str, float]:
+def run_attacks(exp: Experiment, progress: Progress | None, log: RunLog) -> dict[str, float]:
     """Every attack on the hard-selection release, trained on the attacker split only."""
     from scl.attacks import attribute_attack, decoder_attack, distance_correlation, run_decoder_attacks
     from scl.attacks.whitebox import whitebox_attack
@@ -379,7 +380,7 @@ def run_attacks(exp: Experiment, progress: object | None, log: RunLog) -> dict[s
             num_attributes=cast(int, exp.dataset.num_attributes),  # the splits have attributes
             epochs=acfg["attribute_epochs"],
             seed=cfg["seed"],
-            progress=cast("Progress | None", progress),  # from engine.make_progress
+            progress=progress,
         )
         privacy.update({k: v for k, v in result.items() if isinstance(v, float)})
     with torch.no_grad():
@@ -418,7 +419,7 @@ def targets(metrics: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # -- sweep --------------------------------------------------------------------------------------------
-def sweep(exp: Experiment, progress: object | None, log: RunLog) -> list[dict[str, Any]]:
+def sweep(exp: Experiment, progress: Progress | None, log: RunLog) -> list[dict[str, Any]]:
     """Accuracy against decoder SSIM over lam (shorter training per point)."""
     from scl.attacks import decoder_attack
 
@@ -447,7 +448,7 @@ def sweep(exp: Experiment, progress: object | None, log: RunLog) -> list[dict[st
             num_classes=exp.dataset.num_classes,
             epochs=cfg["sweep"]["decoder_epochs"],
             seed=cfg["seed"],
-            progress=cast("Progress | None", progress),  # from engine.make_progress
+            progress=progress,
         )
         points.append(
             {
@@ -567,7 +568,7 @@ def write_outputs(exp: Experiment, folder: Path, log: RunLog, name: str | None =
 
 
 # -- the commands ----------------------------------------------------------------------------------------
-def run_training(exp: Experiment, progress: object | None, log: RunLog) -> None:
+def run_training(exp: Experiment, progress: Progress | None, log: RunLog) -> None:
     seconds = exp.metrics.setdefault("seconds", {})
     log(
         f"data: {exp.dataset.name}, {len(exp.dataset)} images {exp.dataset.image_shape}, "
@@ -593,8 +594,8 @@ def demo(
     log = RunLog(console)
     total = time.perf_counter()
     with run_folder(out) as folder, _noise(config):
-        progress = engine.make_progress(show_progress, console)
-        with progress if progress is not None else contextlib.nullcontext():  # type: ignore[attr-defined]
+        progress = make_progress(show_progress, console)
+        with progress if progress is not None else contextlib.nullcontext():
             exp = prepare(config)
             run_training(exp, progress, log)
             start = time.perf_counter()
@@ -618,8 +619,8 @@ def train_command(
     """Train N, stage 1 and stage 2, evaluate accuracy; no attacks."""
     log = RunLog(console)
     with run_folder(out) as folder, _noise(config):
-        progress = engine.make_progress(show_progress, console)
-        with progress if progress is not None else contextlib.nullcontext():  # type: ignore[attr-defined]
+        progress = make_progress(show_progress, console)
+        with progress if progress is not None else contextlib.nullcontext():
             exp = prepare(config)
             run_training(exp, progress, log)
         save_checkpoints(exp, folder)
@@ -635,8 +636,8 @@ def update_run(run: Path, action: str, *, console: Any = None, show_progress: bo
     if log_path.is_file():
         log.lines.extend(log_path.read_text().splitlines())
     with _noise(exp.config):
-        progress = engine.make_progress(show_progress, console)
-        with progress if progress is not None else contextlib.nullcontext():  # type: ignore[attr-defined]
+        progress = make_progress(show_progress, console)
+        with progress if progress is not None else contextlib.nullcontext():
             if action == "evaluate":
                 acc = evaluate(exp)
                 log("accuracy: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in acc.items()))

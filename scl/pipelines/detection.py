@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -41,7 +41,11 @@ from scl.pipelines import engine
 from scl.pipelines.classification import RunLog, _noise, privacy_term, run_folder
 from scl.pipelines.coco import coco_map
 from scl.pipelines.config import build
+from scl.progress import make_progress
 from scl.selection import HardSelection, SoftSelection
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 __all__ = ["DEFAULTS", "QUICK", "DetectionExperiment", "build_config", "run", "summary_table", "targets"]
 
@@ -164,7 +168,7 @@ def _unpack(heat: Tensor, size: Tensor, offset: Tensor, mask: Tensor) -> dict[st
 
 
 # -- stage 0: the detector ------------------------------------------------------------------------------
-def train_detector(exp: DetectionExperiment, progress: object | None, log: RunLog) -> None:
+def train_detector(exp: DetectionExperiment, progress: Progress | None, log: RunLog) -> None:
     cfg, data = exp.config, exp.splits["train"]
     checkpoint = cfg["detector"]["checkpoint"]
     if checkpoint:
@@ -212,7 +216,7 @@ def box_masks(exp: DetectionExperiment, data: DetectionData) -> Tensor:
     return hard.from_boxes(data.targets(), data.image_size, data.image_size)
 
 
-def train_stage1(exp: DetectionExperiment, progress: object | None, log: RunLog) -> Obfuscator:
+def train_stage1(exp: DetectionExperiment, progress: Progress | None, log: RunLog) -> Obfuscator:
     cfg, network = exp.config, exp.network
     if network is None:
         raise SCLError("train the detector first")
@@ -239,7 +243,7 @@ def train_stage1(exp: DetectionExperiment, progress: object | None, log: RunLog)
 
 
 # -- stage 2 ------------------------------------------------------------------------------------------
-def train_stage2(exp: DetectionExperiment, obfuscator: Obfuscator, progress: object | None) -> None:
+def train_stage2(exp: DetectionExperiment, obfuscator: Obfuscator, progress: Progress | None) -> None:
     """Spatial soft selection maps ``(1, H, W)`` per class on the frozen layer (spec §2.2.1)."""
     cfg, network, data = exp.config, exp.network, exp.splits["obfuscator"]
     if network is None:
@@ -305,7 +309,7 @@ def evaluate(exp: DetectionExperiment) -> dict[str, dict[str, float]]:
 
 
 # -- attacks ------------------------------------------------------------------------------------------
-def run_attacks(exp: DetectionExperiment, progress: object | None, log: RunLog) -> dict[str, float]:
+def run_attacks(exp: DetectionExperiment, progress: Progress | None, log: RunLog) -> dict[str, float]:
     """Decoder inversion of the hard release, its class-mask floor and clean ceiling.
 
     The attacks of :mod:`scl.attacks` take ``obfuscate(x, y)`` with one integer per image; here
@@ -478,8 +482,8 @@ def run(config: dict[str, Any], out: Path, *, console: Any = None, show_progress
     log = RunLog(console)
     total = time.perf_counter()
     with run_folder(out) as folder, _noise(config), _threads(config["threads"]):
-        progress = engine.make_progress(show_progress, console)
-        with progress if progress is not None else contextlib.nullcontext():  # type: ignore[attr-defined]
+        progress = make_progress(show_progress, console)
+        with progress if progress is not None else contextlib.nullcontext():
             exp = prepare(config)
             seconds = exp.metrics.setdefault("seconds", {})
             log(f"data: {exp.dataset.name}, {len(exp.dataset)} images {tuple(exp.dataset.images.shape[1:])}, "

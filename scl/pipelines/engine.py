@@ -2,55 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
-from typing import cast
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
 
+from scl.progress import task
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
 LossFn = Callable[..., tuple[Tensor, dict[str, float]]]
-
-
-def make_progress(enabled: bool = True, console: object | None = None) -> object | None:
-    """A rich progress display with ETA, or ``None`` when disabled."""
-    if not enabled:
-        return None
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]{task.description:<34}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,  # type: ignore[arg-type]
-    )
-
-
-@contextlib.contextmanager
-def _task(progress: object | None, description: str, total: int) -> Iterator[Callable[[str], None]]:
-    if progress is None:
-        yield lambda status: None
-        return
-    task = progress.add_task(description, total=total, status="")  # type: ignore[attr-defined]
-
-    def advance(status: str) -> None:
-        progress.update(task, advance=1, status=status)  # type: ignore[attr-defined]
-
-    try:
-        yield advance
-    finally:
-        progress.update(task, visible=False)  # type: ignore[attr-defined]
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None, shuffle: bool = True) -> list[Tensor]:
@@ -67,14 +30,14 @@ def train(
     lr: float,
     batch_size: int,
     generator: torch.Generator | None = None,
-    progress: object | None = None,
+    progress: Progress | None = None,
     description: str = "training",
 ) -> dict[str, list[float]]:
     """Adam on ``loss_fn(*batch) -> (loss, stats)``; returns per-epoch means of loss and stats."""
     optimiser = torch.optim.Adam(list(parameters), lr=lr)
     n = data[0].shape[0]
     history: dict[str, list[float]] = {}
-    with _task(progress, description, epochs) as advance:
+    with task(progress, description, epochs) as advance:
         for _ in range(epochs):
             sums: dict[str, float] = {}
             count = 0

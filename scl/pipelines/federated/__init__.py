@@ -23,9 +23,10 @@ from typing import Any
 
 from scl.errors import ConfigError
 from scl.io import atomic_write, write_json
-from scl.pipelines import classification, engine
+from scl.pipelines import classification
 from scl.pipelines.federated.screening import screen, screening_mask
 from scl.pipelines.federated.task import build_config, run_procedure, shares
+from scl.progress import make_progress
 
 __all__ = [
     "build_config",
@@ -103,8 +104,8 @@ def run(
     log = classification.RunLog(console)
     start = time.perf_counter()
     with classification.run_folder(out) as folder:
-        progress = engine.make_progress(show_progress, console)
-        with progress if progress is not None else contextlib.nullcontext():  # type: ignore[attr-defined]
+        progress = make_progress(show_progress, console)
+        with progress if progress is not None else contextlib.nullcontext():
             if config["federated"]["engine"] == "flower":
                 from scl.pipelines.federated.server_app import run_flower
 

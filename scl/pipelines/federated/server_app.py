@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # no GPUs here: silence Ray's FutureWarning
@@ -30,6 +30,9 @@ from torch import Tensor  # noqa: E402
 
 from scl.pipelines.classification import RunLog  # noqa: E402
 from scl.pipelines.federated import task  # noqa: E402
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 Inspect = Callable[[str, Message], None]
 
@@ -133,7 +136,7 @@ def quiet_flower(level: int = logging.CRITICAL) -> Iterator[None]:
 
 
 def run_flower(
-    config: dict[str, Any], progress: object | None, log: RunLog, inspect: Inspect | None = None
+    config: dict[str, Any], progress: Progress | None, log: RunLog, inspect: Inspect | None = None
 ) -> task.Result:
     """The procedure on Flower's simulation runtime with ``federated.clients`` SuperNodes (Ray)."""
     from flwr.simulation import run_simulation

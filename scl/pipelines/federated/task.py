@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +45,11 @@ from scl.obfuscator import Obfuscator, freeze
 from scl.pipelines import classification, engine
 from scl.pipelines.config import DEFAULTS, build, merge, validate
 from scl.pipelines.federated.screening import screen
+from scl.progress import task as progress_task
 from scl.selection import ClassIndex
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 ENGINES = ("flower", "local")
 
@@ -401,7 +405,7 @@ def _accuracy(network: nn.Module, test: Dataset) -> float:
 
 
 def _train_clean(
-    config: dict[str, Any], dataset: Dataset, data: Dataset, progress: object | None, log: classification.RunLog
+    config: dict[str, Any], dataset: Dataset, data: Dataset, progress: Progress | None, log: classification.RunLog
 ) -> classification.Experiment:
     """Step 1 (and the ceiling): N trained on ``data`` alone, through the classification pipeline.
 
@@ -417,7 +421,7 @@ def _train_clean(
 
 
 def run_procedure(
-    config: dict[str, Any], transport: Transport, progress: object | None, log: classification.RunLog
+    config: dict[str, Any], transport: Transport, progress: Progress | None, log: classification.RunLog
 ) -> Result:
     """The whole of §2.3 with ``transport`` for the clients' part; returns the measured result."""
     with classification._noise(config):
@@ -425,7 +429,7 @@ def run_procedure(
 
 
 def _run_procedure(
-    config: dict[str, Any], transport: Transport, progress: object | None, log: classification.RunLog
+    config: dict[str, Any], transport: Transport, progress: Progress | None, log: classification.RunLog
 ) -> Result:
     f = config["federated"]
     data = prepare_data(config)
@@ -449,76 +453,70 @@ def _run_procedure(
     total_failures = 0
     final: tuple[nn.Module, Obfuscator] | None = None
     schedule = shares(config)
-    round_task = None
-    if progress is not None:
-        total = len(schedule) * len(variants) * f["rounds"]
-        round_task = progress.add_task("federated rounds", total=total, status="")  # type: ignore[attr-defined]
-    for stage_index, p in enumerate(schedule):
-        clean = clean_share(data, p)
-        rest = len(data.train) - len(clean)
-        log(f"stage p={100 * p:g}%: {len(clean)} clean samples on the server, {rest} obfuscated on the clients")
-        exp = _train_clean(config, data.dataset, clean, progress, log)  # step 1: NN-p
-        obfuscator = classification.train_stage1(exp, progress, log)  # step 2: SL-p (hard selection)
-        obfuscator.eval()
-        layer_arrays = state(obfuscator.layer)
-        nn_p = exp.network
-        if nn_p is None:
-            raise SCLError("step 1 produced no network")
-        row: dict[str, Any] = {
-            "p": p,
-            "clean_samples": len(clean),
-            "obfuscated_samples": len(data.train) - len(clean),
-            "accuracy_clean_share": _accuracy(nn_p, data.test),
-        }
-        for key, values in exp.history.items():
-            history[f"p={100 * p:g}% {key}"] = values
-        stage_failures = 0
-        for screening in variants:
-            arrays = state(nn_p)  # step 4 resumes from NN-p
-            for r in range(f["rounds"]):
-                global_round += 1
-                info = RoundInfo(p, stage_index, global_round, screening)
-                server = local_update(
-                    config, arrays, clean.x, clean.y, screening=False, generator=_generator(config, 3, global_round)
-                )
-                result = transport.round(arrays, layer_arrays, server, info)
-                if result.clients_ok == 0:
-                    raise SCLError(
-                        f"every client failed in round {global_round}: {result.errors[:1]}; "
-                        "check the client logs and the config"
+    total = len(schedule) * len(variants) * f["rounds"]
+    with progress_task(progress, "federated rounds", total) as advance:
+        for stage_index, p in enumerate(schedule):
+            clean = clean_share(data, p)
+            rest = len(data.train) - len(clean)
+            log(f"stage p={100 * p:g}%: {len(clean)} clean samples on the server, {rest} obfuscated on the clients")
+            exp = _train_clean(config, data.dataset, clean, progress, log)  # step 1: NN-p
+            obfuscator = classification.train_stage1(exp, progress, log)  # step 2: SL-p (hard selection)
+            obfuscator.eval()
+            layer_arrays = state(obfuscator.layer)
+            nn_p = exp.network
+            if nn_p is None:
+                raise SCLError("step 1 produced no network")
+            row: dict[str, Any] = {
+                "p": p,
+                "clean_samples": len(clean),
+                "obfuscated_samples": len(data.train) - len(clean),
+                "accuracy_clean_share": _accuracy(nn_p, data.test),
+            }
+            for key, values in exp.history.items():
+                history[f"p={100 * p:g}% {key}"] = values
+            stage_failures = 0
+            for screening in variants:
+                arrays = state(nn_p)  # step 4 resumes from NN-p
+                for r in range(f["rounds"]):
+                    global_round += 1
+                    info = RoundInfo(p, stage_index, global_round, screening)
+                    server = local_update(
+                        config, arrays, clean.x, clean.y, screening=False, generator=_generator(config, 3, global_round)
                     )
-                for error in result.errors:
-                    log(f"[yellow]round {global_round}: a client failed and was left out: {error}[/yellow]")
-                arrays = result.arrays
-                stage_failures += result.failures
-                if progress is not None:
-                    progress.update(  # type: ignore[attr-defined]
-                        round_task, advance=1, status=f"p={100 * p:g}% round {r + 1} {'screened' if screening else ''}"
-                    )
-            network = build_network(config, data.dataset, arrays)
-            key = "accuracy_screening" if screening else "accuracy_no_screening"
-            row[key] = _accuracy(network, data.test)
-            if screening:
-                final = (network, obfuscator)
-        row["rounds"] = f["rounds"] * len(variants)
-        row["failures"] = stage_failures
-        total_failures += stage_failures
-        stages.append(row)
-        series["clean share only"].append((p, row["accuracy_clean_share"]))
-        series["procedure, screening"].append((p, row["accuracy_screening"]))
-        if "accuracy_no_screening" in row:
-            series["procedure, no screening"].append((p, row["accuracy_no_screening"]))
-        log(
-            f"p={100 * p:g}%: NN-p {100 * row['accuracy_clean_share']:.1f}%, NN'-p "
-            + (f"no screening {100 * row['accuracy_no_screening']:.1f}%, " if "accuracy_no_screening" in row else "")
-            + f"screening {100 * row['accuracy_screening']:.1f}%"
-            + (f", {stage_failures} client failure(s)" if stage_failures else "")
-        )
-        if row["accuracy_screening"] >= f["target_accuracy"]:
-            log(f"target accuracy {100 * f['target_accuracy']:g}% reached at p={100 * p:g}%")
-            break
-    if round_task is not None and progress is not None:
-        progress.update(round_task, visible=False)  # type: ignore[attr-defined]
+                    result = transport.round(arrays, layer_arrays, server, info)
+                    if result.clients_ok == 0:
+                        raise SCLError(
+                            f"every client failed in round {global_round}: {result.errors[:1]}; "
+                            "check the client logs and the config"
+                        )
+                    for error in result.errors:
+                        log(f"[yellow]round {global_round}: a client failed and was left out: {error}[/yellow]")
+                    arrays = result.arrays
+                    stage_failures += result.failures
+                    advance(f"p={100 * p:g}% round {r + 1} {'screened' if screening else ''}")
+                network = build_network(config, data.dataset, arrays)
+                key = "accuracy_screening" if screening else "accuracy_no_screening"
+                row[key] = _accuracy(network, data.test)
+                if screening:
+                    final = (network, obfuscator)
+            row["rounds"] = f["rounds"] * len(variants)
+            row["failures"] = stage_failures
+            total_failures += stage_failures
+            stages.append(row)
+            series["clean share only"].append((p, row["accuracy_clean_share"]))
+            series["procedure, screening"].append((p, row["accuracy_screening"]))
+            if "accuracy_no_screening" in row:
+                series["procedure, no screening"].append((p, row["accuracy_no_screening"]))
+            no_screening = row.get("accuracy_no_screening")
+            log(
+                f"p={100 * p:g}%: NN-p {100 * row['accuracy_clean_share']:.1f}%, NN'-p "
+                + (f"no screening {100 * no_screening:.1f}%, " if no_screening is not None else "")
+                + f"screening {100 * row['accuracy_screening']:.1f}%"
+                + (f", {stage_failures} client failure(s)" if stage_failures else "")
+            )
+            if row["accuracy_screening"] >= f["target_accuracy"]:
+                log(f"target accuracy {100 * f['target_accuracy']:g}% reached at p={100 * p:g}%")
+                break
     if final is None:
         raise SCLError("the schedule of shares is empty; check federated.start and federated.max_share")
     if "accuracy_all_clean" in metrics:
