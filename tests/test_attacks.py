@@ -196,9 +196,11 @@ def test_dcor_validation() -> None:
 def test_decoder_shapes() -> None:
     decoder = Decoder(3, 1, (SIZE, SIZE))
     with torch.no_grad():
-        out = decoder(torch.randn(5, 3, 8, 8))
+        out = decoder.eval()(5 * torch.randn(5, 3, 8, 8))
+        linear = decoder.train()(5 * torch.randn(5, 3, 8, 8))
     assert out.shape == (5, 1, SIZE, SIZE)
-    assert float(out.min()) > 0.0 and float(out.max()) < 1.0
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0  # images in eval mode
+    assert float(linear.min()) < 0.0  # a linear output while training (gradients everywhere)
     assert Decoder(2, 3, 12)(torch.randn(2, 2, 12, 12)).shape == (2, 3, 12, 12)
     assert "out_size=(16, 16)" in repr(decoder)
     with pytest.raises(ShapeError, match=r"Tensor\[N, 3, H', W'\], but got shape \(5, 2, 8, 8\)"):

@@ -31,7 +31,7 @@ MODES = ("pipe", "pty")
 #: The smallest settings that still run every stage of each command.
 TINY_DEMO = [
     "--set", "network.epochs=2", "--set", "stage1.epochs=2", "--set", "stage2.epochs=1",
-    "--set", "gated.epochs=1", "--set", "attacks.decoder_epochs=1", "--set", "attacks.attribute_epochs=1",
+    "--set", "gated.epochs=1", "--set", "attacks.max_epochs=1",
     "--set", "attacks.whitebox_images=4", "--set", "attacks.whitebox_steps=2",
 ]
 TINY_DETECT = [

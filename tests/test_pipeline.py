@@ -14,8 +14,7 @@ TINY = [
     "stage1.epochs=2",
     "stage2.epochs=2",
     "gated.epochs=1",
-    "attacks.decoder_epochs=1",
-    "attacks.attribute_epochs=1",
+    "attacks.max_epochs=1",
     "attacks.whitebox_images=4",
     "attacks.whitebox_steps=2",
 ]
@@ -103,6 +102,29 @@ def test_evaluate_reports_every_mode_once_and_mean_of_8(trained):
     assert all(0.0 <= v <= 1.0 for v in acc.values())
 
 
+def test_every_release_is_attacked_beside_plain_noise_at_the_soft_accuracy(trained):
+    exp, _ = trained
+    with clf._noise(exp.config):
+        clf.evaluate(exp)
+        privacy = clf.run_attacks(exp, None, clf.RunLog())
+    releases = [k for k in privacy if k in clf.RELEASES]
+    assert releases == ["soft", "gated", "hard", "gaussian"]  # label-free first
+    for name in releases:
+        block = privacy[name]
+        for key in ("decoder_ssim", "decoder_ssim_label_floor", "decoder_ssim_clean", "reid_top1", "reid_top5",
+                    "reid_floor_top1", "reid_clean_top1", "attribute_accuracy", "attribute_chance",
+                    "attribute_clean", "dcor", "dcor_label_floor"):
+            assert key in block, (name, key)
+    assert "whitebox_ssim" in privacy["soft"] and "whitebox_ssim" not in privacy["gaussian"]
+    for key in ("decoder_ssim", "reid_top1", "attribute_accuracy", "dcor", "whitebox_ssim"):
+        assert privacy[key] == privacy["hard"][key]  # the flat keys are the hard release's
+    # plain noise calibrated to the soft accuracy (one fixed draw, bisection)
+    assert privacy["gaussian_scale"] > 0
+    assert privacy["gaussian_accuracy"] >= exp.metrics["accuracy"]["soft"]
+    assert set(privacy["beats_gaussian"]) == {"soft", "gated", "hard"}
+    assert privacy["budget"] == "quick"
+
+
 def test_privacy_terms():
     x = torch.rand(4, 3, 16, 16)
     dist = torch.distributions.Normal(torch.zeros_like(x), torch.full_like(x, 2.0))
@@ -116,26 +138,31 @@ def test_privacy_terms():
         )
 
 
-def test_targets_are_checked_against_the_floors():
-    rows = clf.targets(
-        {
-            "accuracy": {"clean": 0.95, "soft": 0.945},
-            "privacy": {
-                "decoder_ssim": 0.30,
-                "decoder_ssim_label_floor": 0.2,
-                "attribute_accuracy": 0.27,
-                "attribute_chance": 0.25,
-                "dcor": 0.1,
-            },
-        }
-    )
+def test_targets_are_checked_on_the_label_free_release():
+    soft = {"decoder_ssim": 0.65, "decoder_ssim_label_floor": 0.2, "reid_top1": 0.25, "reid_floor_top1": 0.03,
+            "attribute_accuracy": 0.27, "attribute_chance": 0.25}
+    rows = clf.targets({
+        "accuracy": {"clean": 0.95, "soft": 0.945},
+        "privacy": {"soft": soft, "decoder_ssim": 0.1,  # the flat keys (hard release) are not the headline
+                    "beats_gaussian": {"soft": {"decoder_ssim": False, "reid_top1": True}}},
+    })
     met = {r["name"]: r["met"] for r in rows}
     assert met == {
-        "clean - soft accuracy (points)": True,
-        "decoder SSIM": False,
-        "attribute accuracy": True,
-        "dCor(x, h)": True,
+        "soft accuracy below clean (points)": True,
+        "soft re-identification top-1": True,
+        "soft decoder SSIM": False,
+        "soft attribute accuracy": True,
+        "soft attacks where plain noise leaks less": False,
     }
+    assert "not on decoder_ssim" in rows[-1]["target"]
+
+
+def test_beats_gaussian_compares_every_release_with_plain_noise():
+    privacy = {"soft": {"decoder_ssim": 0.5, "reid_top1": 0.9}, "hard": {"decoder_ssim": 0.2, "reid_top1": 0.1},
+               "gaussian": {"decoder_ssim": 0.6, "reid_top1": 0.5}}
+    assert clf.beats_gaussian(privacy) == {"soft": {"decoder_ssim": True, "reid_top1": False},
+                                           "hard": {"decoder_ssim": True, "reid_top1": True}}
+    assert clf.beats_gaussian({"soft": {"decoder_ssim": 0.5}}) == {}
 
 
 def test_run_folder_leaves_nothing_when_interrupted(tmp_path):

@@ -22,21 +22,35 @@ from scl.attacks.decoder import (
     run_decoder_attacks,
 )
 from scl.attacks.metrics import distance_correlation, psnr, ssim, ssim_kernel_size
+from scl.attacks.reidentification import (
+    EmbeddingMatcher,
+    ReidentificationResult,
+    nearest_neighbour_ranks,
+    reidentification_attack,
+    reidentification_floor,
+    top_k,
+)
 
 __all__ = [
     "AttributeClassifier",
     "Decoder",
     "DecoderAttackReport",
     "DecoderAttackResult",
+    "EmbeddingMatcher",
     "Obfuscate",
+    "ReidentificationResult",
     "Split",
     "attribute_attack",
     "clean_ceiling_attack",
     "decoder_attack",
     "distance_correlation",
     "label_floor_attack",
+    "nearest_neighbour_ranks",
     "psnr",
+    "reidentification_attack",
+    "reidentification_floor",
     "run_decoder_attacks",
     "ssim",
     "ssim_kernel_size",
+    "top_k",
 ]

@@ -138,10 +138,20 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
+def holdout(n: int, fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
+    """Shuffled ``(train, validation)`` indices of ``range(n)``; ``validation`` holds
+    ``round(fraction * n)`` of them (``None`` when that leaves fewer than 2 on either side)."""
+    order = torch.randperm(n, generator=generator)
+    k = int(round(fraction * n))
+    if k < 2 or n - k < 2:
+        return order, None
+    return order[k:], order[:k]
+
+
 def fit(
     model: nn.Module,
     make_batch: Callable[[Tensor], tuple[Tensor, Tensor]],
-    n: int,
+    n: int | Tensor,
     *,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
     epochs: int,
@@ -150,19 +160,31 @@ def fit(
     generator: torch.Generator,
     progress: Progress | None,
     description: str,
+    validation: Tensor | None = None,
+    patience: int | None = None,
 ) -> nn.Module:
-    """Train ``model`` with Adam over ``epochs`` shuffled passes of ``n`` samples.
+    """Train ``model`` with Adam over at most ``epochs`` shuffled passes.
 
+    ``n`` is the number of samples (indices ``0..n-1``) or the tensor of training indices.
     ``make_batch(indices)`` returns ``(inputs, targets)`` for a batch; it is called for every
     batch of every epoch, so obfuscated inputs carry fresh noise each time. A trailing batch of
-    a single sample is dropped (batch norm needs two). The model is left in eval mode.
+    a single sample is dropped (batch norm needs two).
+
+    With ``validation`` indices, the mean loss on them is measured after every epoch; training
+    stops after ``patience`` epochs (default: never) without a better one, but not before a
+    third of ``epochs``, and the weights of the best epoch are restored (early stopping). The
+    validation loss is measured in batches of ``4 * batch_size``: comparable across epochs,
+    not with a training loss that depends on the batch (a contrastive one). The model is left
+    in eval mode.
     """
+    train_index = torch.arange(n) if isinstance(n, int) else n
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
+    best_loss, best_state, stale = float("inf"), None, 0
     with task(progress, description, epochs) as advance:
-        for _ in range(epochs):
-            order = torch.randperm(n, generator=generator)
-            for start in range(0, n, batch_size):
+        for epoch in range(epochs):
+            model.train()
+            order = train_index[torch.randperm(train_index.numel(), generator=generator)]
+            for start in range(0, order.numel(), batch_size):
                 index = order[start : start + batch_size]
                 if index.numel() < 2:
                     continue
@@ -171,9 +193,41 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-            advance()
+            if validation is None:
+                advance()
+                continue
+            value = _mean_loss(model, make_batch, validation, loss_fn, 4 * batch_size)
+            advance(f"val={value:.4f}")
+            if value < best_loss:
+                best_loss, stale = value, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+                # never before a third of the epochs: decoders can sit on a plateau (predicting
+                # the mean image) for several epochs before they start to use their input
+                if patience is not None and stale >= patience and epoch + 1 >= epochs // 3:
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
     return model
+
+
+@torch.no_grad()
+def _mean_loss(
+    model: nn.Module,
+    make_batch: Callable[[Tensor], tuple[Tensor, Tensor]],
+    index: Tensor,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    batch_size: int,
+) -> float:
+    model.eval()
+    total = 0.0
+    for start in range(0, index.numel(), batch_size):
+        part = index[start : start + batch_size]
+        inputs, targets = make_batch(part)
+        total += float(loss_fn(model(inputs), targets)) * part.numel()
+    return total / index.numel()
 
 
 @torch.no_grad()

@@ -81,6 +81,12 @@ def _config(quick: bool, config: Path | None, sets: list[str] | None, data: str 
     return cfg.build(quick=quick, config_file=config, assignments=sets or (), overrides=overrides)
 
 
+def _cell(value: object, kind: str) -> str:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "—"
+    return {"pct": f"{100 * value:.1f}%", "db": f"{value:.1f} dB"}.get(kind, f"{value:.3f}")
+
+
 def _summary(metrics: dict, out: Path) -> None:
     from rich.table import Table
 
@@ -94,22 +100,22 @@ def _summary(metrics: dict, out: Path) -> None:
     for name, value in acc.items():
         extra = f"mean of 8: {100 * mean8[name]:.1f}%" if name in mean8 and name != "clean" else ""
         table.add_row(f"accuracy ({name})", f"{100 * value:.1f}%", extra)
-    priv = metrics.get("privacy", {})
-    rows = [
-        ("decoder SSIM", "decoder_ssim", "decoder_ssim_label_floor", "label-only floor {:.3f}"),
-        ("decoder SSIM, 8 copies averaged", "decoder_ssim_avg8", "decoder_ssim_clean", "clean ceiling {:.3f}"),
-        ("decoder SSIM of luminance", "decoder_ssim_luma", "decoder_ssim_luma_label_floor", "label-only floor {:.3f}"),
-        ("decoder SSIM, soft release", "decoder_ssim_soft", "decoder_ssim_label_floor", "label-only floor {:.3f}"),
-        ("white-box SSIM", "whitebox_ssim", "decoder_ssim_label_floor", "label-only floor {:.3f}"),
-        ("attribute accuracy", "attribute_accuracy", "attribute_chance", "chance {:.3f}"),
-        ("dCor(x, h), bias-corrected", "dcor", "dcor_label_floor", "label alone {:.3f}"),
-        ("SSIM of a black image (reference)", "ssim_blank", None, ""),
-    ]
-    for label, key, other, text in rows:
-        if key in priv:
-            beside = text.format(priv[other]) if other and other in priv else ""
-            table.add_row(label, f"{priv[key]:.3f}", beside)
     console.print(table)
+    priv = metrics.get("privacy", {})
+    from scl.report import gaussian_verdicts, release_table
+
+    releases = release_table(priv, short=True)
+    if releases is not None:
+        header, rows = releases
+        privacy = Table(title=f"privacy on the test split, attack budget {priv.get('budget', '?')} (lower is "
+                        "more private; gaussian = plain noise at the soft accuracy)")
+        for i, title in enumerate(header):
+            privacy.add_column(title, justify="right" if i else "left")
+        for row in rows:
+            privacy.add_row(row[0][0], *(_cell(value, kind) for value, kind in row[1:]))
+        console.print(privacy)
+        for line in gaussian_verdicts(priv):
+            console.print(f"  {line}", style="red" if "NOT" in line else "green")
     for target in metrics.get("targets", []):
         mark = "[green]met[/green]" if target["met"] else "[red]not met[/red]"
         console.print(f"  target {target['name']}: {target['value']:.3f} {target['target']} {mark}")

@@ -35,8 +35,12 @@ DEFAULTS: dict[str, Any] = {
     "stage2": {"epochs": 80, "lr": 0.1, "soft_shape": "spatial"},
     "gated": {"epochs": 30, "lr": 3e-3},
     "attacks": {
-        "decoder_epochs": 30,
-        "attribute_epochs": 20,
+        # quick | standard | strong (scl.attacks.budget): how hard every learned attacker tries;
+        # nested, so a stronger budget never scores a lower leak
+        "budget": "standard",
+        # caps every learned attacker's epochs (smoke tests only: the figures are then weaker
+        # than the budget's); null: the budget's own
+        "max_epochs": None,
         "whitebox_images": 200,
         "whitebox_steps": 100,
         "averaged_copies": 8,
@@ -49,7 +53,7 @@ QUICK: dict[str, Any] = {
     "stage1": {"epochs": 8},
     "stage2": {"epochs": 6},
     "gated": {"epochs": 6},
-    "attacks": {"decoder_epochs": 6, "attribute_epochs": 5, "whitebox_images": 32, "whitebox_steps": 30},
+    "attacks": {"budget": "quick", "whitebox_images": 32, "whitebox_steps": 30},
     "sweep": {"lams": [0.0, 0.3], "stage1_epochs": 4, "decoder_epochs": 4},
 }
 
@@ -58,6 +62,7 @@ CHOICES = {
     "layer.selection_at": ("input", "output"),
     "stage1.privacy": ("entropy", "ssim", "both"),
     "stage2.soft_shape": ("input", "spatial", "channel", "scalar"),
+    "attacks.budget": ("quick", "standard", "strong"),
 }
 
 
@@ -142,8 +147,6 @@ def validate(config: Mapping[str, Any]) -> None:
         ("stage1", "epochs"),
         ("stage2", "epochs"),
         ("gated", "epochs"),
-        ("attacks", "decoder_epochs"),
-        ("attacks", "attribute_epochs"),
         ("attacks", "whitebox_images"),
         ("attacks", "averaged_copies"),
     ):
@@ -157,3 +160,6 @@ def validate(config: Mapping[str, Any]) -> None:
     lam = config["stage1"]["lam"]
     if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 0:
         raise ConfigError(f"stage1.lam must be a number >= 0, but got {lam!r}")
+    cap = config["attacks"]["max_epochs"]
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise ConfigError(f"attacks.max_epochs must be null or a positive integer, but got {cap!r}")

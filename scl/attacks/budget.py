@@ -1,0 +1,114 @@
+"""How hard the attacker tries: ``quick | standard | strong`` (config ``attacks.budget``).
+
+A privacy figure is only as honest as the attacker behind it. The budgets are nested: each one
+runs every attacker of the budgets below it plus its own, larger one, and an attack reports the
+best score over the attackers it ran. A stronger budget therefore never scores a lower leak on the
+same release (tested), and each score is the worst case over a family of attackers rather than
+the luck of one training run.
+
+Every learned attacker trains on the attacker split only, early-stopped on a validation part of
+that split (``validation_fraction``), and is scored on the test split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from scl.errors import ConfigError
+
+__all__ = ["BUDGETS", "AttackBudget", "Attacker", "attackers", "get_budget"]
+
+
+@dataclass(frozen=True)
+class Attacker:
+    """One learned attacker of a budget.
+
+    Attributes:
+        architecture: ``"plain"`` (four 3 x 3 convolutions at full resolution) or ``"unet"``
+            (an encoder-decoder over two scales with a skip connection).
+        width: hidden channels.
+        epochs: the most passes over the training part of the attacker split.
+        patience: stop after this many epochs without a better validation loss; the weights of
+            the best epoch are kept.
+    """
+
+    architecture: str
+    width: int
+    epochs: int
+    patience: int
+
+
+@dataclass(frozen=True)
+class AttackBudget:
+    """A named attack budget.
+
+    Attributes:
+        name: ``quick``, ``standard`` or ``strong`` (or a name of your own).
+        decoders: the decoders it trains, weakest first: its own and every weaker budget's.
+        embeddings: the same for the re-identification embedding matcher.
+        attribute_epochs: the most epochs of the attribute classifier (early-stopped).
+        validation_fraction: the part of the attacker split held out for early stopping.
+    """
+
+    name: str
+    decoders: tuple[Attacker, ...]
+    embeddings: tuple[Attacker, ...]
+    attribute_epochs: int
+    validation_fraction: float = 0.2
+
+    def capped(self, max_epochs: int | None) -> AttackBudget:
+        """The same budget with every attacker's epochs capped at ``max_epochs`` (``None``: as is).
+
+        For smoke tests only: a capped attacker is weaker than the budget says.
+        """
+        if max_epochs is None:
+            return self
+
+        def cap(items: tuple[Attacker, ...]) -> tuple[Attacker, ...]:
+            return tuple(replace(a, epochs=min(a.epochs, max_epochs)) for a in items)
+
+        return replace(self, decoders=cap(self.decoders), embeddings=cap(self.embeddings),
+                       attribute_epochs=min(self.attribute_epochs, max_epochs))
+
+
+_QUICK_DECODER = Attacker("plain", 32, 8, 3)
+_STANDARD_DECODER = Attacker("unet", 48, 60, 8)
+_STRONG_DECODER = Attacker("unet", 96, 120, 15)
+_QUICK_EMBEDDING = Attacker("plain", 32, 8, 3)
+_STANDARD_EMBEDDING = Attacker("plain", 64, 40, 6)
+_STRONG_EMBEDDING = Attacker("plain", 96, 80, 10)
+
+BUDGETS: dict[str, AttackBudget] = {
+    "quick": AttackBudget("quick", (_QUICK_DECODER,), (_QUICK_EMBEDDING,), attribute_epochs=8),
+    "standard": AttackBudget(
+        "standard", (_QUICK_DECODER, _STANDARD_DECODER), (_QUICK_EMBEDDING, _STANDARD_EMBEDDING),
+        attribute_epochs=30,
+    ),
+    "strong": AttackBudget(
+        "strong",
+        (_QUICK_DECODER, _STANDARD_DECODER, _STRONG_DECODER),
+        (_QUICK_EMBEDDING, _STANDARD_EMBEDDING, _STRONG_EMBEDDING),
+        attribute_epochs=60,
+    ),
+}
+
+ORDER = ("quick", "standard", "strong")
+
+
+def get_budget(name: str | AttackBudget) -> AttackBudget:
+    """The budget called ``name``; a clear error for an unknown one."""
+    if isinstance(name, AttackBudget):
+        return name
+    if name not in BUDGETS:
+        raise ConfigError(f"attacks.budget must be one of {list(ORDER)}, but got {name!r}")
+    return BUDGETS[name]
+
+
+def attackers(name: str | AttackBudget, part: str = "decoder") -> list[Attacker]:
+    """The attackers a budget runs for ``part`` (``decoder`` or ``embedding``), weakest first."""
+    budget = get_budget(name)
+    if part == "decoder":
+        return list(budget.decoders)
+    if part == "embedding":
+        return list(budget.embeddings)
+    raise ConfigError(f"part must be 'decoder' or 'embedding', but got {part!r}")

@@ -1,0 +1,150 @@
+"""Attack budgets (quick | standard | strong), early stopping, and sanity checks that can fail.
+
+Reuses the blobs-and-bars problem of ``test_attacks`` (16 x 16 grey, 4 classes). Budgets are
+capped to a few epochs (``AttackBudget.capped``) so the file runs in seconds; the nesting that
+makes budgets monotone survives the cap.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scl.attacks import decoder_attack
+from scl.attacks._common import fit, holdout
+from scl.attacks.budget import BUDGETS, AttackBudget, Attacker, attackers, get_budget
+from scl.attacks.decoder import UNetDecoder, clean_ceiling_attack, label_floor_attack
+from scl.baselines import GaussianNoise, calibrate_scale
+from scl.errors import ConfigError
+from tests.test_attacks import NUM_CLASSES, make_data
+
+OPTIONS = dict(num_classes=NUM_CLASSES, batch_size=32, lr=3e-3, seed=0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return make_data(192, 0), make_data(96, 1)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """The embedded tinted digits at 8 x 8: 240 attacker and 160 test images, 10 classes."""
+    from scl.data import load_digits, split
+
+    parts = split(load_digits(size=8, attribute=True, seed=0), seed=0)
+    a, t = parts["attacker"], parts["test"]
+    return (a.x[:240], a.y[:240]), (t.x[:160], t.y[:160])
+
+
+DIGITS = dict(num_classes=10, batch_size=32, lr=3e-3, seed=0)
+
+
+def budget(name: str, epochs: int = 4):
+    return get_budget(name).capped(epochs)
+
+
+#: One plain decoder trained long enough on this small split to converge (early-stopped).
+CONVERGED = AttackBudget("converged", (Attacker("plain", 32, 40, 8),), (Attacker("plain", 32, 40, 8),),
+                         attribute_epochs=40)
+
+
+def test_budgets_are_nested_and_named():
+    assert [len(attackers(n)) for n in ("quick", "standard", "strong")] == [1, 2, 3]
+    assert attackers("strong")[:2] == attackers("standard") and attackers("standard")[:1] == attackers("quick")
+    assert BUDGETS["standard"].decoders[-1].architecture == "unet"
+    with pytest.raises(ConfigError, match=r"attacks.budget must be one of \['quick', 'standard', 'strong'\]"):
+        get_budget("paranoid")
+    capped = budget("strong", 2)
+    assert all(a.epochs == 2 for a in capped.decoders + capped.embeddings) and capped.attribute_epochs == 2
+
+
+def test_a_stronger_budget_never_scores_lower(splits):
+    attacker, test = splits
+
+    def noisy(x, y):
+        return x + 0.3 * torch.randn_like(x)
+
+    scores = [decoder_attack(noisy, attacker, test, budget=budget(name, 3), **OPTIONS).metrics["decoder_ssim"]
+              for name in ("quick", "standard", "strong")]
+    assert scores[0] <= scores[1] <= scores[2], scores
+
+
+def test_identity_is_within_005_of_its_ceiling_and_class_mean_within_005_of_the_floor(digits):
+    attacker, test = digits
+    b = CONVERGED
+    ceiling = clean_ceiling_attack(attacker, test, budget=b, **DIGITS).metrics["decoder_ssim_clean"]
+    floor = label_floor_attack(attacker, test, budget=b, **DIGITS).metrics["decoder_ssim_label_floor"]
+    identity = decoder_attack(lambda x, y: x, attacker, test, budget=b, **DIGITS).metrics["decoder_ssim"]
+    assert ceiling > floor + 0.3  # the yardstick separates
+    assert identity >= ceiling - 0.05
+    xa, ya = attacker
+    means = torch.stack([xa[ya == c].mean(0) for c in range(10)])
+
+    def class_mean_plus_noise(x, y):
+        return means[y] + 0.1 * torch.randn_like(x)
+
+    leak = decoder_attack(class_mean_plus_noise, attacker, test, budget=b, **DIGITS).metrics["decoder_ssim"]
+    assert abs(leak - floor) <= 0.05, (leak, floor)
+
+
+def test_decoder_ssim_falls_with_the_noise_scale(digits):
+    attacker, test = digits
+    b = CONVERGED
+    scores = [decoder_attack(GaussianNoise(s), attacker, test, budget=b, **DIGITS).metrics["decoder_ssim"]
+              for s in (0.05, 0.4, 1.6)]
+    assert scores[0] > scores[1] > scores[2], scores
+
+
+def test_unet_decoder_shapes():
+    decoder = UNetDecoder(5, 3, (12, 10), width=8)
+    assert decoder(torch.randn(2, 5, 6, 5)).shape == (2, 3, 12, 10)
+    assert "width=8" in repr(decoder)
+
+
+def test_fit_stops_early_and_keeps_the_best_epoch():
+    torch.manual_seed(0)
+    x = torch.randn(64, 4)
+    y = x @ torch.randn(4, 1)
+    model = torch.nn.Linear(4, 1)
+    train, validation = holdout(64, 0.25, torch.Generator().manual_seed(0))
+    assert validation is not None and validation.numel() == 16 and set(train.tolist()).isdisjoint(validation.tolist())
+    losses = []
+
+    def make_batch(index):
+        return x[index], y[index]
+
+    def loss_fn(prediction, target):
+        loss = F.mse_loss(prediction, target)
+        losses.append(float(loss.detach()))
+        return loss
+
+    # a learning rate so large that training diverges after the first epochs: early stopping
+    # must stop long before 200 epochs and restore a good epoch
+    fit(model, make_batch, train, loss_fn=loss_fn, epochs=200, batch_size=16, lr=5.0,
+        generator=torch.Generator().manual_seed(0), progress=None, description="t", validation=validation, patience=3)
+    with torch.no_grad():
+        restored = float(F.mse_loss(model(x[validation]), y[validation]))
+    assert len(losses) < 200 * 4
+    assert restored <= min(losses) * 10 + 1e-6 or restored < float(F.mse_loss(torch.zeros_like(y), y))
+
+
+def test_calibrate_scale_matches_a_target_accuracy():
+    def accuracy_at(scale):  # falls from 1 to 0 as the scale grows
+        return 1.0 / (1.0 + scale**2)
+
+    scale, accuracy = calibrate_scale(accuracy_at, 0.5)
+    assert abs(scale - 1.0) < 0.01 and accuracy >= 0.5
+    assert calibrate_scale(accuracy_at, 1.5)[0] == pytest.approx(1e-3)  # unreachable: the smallest scale
+    with pytest.raises(ConfigError, match="need 0 < low < high"):
+        calibrate_scale(accuracy_at, 0.5, low=1.0, high=0.5)
+    with pytest.raises(ConfigError, match="scale must be a number >= 0"):
+        GaussianNoise(-1.0)
