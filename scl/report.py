@@ -30,9 +30,9 @@ CAPTIONS: dict[str, str] = {
     "client_samples": "One client's images (they never leave the client), the same images obfuscated by SL-p "
     "on the client, and with random screening (spec §2.3.1) as N is trained on them.",
     "samples": "Test images: clean, obfuscated with hard selection (label known), obfuscated "
-    "with label-free selections, then what the attacks rebuild from the hard release: the "
-    "learned decoder, the label-only floor (the same decoder given only the label) and the "
-    "white-box inversion.",
+    "with label-free selections, then what the attacks rebuild: the learned decoder from the soft "
+    "(label-free) release and from the hard release, the label-only floor (the same decoder given "
+    "only the label) and the white-box inversion of the soft release.",
     "images": "Test images: clean, obfuscated and reconstructed by the decoder attack.",
     "reconstructions": "Decoder attack: obfuscated activations and the images it reconstructs "
     "from them, beside the originals.",
@@ -285,7 +285,7 @@ RELEASE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("soft", "soft (label-free)"),
     ("gated", "gated (label-free)"),
     ("hard", "hard (labels known)"),
-    ("gaussian", "plain noise, same accuracy"),
+    ("gaussian", "plain noise (same accuracy)"),
 )
 
 #: (label, key, floor keys, ceiling keys, format) of the per-release privacy table.
@@ -317,12 +317,12 @@ def release_table(
     ``short`` titles fit a terminal. ``None`` when the run has no per-release blocks (detection,
     runs of earlier versions).
     """
-    present = [(key, key if short else title) for key, title in RELEASE_COLUMNS
+    present = [(key, title.split(" (")[0] if short else title) for key, title in RELEASE_COLUMNS
                if isinstance(privacy.get(key), Mapping)]
     if not present:
         return None
     reference = privacy[present[0][0]]
-    header = ["Attack / measure" if not short else "attack", *(title for _, title in present),
+    header = ["attack" if short else "Attack / measure", *(title for _, title in present),
               "floor" if short else "Floor (label only / chance)", "ceiling" if short else "Ceiling (clean input)"]
     rows = []
     for label, key, floor_keys, ceiling_keys, kind in RELEASE_ROWS:
@@ -356,7 +356,7 @@ def gaussian_verdicts(privacy: Mapping[str, Any]) -> list[str]:
 
 
 def _release_section(privacy: Mapping[str, Any]) -> str:
-    table = release_table(privacy)
+    table = release_table(privacy, short=True)
     if table is None:
         return ""
     header, rows = table
@@ -365,12 +365,19 @@ def _release_section(privacy: Mapping[str, Any]) -> str:
     scale = _number(privacy.get("gaussian_scale"))
     budget = privacy.get("budget")
     notes = [f'<p class="note">{_e(line)}</p>' for line in gaussian_verdicts(privacy)]
-    about = ("Lower is more private on every row. The label-free releases (soft, gated) are what leaves the "
-             "data owner at inference; the hard release needs the labels, as when sharing a labelled data set. "
+    about = ("Lower is more private on every row. Soft and gated are the label-free releases, what leaves the "
+             "data owner at inference (soft: the learned soft selection of spec §3.1.2; gated: a selection "
+             "predicted from the input); hard needs the labels, as when sharing a labelled data set. "
              "Re-identification picks each release's source image out of the clean test images; its floor is "
-             "k / class size, what knowing the class alone gives.")
+             "k / class size, what knowing the class alone gives. The floor is the label-only attacker (chance "
+             "for the attribute), the ceiling the same attacker on clean inputs.")
     if scale is not None:
-        about += f" Plain noise: x + {scale:.3g}·ε, its scale found by bisection to match the soft accuracy."
+        about += f" Plain noise: x + {scale:.3g}·ε, its scale found by bisection to match the soft accuracy"
+        noise_acc, soft_acc = _number(privacy.get("gaussian_accuracy")), _number(privacy.get("soft_accuracy"))
+        if noise_acc is not None and soft_acc is not None and noise_acc < soft_acc:
+            about += (f" (no scale reaches the soft accuracy {100 * soft_acc:.1f}%: even the smallest keeps "
+                      f"{100 * noise_acc:.1f}%, so plain noise is compared at a lower accuracy)")
+        about += "."
     if budget:
         about += f" Attack budget: {_e(budget)}."
     return ("<h2>Privacy</h2>" + _table([(_e(h), i > 0) for i, h in enumerate(header)], html_rows)

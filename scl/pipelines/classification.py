@@ -416,6 +416,7 @@ def run_attacks(exp: Experiment, progress: Progress | None, log: RunLog) -> dict
         soft_accuracy = exp.metrics["accuracy"]["soft"]
     scale, noise_accuracy = gaussian_reference(exp, soft_accuracy)
     privacy["gaussian_scale"], privacy["gaussian_accuracy"] = scale, noise_accuracy
+    privacy["soft_accuracy"] = soft_accuracy
     log(f"reference: plain Gaussian noise of scale {scale:.3g} keeps {100 * noise_accuracy:.1f}% "
         f"(soft release {100 * soft_accuracy:.1f}%)")
 
@@ -474,7 +475,7 @@ def run_attacks(exp: Experiment, progress: Progress | None, log: RunLog) -> dict
     exp.figures["decoder_decoder"] = figures["decoder_soft"]
     if "whitebox_soft" in figures:
         exp.figures["whitebox"] = figures["whitebox_soft"]
-    exp.metrics.setdefault("seconds", {})["attacks_by_release"] = seconds
+    exp.metrics.setdefault("seconds", {}).update({f"attacks ({k})": v for k, v in seconds.items()})
     return privacy
 
 
@@ -638,11 +639,13 @@ def sample_images(exp: Experiment, k: int = 8) -> dict[str, Tensor]:
         if exp.gated is not None:
             rows["gated (label-free)"] = exp.gated(x)
     if "decoder_decoder" in exp.figures:
-        rows["decoder reconstruction"] = exp.figures["decoder_decoder"]
+        rows["decoder, from soft"] = exp.figures["decoder_decoder"]
+    if "decoder_hard" in exp.figures:
+        rows["decoder, from hard"] = exp.figures["decoder_hard"]
     if "decoder_label_floor" in exp.figures:
         rows["label-only floor"] = exp.figures["decoder_label_floor"]
     if "whitebox" in exp.figures:
-        rows["white-box reconstruction"] = exp.figures["whitebox"]
+        rows["white-box, from soft"] = exp.figures["whitebox"]
     return rows
 
 
