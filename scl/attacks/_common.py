@@ -162,7 +162,7 @@ def fit(
     description: str,
     validation: Tensor | None = None,
     patience: int | None = None,
-) -> nn.Module:
+) -> int:
     """Train ``model`` with Adam over at most ``epochs`` shuffled passes.
 
     ``n`` is the number of samples (indices ``0..n-1``) or the tensor of training indices.
@@ -170,18 +170,23 @@ def fit(
     batch of every epoch, so obfuscated inputs carry fresh noise each time. A trailing batch of
     a single sample is dropped (batch norm needs two).
 
-    With ``validation`` indices, the mean loss on them is measured after every epoch; training
+    With ``validation`` indices, ``loss_fn(outputs, targets)`` over all of them at once is
+    measured after every epoch; training
     stops after ``patience`` epochs (default: never) without a better one, but not before a
     third of ``epochs``, and the weights of the best epoch are restored (early stopping). The
-    validation loss is measured in batches of ``4 * batch_size``: comparable across epochs,
-    not with a training loss that depends on the batch (a contrastive one). The model is left
-    in eval mode.
+    loss sees the whole validation part at once, so a loss that depends on the batch (a
+    contrastive one) is measured the same way every epoch. The model is left in eval mode.
+
+    Returns:
+        the number of epochs of training that the model's final weights hold (the best epoch
+        with ``validation``, else the epochs run).
     """
     train_index = torch.arange(n) if isinstance(n, int) else n
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    best_loss, best_state, stale = float("inf"), None, 0
+    best_loss, best_state, stale, best_epochs, ran = float("inf"), None, 0, 0, 0
     with task(progress, description, epochs) as advance:
         for epoch in range(epochs):
+            ran = epoch + 1
             model.train()
             order = train_index[torch.randperm(train_index.numel(), generator=generator)]
             for start in range(0, order.numel(), batch_size):
@@ -196,10 +201,10 @@ def fit(
             if validation is None:
                 advance()
                 continue
-            value = _mean_loss(model, make_batch, validation, loss_fn, 4 * batch_size)
+            value = _validation_value(model, make_batch, validation, loss_fn, 4 * batch_size)
             advance(f"val={value:.4f}")
             if value < best_loss:
-                best_loss, stale = value, 0
+                best_loss, stale, best_epochs = value, 0, epoch + 1
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 stale += 1
@@ -209,25 +214,27 @@ def fit(
                     break
     if best_state is not None:
         model.load_state_dict(best_state)
+        ran = best_epochs
     model.eval()
-    return model
+    return ran
 
 
 @torch.no_grad()
-def _mean_loss(
+def _validation_value(
     model: nn.Module,
     make_batch: Callable[[Tensor], tuple[Tensor, Tensor]],
     index: Tensor,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    criterion: Callable[[Tensor, Tensor], Tensor],
     batch_size: int,
 ) -> float:
+    """``criterion`` of the model's outputs on all of ``index`` at once, in eval mode."""
     model.eval()
-    total = 0.0
+    outputs, targets = [], []
     for start in range(0, index.numel(), batch_size):
-        part = index[start : start + batch_size]
-        inputs, targets = make_batch(part)
-        total += float(loss_fn(model(inputs), targets)) * part.numel()
-    return total / index.numel()
+        inputs, target = make_batch(index[start : start + batch_size])
+        outputs.append(model(inputs))
+        targets.append(target)
+    return float(criterion(torch.cat(outputs), torch.cat(targets)))
 
 
 @torch.no_grad()

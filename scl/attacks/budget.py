@@ -72,7 +72,7 @@ class AttackBudget:
 
 
 _QUICK_DECODER = Attacker("plain", 32, 8, 3)
-_STANDARD_DECODER = Attacker("unet", 48, 60, 8)
+_STANDARD_DECODER = Attacker("unet", 64, 60, 8)
 _STRONG_DECODER = Attacker("unet", 96, 120, 15)
 _QUICK_EMBEDDING = Attacker("plain", 32, 8, 3)
 _STANDARD_EMBEDDING = Attacker("plain", 64, 40, 6)

@@ -353,11 +353,11 @@ def _train_and_score(
         xt_d, yt_d = xt.to(device), yt.to(device)
         best: tuple[float, nn.Module, Tensor, Attacker] | None = None
         for spec in specs:
+            name = f"decoder attack{suffix.replace('_', ' ')} ({spec.architecture} {spec.width})"
             decoder = build_decoder(spec, probe.shape[1], xa.shape[1], (xa.shape[2], xa.shape[3])).to(device)
-            fit(decoder, make_batch, train_index, loss_fn=F.mse_loss, epochs=spec.epochs,
-                batch_size=batch_size, lr=lr, generator=generator, progress=progress,
-                description=f"decoder attack{suffix.replace('_', ' ')} ({spec.architecture} {spec.width})",
-                validation=validation, patience=spec.patience if validation is not None else None)
+            fit(decoder, make_batch, train_index, loss_fn=F.mse_loss, epochs=spec.epochs, batch_size=batch_size,
+                lr=lr, generator=generator, progress=progress, description=name, validation=validation,
+                patience=spec.patience if validation is not None else None)
             decoded = predict(decoder, lambda i: inputs(xt_d[i], yt_d[i]), xt.shape[0], eval_batch).cpu()
             score = ssim(decoded, target)
             if best is None or score > best[0]:
