@@ -30,12 +30,15 @@ class Attacker:
         epochs: the most passes over the training part of the attacker split.
         patience: stop after this many epochs without a better validation loss; the weights of
             the best epoch are kept.
+        refit: then train a fresh copy on the whole attacker split (the validation part
+            included) for the best epoch count, and attack with that copy.
     """
 
     architecture: str
     width: int
     epochs: int
     patience: int
+    refit: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,8 @@ class AttackBudget:
 
 
 _QUICK_DECODER = Attacker("plain", 32, 8, 3)
-_STANDARD_DECODER = Attacker("unet", 64, 60, 8)
-_STRONG_DECODER = Attacker("unet", 96, 120, 15)
+_STANDARD_DECODER = Attacker("unet", 64, 60, 15, refit=True)
+_STRONG_DECODER = Attacker("unet", 96, 120, 20, refit=True)
 _QUICK_EMBEDDING = Attacker("plain", 32, 8, 3)
 _STANDARD_EMBEDDING = Attacker("plain", 64, 40, 6)
 _STRONG_EMBEDDING = Attacker("plain", 96, 80, 10)
