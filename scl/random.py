@@ -1,17 +1,28 @@
 """Where the noise comes from.
 
 Noise that an attacker can regenerate can be subtracted, so in eval mode scl draws noise from a
-generator seeded from OS entropy (``os.urandom``), never from the global torch seed: two processes
-that both call ``torch.manual_seed(0)`` still draw different inference noise.
+cryptographic stream: AES-256-CTR keystream through ``cryptography`` (OpenSSL), keyed with 256
+bits from ``os.urandom`` per process and renewed after a fork (:mod:`scl.cipher`). It never
+depends on the global torch seed: two processes that both call ``torch.manual_seed(0)`` still draw
+different inference noise. A ``torch.Generator`` (MT19937) is never used for it: its outputs are
+linear in its state, which a few thousand of them give away, and a receiver who knows one input
+and the layer reads those outputs back from a release. :func:`describe` says which source is in
+use, for a security review.
 
 Order of precedence for a layer's noise:
 
-1. an explicit ``generator=`` argument;
+1. an explicit ``generator=`` argument (a ``torch.Generator``, or a :class:`CipherStream` with a
+   key and counter of your own);
 2. the generator of an enclosing ``with scl.deterministic(seed):`` block (reproducible runs for
-   experiments and tests);
+   experiments and tests, never for releases);
 3. in training mode, torch's global generator (so ``torch.manual_seed`` makes training
    reproducible);
-4. in eval mode, a per-device generator seeded from OS entropy.
+4. in eval mode, the process's cipher stream (:func:`stream`).
+
+:func:`randn` and :func:`rand` draw from either kind of source. From a cipher stream, uniforms are
+the low 24 bits of each 32-bit keystream word times 2^-24 (as torch makes float32 uniforms; 53 of
+64 bits for float64) and normals are Box-Muller on pairs of them, both computed with in-place
+torch ops; the numpy helpers of :mod:`scl.cipher` compute the same values for a device.
 """
 
 from __future__ import annotations
@@ -19,14 +30,21 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import itertools
+import math
 import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor
+
+from scl.cipher import ALGORITHM, KEY_SOURCE, CipherStream, library, process_stream
+from scl.errors import ConfigError
+
+__all__ = ["CHUNK_ELEMENTS", "CipherStream", "deterministic", "describe", "noise_generator", "rand", "randn",
+           "stream", "summary"]
 
 _DETERMINISTIC: contextvars.ContextVar[dict[str, torch.Generator] | None] = contextvars.ContextVar(
     "scl_deterministic", default=None
@@ -34,8 +52,6 @@ _DETERMINISTIC: contextvars.ContextVar[dict[str, torch.Generator] | None] = cont
 _DETERMINISTIC_SEED: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "scl_deterministic_seed", default=None
 )
-_ENTROPY: dict[str, torch.Generator] = {}
-_ENTROPY_PID: int | None = None
 
 
 def _device_key(device: torch.device) -> str:
@@ -48,17 +64,48 @@ def _new_generator(device: torch.device, seed: int) -> torch.Generator:
     return generator
 
 
-def entropy_generator(device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator for ``device`` seeded from OS entropy (re-seeded after a fork)."""
-    global _ENTROPY_PID
-    device = torch.device(device)
-    if _ENTROPY_PID != os.getpid():  # a forked child must not share its parent's stream
-        _ENTROPY.clear()
-        _ENTROPY_PID = os.getpid()
-    key = _device_key(device)
-    if key not in _ENTROPY:
-        _ENTROPY[key] = _new_generator(device, int.from_bytes(os.urandom(8), "little") >> 1)
-    return _ENTROPY[key]
+def stream() -> CipherStream:
+    """The process's cipher stream (AES-256-CTR, a key from ``os.urandom``, renewed after a fork):
+    the eval-mode noise source. Pass it as ``generator=`` to :func:`randn`/:func:`rand`."""
+    return process_stream()
+
+
+def describe() -> dict[str, Any]:
+    """Where eval-mode noise comes from now, for a security review.
+
+    Returns a dict: ``source`` (``"cipher stream"``, or ``"torch.Generator (scl.deterministic)"``
+    inside :func:`deterministic`), ``algorithm`` (``"AES-256-CTR"``), ``library`` (the
+    ``cryptography`` and OpenSSL versions), ``key`` (where the key comes from), ``deterministic``
+    and ``seed`` (the current context), ``uniforms`` and ``normals`` (how keystream becomes
+    floats), ``training`` (the training-mode source), ``process`` (the pid the key belongs to) and
+    ``blocks_drawn`` (16-byte counter blocks this process's stream has handed out).
+    """
+    deterministic_now = _DETERMINISTIC.get() is not None
+    own = process_stream()
+    return {
+        "source": "torch.Generator (scl.deterministic)" if deterministic_now else "cipher stream",
+        "algorithm": ALGORITHM,
+        "library": library(),
+        "key": KEY_SOURCE,
+        "deterministic": deterministic_now,
+        "seed": _DETERMINISTIC_SEED.get() if deterministic_now else None,
+        "uniforms": "low 24 bits of each 32-bit keystream word x 2^-24 in [0, 1) (53 of 64 bits for float64)",
+        "normals": "Box-Muller on pairs of uniforms",
+        "training": "torch's global generator (torch.manual_seed), unless scl.deterministic or generator=",
+        "process": os.getpid(),
+        "blocks_drawn": own.counter,
+    }
+
+
+def summary(description: dict[str, Any] | None = None) -> str:
+    """:func:`describe` in one line, for logs and the command line."""
+    d = describe() if description is None else description
+    if d.get("deterministic"):
+        return (
+            f"noise: seeded torch.Generator inside scl.deterministic({d.get('seed')}): reproducible, "
+            "NOT private (anyone with the seed regenerates it)"
+        )
+    return f"noise: {d.get('algorithm')} cipher stream, {d.get('library')}; key: {d.get('key')}"
 
 
 @contextlib.contextmanager
@@ -84,10 +131,16 @@ def deterministic(seed: int) -> Iterator[None]:
 
 
 def noise_generator(
-    device: torch.device, *, training: bool, generator: torch.Generator | None = None
-) -> torch.Generator | None:
-    """The generator a layer must draw from now (``None`` means torch's global generator)."""
+    device: torch.device, *, training: bool, generator: torch.Generator | CipherStream | None = None
+) -> torch.Generator | CipherStream | None:
+    """The source a layer must draw from now: a ``torch.Generator``, a :class:`CipherStream`, or
+    ``None`` for torch's global generator (training only)."""
     if generator is not None:
+        if not isinstance(generator, (torch.Generator, CipherStream)):
+            raise ConfigError(
+                "generator must be a torch.Generator (reproducible), an scl.random.CipherStream or None "
+                f"(the default: the cipher stream in eval mode), but got {type(generator).__name__}"
+            )
         return generator
     generators = _DETERMINISTIC.get()
     if generators is not None:
@@ -98,11 +151,12 @@ def noise_generator(
         return generators[key]
     if training:
         return None
-    return entropy_generator(device)
+    return process_stream()
 
 
-# -- drawing large noise tensors on several threads ---------------------------------------------
+# -- torch's sampler, with a torch.Generator, on several threads --------------------------------
 #
+# (training, scl.deterministic and generator=; eval-mode noise comes from the cipher stream below.)
 # Torch's CPU samplers (``normal_``, ``uniform_``) run on one thread: for a 1M-element layer output
 # drawing the noise takes longer than the convolution that computes its parameters. No library
 # offers a parallel CPU sampler for torch tensors, so scl splits a large draw into fixed-size
@@ -166,23 +220,101 @@ def _fill(out: Tensor, kind: str, generator: torch.Generator | None) -> Tensor:
     return out
 
 
+# -- the cipher stream as torch tensors --------------------------------------------------------
+#
+# The keystream is written straight into the output's memory (a numpy view of it, which
+# ``cryptography`` fills without a copy) and turned into floats there by in-place torch ops, which
+# run on torch's intra-op threads; ``CipherStream.fill`` splits the keystream itself over threads.
+# Elementwise ops and a keystream fixed by key and counter: the values do not depend on the thread
+# count. On another device the keystream is made on the CPU and converted on the device.
+
+_UNIFORM_BITS = {torch.float32: 24, torch.float64: 53}
+_WORDS = {torch.float32: torch.int32, torch.float64: torch.int64}
+
+
+def _to_uniform_(buf: Tensor) -> None:
+    """Keystream words in ``buf``'s memory -> uniforms in [0, 1): ``(word & (2^b - 1)) * 2^-b``."""
+    bits = _UNIFORM_BITS[buf.dtype]
+    words = buf.view(_WORDS[buf.dtype]).bitwise_and_((1 << bits) - 1)
+    buf.copy_(words).mul_(2.0**-bits)  # each element read before written, in place: exact
+
+
+def _to_normal_(buf: Tensor) -> None:
+    """Keystream words in ``buf``'s memory (an even count) -> standard normals by Box-Muller: the
+    first half gives the radii, the second half the angles (as :mod:`scl.cipher` in numpy)."""
+    bits = _UNIFORM_BITS[buf.dtype]
+    words = buf.view(_WORDS[buf.dtype]).bitwise_and_((1 << bits) - 1)
+    half = buf.numel() // 2
+    radius, angle = buf[:half], buf[half:]
+    radius.copy_(words[:half].add_(1)).mul_(2.0**-bits)  # 1 - u1, in (0, 1]: a finite log
+    radius.log_().mul_(-2.0).sqrt_()
+    angle.copy_(words[half:]).mul_(2.0 * math.pi * 2.0**-bits)
+    cos = torch.cos(angle)
+    angle.sin_().mul_(radius)
+    radius.mul_(cos)
+
+
+def _cipher_fill(out: Tensor, kind: str, source: CipherStream) -> Tensor:
+    if not out.dtype.is_floating_point:
+        raise ConfigError(f"noise must have a floating-point dtype, but got {out.dtype}")
+    n = out.numel()
+    work = out.dtype if out.dtype in _UNIFORM_BITS else torch.float32
+    count = n + n % 2 if kind == "normal" else n  # Box-Muller makes pairs
+    direct = out.device.type == "cpu" and out.dtype == work and count == n and out.is_contiguous()
+    buf = out.view(-1) if direct else torch.empty(count, dtype=work)
+    if count:
+        source.fill(buf.view(torch.uint8).numpy(), threads=torch.get_num_threads())
+    if buf.device != out.device:
+        buf = buf.to(out.device)
+    (_to_normal_ if kind == "normal" else _to_uniform_)(buf)
+    if not direct:
+        values = buf[:n].view(out.shape)
+        if kind == "uniform" and out.dtype != work:  # rounding to a narrower float could reach 1
+            values = values.to(out.dtype).clamp_(max=1.0 - torch.finfo(out.dtype).eps / 2)
+        out.copy_(values)
+    return out
+
+
+def _draw(
+    shape: torch.Size | tuple[int, ...],
+    kind: str,
+    generator: torch.Generator | CipherStream | None,
+    device: torch.device | str | None,
+    dtype: torch.dtype | None,
+) -> Tensor:
+    out = torch.empty(shape, device=device, dtype=dtype)
+    if isinstance(generator, CipherStream):
+        return _cipher_fill(out, kind, generator)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ConfigError(
+            "generator must be a torch.Generator, an scl.random.CipherStream (e.g. scl.random.stream()) or "
+            f"None (torch's global generator), but got {type(generator).__name__}"
+        )
+    return _fill(out, kind, generator)
+
+
 def randn(
     shape: torch.Size | tuple[int, ...],
     *,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | CipherStream | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """Standard normal samples of ``shape``, as ``torch.randn`` (large CPU draws use several threads)."""
-    return _fill(torch.empty(shape, device=device, dtype=dtype), "normal", generator)
+    """Standard normal samples of ``shape``, as ``torch.randn``.
+
+    ``generator``: a :class:`CipherStream` (``scl.random.stream()``, the eval-mode source) draws
+    from its keystream; a ``torch.Generator``, or ``None`` for torch's global generator, draws with
+    torch's sampler, on several threads for large CPU draws.
+    """
+    return _draw(shape, "normal", generator, device, dtype)
 
 
 def rand(
     shape: torch.Size | tuple[int, ...],
     *,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | CipherStream | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """Uniform samples in [0, 1) of ``shape``, as ``torch.rand`` (large CPU draws use several threads)."""
-    return _fill(torch.empty(shape, device=device, dtype=dtype), "uniform", generator)
+    """Uniform samples in [0, 1) of ``shape``, as ``torch.rand`` (``generator`` as in :func:`randn`)."""
+    return _draw(shape, "uniform", generator, device, dtype)
