@@ -235,8 +235,8 @@ _POOL_KEY: tuple[int, int] | None = None
 
 
 def process_stream() -> CipherStream:
-    """This process's stream: a key from ``os.urandom(32)``, made on first use and again after a
-    fork (the child gets its own key; its parent's stream is never replayed)."""
+    """The stream of the calling process: a key from ``os.urandom(32)``, made on first use and
+    again after a fork (the child gets its own key; its parent's stream is never replayed)."""
     global _STREAM, _STREAM_PID
     stream, pid = _STREAM, os.getpid()
     if stream is not None and _STREAM_PID == pid:
