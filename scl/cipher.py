@@ -61,6 +61,12 @@ COUNTER_LIMIT = 1 << 128  # the counter block is 128 bits; past it the keystream
 # encryptor, ~2 us) vanishes, small enough that a 4 MB draw still splits over a few threads.
 PIECE_BYTES = 1 << 20
 _ZEROS = memoryview(bytes(PIECE_BYTES))  # encrypting zeros gives the keystream itself
+# Each thread of a split draw takes at least this much keystream. Measured on the 2-core machine of
+# benchmarks/results.md, a 4 MB draw interleaved with convolutions took 0.68-0.76x torch.randn's
+# time with its keystream split over 2 threads and 0.63-0.70x on one (the handoff, and torch's
+# intra-op threads still spinning, cost more than the second core gave); at 16-64 MB the two were
+# equal. Machines with more free cores gain from the split on large draws.
+THREAD_BYTES = 8 << 20
 UNIFORM_BITS = {np.dtype(np.float32): 24, np.dtype(np.float64): 53}
 FLOAT_DTYPES = ("float16", "float32", "float64")
 
@@ -179,7 +185,7 @@ class CipherStream:
 
     def _words(self, count: int, work: np.dtype, threads: int | None) -> np.ndarray:
         words = np.empty(count, dtype=np.uint64 if work == np.float64 else np.uint32)
-        self.fill(words, threads=_default_threads() if threads is None else threads)
+        self.fill(words, threads=threads_for(words.nbytes, _default_threads() if threads is None else threads))
         return words
 
     def __repr__(self) -> str:
@@ -216,6 +222,12 @@ def _check_counter(counter: Any, blocks: int) -> None:
             f"the stream's counter would pass 2^128 (at block {counter}, {blocks} more blocks), where its "
             "keystream would repeat; use a new key"
         )
+
+
+def threads_for(nbytes: int, available: int) -> int:
+    """How many of ``available`` threads a draw of ``nbytes`` of keystream uses: one per
+    :data:`THREAD_BYTES` (the result never depends on it, only the speed)."""
+    return max(1, min(available, nbytes // THREAD_BYTES))
 
 
 def _default_threads() -> int:

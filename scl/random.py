@@ -40,7 +40,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from scl.cipher import ALGORITHM, KEY_SOURCE, CipherStream, library, process_stream
+from scl.cipher import ALGORITHM, KEY_SOURCE, CipherStream, library, process_stream, threads_for
 from scl.errors import ConfigError
 
 __all__ = ["CHUNK_ELEMENTS", "CipherStream", "deterministic", "describe", "noise_generator", "rand", "randn",
@@ -224,7 +224,8 @@ def _fill(out: Tensor, kind: str, generator: torch.Generator | None) -> Tensor:
 #
 # The keystream is written straight into the output's memory (a numpy view of it, which
 # ``cryptography`` fills without a copy) and turned into floats there by in-place torch ops, which
-# run on torch's intra-op threads; ``CipherStream.fill`` splits the keystream itself over threads.
+# run on torch's intra-op threads; a large draw's keystream is split over threads too
+# (``scl.cipher.threads_for``).
 # Elementwise ops and a keystream fixed by key and counter: the values do not depend on the thread
 # count. On another device the keystream is made on the CPU and converted on the device.
 
@@ -263,7 +264,8 @@ def _cipher_fill(out: Tensor, kind: str, source: CipherStream) -> Tensor:
     direct = out.device.type == "cpu" and out.dtype == work and count == n and out.is_contiguous()
     buf = out.view(-1) if direct else torch.empty(count, dtype=work)
     if count:
-        source.fill(buf.view(torch.uint8).numpy(), threads=torch.get_num_threads())
+        raw = buf.view(torch.uint8).numpy()
+        source.fill(raw, threads=threads_for(raw.nbytes, torch.get_num_threads()))
     if buf.device != out.device:
         buf = buf.to(out.device)
     (_to_normal_ if kind == "normal" else _to_uniform_)(buf)
