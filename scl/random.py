@@ -118,8 +118,6 @@ def deterministic(seed: int) -> Iterator[None]:
             h = layer(x, pi)   # the same h in every process
     """
     if not isinstance(seed, int) or isinstance(seed, bool):
-        from scl.errors import ConfigError
-
         raise ConfigError(f"seed must be an int, but got {seed!r} of type {type(seed).__name__}")
     token = _DETERMINISTIC.set({})
     seed_token = _DETERMINISTIC_SEED.set(seed)
