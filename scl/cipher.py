@@ -17,12 +17,15 @@ apart from random bytes, whatever an attacker has seen of it.
   the low 24 bits of a 32-bit keystream word times 2^-24, exactly as torch makes a float32 uniform
   (53 of 64 bits for float64); never 1.0. A standard normal is Box-Muller on pairs of uniforms:
   ``sqrt(-2 log(1 - u1)) * (cos, sin)(2 pi u2)``, ``1 - u1`` in (0, 1] so the log is finite; the
-  first half of a draw's words give ``u1``, the second half ``u2``.
+  first half of a draw's words give ``u1``, the second half ``u2``. The keystream is written into
+  the output array itself and converted there, in steps of :data:`CHUNK` values with numpy's
+  vectorised ufuncs (the steps write disjoint memory, so threads do not change the values).
 
 This file imports numpy and ``cryptography`` only, neither torch nor the rest of scl: a device
 without torch can use it, or copy it alone, to fill the ``noise`` input of an exported ONNX model
-(:func:`standard_normal`, :func:`uniform`). :mod:`scl.random` makes torch tensors from the same
-keystream with the same formulas.
+(:func:`standard_normal`, :func:`uniform`, :func:`draw`). :mod:`scl.random` fills torch tensors
+through it (``uniform_into``/``standard_normal_into`` on a numpy view of the tensor): the same key
+and counter give the same values in torch and on a device.
 
 Example::
 
@@ -37,7 +40,7 @@ import itertools
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -67,6 +70,9 @@ _ZEROS = memoryview(bytes(PIECE_BYTES))  # encrypting zeros gives the keystream 
 # intra-op threads still spinning, cost more than the second core gave); at 16-64 MB the two were
 # equal. Machines with more free cores gain from the split on large draws.
 THREAD_BYTES = 8 << 20
+# Floats per conversion step: the step's buffers stay in a core's cache, and numpy's per-call cost
+# stays small beside the arithmetic.
+CHUNK = 1 << 16
 UNIFORM_BITS = {np.dtype(np.float32): 24, np.dtype(np.float64): 53}
 FLOAT_DTYPES = ("float16", "float32", "float64")
 
@@ -130,22 +136,7 @@ class CipherStream:
             block = (counter + i * (PIECE_BYTES // BLOCK_BYTES)).to_bytes(BLOCK_BYTES, "big")
             Cipher(self._aes, modes.CTR(block)).encryptor().update_into(_ZEROS[: len(part)], part)
 
-        workers = min(max(1, threads), pieces)
-        if workers <= 1:
-            for i in range(pieces):
-                fill(i)
-            return
-        order = itertools.count()  # each thread takes the next piece (next() is atomic under the GIL)
-
-        def drain() -> None:
-            while (i := next(order)) < pieces:
-                fill(i)
-
-        pool = _pool(workers - 1)
-        futures = [pool.submit(drain) for _ in range(workers - 1)]
-        drain()  # the calling thread works too
-        for future in futures:
-            future.result()
+        _parallel(pieces, fill, threads)
 
     def fill(self, buffer: Any, *, threads: int = 1) -> int:
         """Reserve keystream for ``buffer``, write it there; return the first counter block."""
@@ -157,8 +148,7 @@ class CipherStream:
     def uniform(self, shape: Sequence[int], dtype: Any = np.float32, *, threads: int | None = None) -> np.ndarray:
         """Uniform samples in [0, 1) of ``shape`` and ``dtype`` (float16, float32, float64)."""
         dtype, work, n = _request(shape, dtype)
-        words = self._words(n, work, threads)
-        u = _uniform(words, work)
+        u = self.uniform_into(np.empty(n, dtype=work), threads=threads)
         if dtype != work:  # rounding to a narrower float could reach 1: keep the values below it
             u = np.minimum(u.astype(dtype), np.nextafter(dtype.type(1), dtype.type(0)))
         return u.reshape(tuple(shape))
@@ -168,33 +158,111 @@ class CipherStream:
     ) -> np.ndarray:
         """Standard normal samples of ``shape`` and ``dtype`` (float16, float32, float64)."""
         dtype, work, n = _request(shape, dtype)
-        count = n + n % 2  # Box-Muller makes pairs
-        words = self._words(count, work, threads)
-        half = count // 2
-        bits = UNIFORM_BITS[work]
-        mask = words.dtype.type((1 << bits) - 1)
-        radius = ((words[:half] & mask) + 1).astype(work) * work.type(2.0**-bits)  # 1 - u1, in (0, 1]
-        np.log(radius, out=radius)
-        radius *= work.type(-2)
-        np.sqrt(radius, out=radius)
-        angle = (words[half:] & mask).astype(work) * work.type(2 * math.pi * 2.0**-bits)
-        z = np.empty(count, dtype=work)
-        np.multiply(radius, np.cos(angle), out=z[:half])
-        np.multiply(radius, np.sin(angle), out=z[half:])
+        z = self.standard_normal_into(np.empty(n + n % 2, dtype=work), threads=threads)  # pairs
         return z[:n].astype(dtype, copy=False).reshape(tuple(shape))
 
-    def _words(self, count: int, work: np.dtype, threads: int | None) -> np.ndarray:
-        words = np.empty(count, dtype=np.uint64 if work == np.float64 else np.uint32)
-        self.fill(words, threads=threads_for(words.nbytes, _default_threads() if threads is None else threads))
-        return words
+    def uniform_into(self, out: np.ndarray, *, threads: int | None = None) -> np.ndarray:
+        """Fill ``out`` (1-D, contiguous, float32 or float64) with uniforms in [0, 1); return it."""
+        words, bits, workers = self._keystream_words(out, threads)
+        scale = out.dtype.type(2.0**-bits)
+
+        def convert(i: int) -> None:
+            part = slice(i * CHUNK, (i + 1) * CHUNK)
+            tmp = _scratch(out.dtype, 0)[: len(out[part])]
+            np.bitwise_and(words[part], words.dtype.type((1 << bits) - 1), out=words[part])
+            np.copyto(tmp, words[part], casting="unsafe")  # exact: fewer than 2^bits
+            np.multiply(tmp, scale, out=out[part])
+
+        _parallel(-(-len(out) // CHUNK), convert, workers)
+        return out
+
+    def standard_normal_into(self, out: np.ndarray, *, threads: int | None = None) -> np.ndarray:
+        """Fill ``out`` (1-D, contiguous, float32 or float64, even length) with standard normals by
+        Box-Muller: element ``j`` of the first half and ``j`` of the second half are one pair, made
+        from the words at the same places. Return ``out``."""
+        if len(out) % 2:
+            raise _Error(f"Box-Muller fills pairs: out needs an even length, but got {len(out)}")
+        words, bits, workers = self._keystream_words(out, threads)
+        half = len(out) // 2
+        mask, one = words.dtype.type((1 << bits) - 1), words.dtype.type(1)
+        to_unit, to_angle = out.dtype.type(2.0**-bits), out.dtype.type(2 * math.pi * 2.0**-bits)
+        minus_two = out.dtype.type(-2)
+
+        def convert(i: int) -> None:
+            first = slice(i * CHUNK, min((i + 1) * CHUNK, half))
+            second = slice(half + first.start, half + first.stop)
+            radius = _scratch(out.dtype, 0)[: first.stop - first.start]
+            angle = _scratch(out.dtype, 1)[: len(radius)]
+            np.bitwise_and(words[first], mask, out=words[first])
+            np.add(words[first], one, out=words[first])
+            np.copyto(radius, words[first], casting="unsafe")  # exact: at most 2^bits
+            radius *= to_unit  # 1 - u1, in (0, 1]: a finite log
+            np.log(radius, out=radius)
+            radius *= minus_two
+            np.sqrt(radius, out=radius)
+            np.bitwise_and(words[second], mask, out=words[second])
+            np.copyto(angle, words[second], casting="unsafe")
+            angle *= to_angle  # 2 pi u2
+            np.cos(angle, out=out[first])  # the words there are spent
+            np.sin(angle, out=out[second])
+            out[first] *= radius
+            out[second] *= radius
+
+        _parallel(-(-half // CHUNK), convert, workers)
+        return out
+
+    def _keystream_words(self, out: np.ndarray, threads: int | None) -> tuple[np.ndarray, int, int]:
+        """Keystream written straight into ``out``'s memory, viewed as words; the bits a float
+        takes from each word; how many threads the draw uses."""
+        if (
+            not isinstance(out, np.ndarray)
+            or out.ndim != 1
+            or not out.flags.c_contiguous
+            or not out.flags.writeable
+            or out.dtype not in UNIFORM_BITS
+        ):
+            got = f"{out.dtype} array of shape {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+            raise _Error(f"out must be a writable 1-D contiguous float32 or float64 numpy array, but got {got}")
+        workers = threads_for(out.nbytes, _default_threads() if threads is None else threads)
+        words = out.view(np.uint64 if out.dtype == np.float64 else np.uint32)
+        self.fill(words, threads=workers)
+        return words, UNIFORM_BITS[out.dtype], workers
 
     def __repr__(self) -> str:
         return f"CipherStream({ALGORITHM}, counter={self._next})"
 
 
-def _uniform(words: np.ndarray, work: np.dtype) -> np.ndarray:
-    bits = UNIFORM_BITS[work]
-    return (words & words.dtype.type((1 << bits) - 1)).astype(work) * work.type(2.0**-bits)
+_SCRATCH = threading.local()
+
+
+def _scratch(dtype: np.dtype, slot: int) -> np.ndarray:
+    """A float buffer of :data:`CHUNK` elements, one per thread, dtype and slot, kept for reuse."""
+    key = (dtype.str, slot)
+    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
+    if key not in buffers:
+        buffers[key] = np.empty(CHUNK, dtype=dtype)
+    return buffers[key]
+
+
+def _parallel(tasks: int, work: Callable[[int], None], threads: int) -> None:
+    """``work(0) ... work(tasks - 1)`` on up to ``threads`` threads (the caller's among them);
+    the tasks write disjoint memory, so the result does not depend on the thread count."""
+    workers = min(max(1, threads), tasks)
+    if workers <= 1:
+        for i in range(tasks):
+            work(i)
+        return
+    order = itertools.count()  # each thread takes the next task (next() is atomic under the GIL)
+
+    def drain() -> None:
+        while (i := next(order)) < tasks:
+            work(i)
+
+    pool = _pool(workers - 1)
+    futures = [pool.submit(drain) for _ in range(workers - 1)]
+    drain()
+    for future in futures:
+        future.result()
 
 
 def _request(shape: Sequence[int], dtype: Any) -> tuple[np.dtype, np.dtype, int]:

@@ -168,12 +168,41 @@ def test_the_ks_check_rejects_a_wrong_spread() -> None:
     assert ks_statistic(z, normal_cdf) > ks_critical(z.size)
 
 
-def test_torch_and_numpy_make_the_same_values_from_the_same_keystream() -> None:
-    for dtype, ndtype, tol in ((torch.float32, np.float32, 2e-6), (torch.float64, np.float64, 1e-12)):
-        u = scl.random.rand((4097,), generator=CipherStream(KEY, 3), dtype=dtype)
-        z = scl.random.randn((4097,), generator=CipherStream(KEY, 3), dtype=dtype)
-        np.testing.assert_array_equal(u.numpy(), CipherStream(KEY, 3).uniform((4097,), ndtype))
-        np.testing.assert_allclose(z.numpy(), CipherStream(KEY, 3).standard_normal((4097,), ndtype), atol=tol)
+@pytest.mark.parametrize("n", [4097, 3 * cipher.CHUNK + 5])  # odd; several conversion steps
+def test_torch_and_numpy_make_the_same_values_from_the_same_keystream(n: int) -> None:
+    for dtype, ndtype in ((torch.float32, np.float32), (torch.float64, np.float64)):
+        u = scl.random.rand((n,), generator=CipherStream(KEY, 3), dtype=dtype)
+        z = scl.random.randn((n,), generator=CipherStream(KEY, 3), dtype=dtype)
+        np.testing.assert_array_equal(u.numpy(), CipherStream(KEY, 3).uniform((n,), ndtype))
+        np.testing.assert_array_equal(z.numpy(), CipherStream(KEY, 3).standard_normal((n,), ndtype))
+
+
+def test_box_muller_pairs_the_two_halves_of_a_draw_whatever_the_thread_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cipher, "THREAD_BYTES", 1)  # split even this small draw over the threads asked for
+    n = 2 * (3 * cipher.CHUNK + 10)  # several conversion steps per half
+    words = np.frombuffer(reference_keystream(KEY, 0, 4 * n), dtype=np.uint32)
+    u1 = ((words[: n // 2] & 0xFFFFFF) + 1).astype(np.float64) / 2**24  # 1 - u, in (0, 1]
+    u2 = (words[n // 2 :] & 0xFFFFFF).astype(np.float64) / 2**24
+    radius, angle = np.sqrt(-2 * np.log(u1)), 2 * np.pi * u2
+    expected = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])
+
+    draws = [CipherStream(KEY).standard_normal_into(np.empty(n, np.float32), threads=t) for t in (1, 2, 3)]
+
+    np.testing.assert_allclose(draws[0], expected, rtol=0, atol=5e-6)  # float32 rounding of the formula
+    assert all(np.array_equal(draws[0], d) for d in draws[1:])
+    assert cipher._POOL is not None and cipher._POOL_KEY is not None and cipher._POOL_KEY[1] >= 2  # it ran threaded
+
+
+def test_filling_an_array_in_place_needs_a_writable_contiguous_float_array() -> None:
+    stream = CipherStream(KEY)
+    with pytest.raises(scl.ConfigError, match="out must be a writable 1-D contiguous float32 or float64"):
+        stream.uniform_into(np.empty((2, 3), np.float32))
+    with pytest.raises(scl.ConfigError, match="out must be a writable 1-D contiguous float32 or float64"):
+        stream.uniform_into(np.empty(8, np.float32)[::2])
+    with pytest.raises(scl.ConfigError, match="out needs an even length"):
+        stream.standard_normal_into(np.empty(7, np.float32))
 
 
 def test_bad_shapes_and_dtypes_are_refused() -> None:
