@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from scl.bench import layer_cases, machine, measure, noise_floor, ratios, table
+from scl.bench import layer_cases, machine, measure, noise_floor, noise_table, ratios, table
 from scl.io import atomic_write
 
 # (command, target seconds on 2 cores)
@@ -45,9 +45,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results.md"))
     args = parser.parse_args()
     cases = layer_cases()
-    rows = ratios(cases, measure(cases, repeats=args.repeats))
+    times = measure(cases, repeats=args.repeats)
+    rows = ratios(cases, times)
     text = table(rows)
     print(text, flush=True)
+    noise = noise_table(times)
+    print("\n" + noise, flush=True)
     pipelines = "" if args.skip_pipelines else "\n\n## Pipelines\n\n" + time_pipelines()
     floor = noise_floor(rows)
     floor_text = (
@@ -80,7 +83,16 @@ def main() -> None:
             "unconditional stochastic layer with the same fused sampling) and 'parameter maps "
             "only' (the class-conditional kernels and selection without sampling) separate the "
             "price of the noise from the price of conditioning on the class: the last column is "
-            "the price of the classes." + pipelines + "\n"
+            "the price of the classes.\n\n"
+            "## Noise source\n\n"
+            "Eval-mode noise comes from an AES-256-CTR keystream (`scl.random`, `scl.cipher`: "
+            "`cryptography`/OpenSSL, a key from `os.urandom` per process) turned into floats by "
+            "in-place torch ops (uniforms from 24 bits of each word, normals by Box-Muller); before, "
+            "from an MT19937 `torch.Generator` seeded from OS entropy, whose state a receiver who knows "
+            "one input can recover from a release. Each ratio below is the median of per-repetition "
+            "ratios of two rows of the table above; 'before' is the same soft layer timed in the same "
+            "repetitions with a `torch.Generator` passed as `generator=`, which is the old eval path "
+            "(threaded torch sampling).\n\n" + noise + pipelines + "\n"
         )
     print(f"\nwritten to {args.out}")
 

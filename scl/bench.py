@@ -20,12 +20,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from scl.layers import StochasticConditionalConv2d
-from scl.random import randn
+from scl.random import randn, stream
 from scl.selection import ClassIndex, SoftSelection
 
 TORCH_RANDN_ROW = "torch.randn of the output alone"
-SCL_RANDN_ROW = "scl.random.randn (threaded) of the output alone"
+SCL_RANDN_ROW = "scl.random.randn, torch.Generator (threaded) of the output alone"
+SECURE_RANDN_ROW = "secure Gaussian draw (scl.random.randn, AES-256-CTR stream) of the output alone"
 SOFTPLUS_ROW = "softplus of the output's scale map alone"
+STOCHASTIC_INFER_ROW = "plain conv + gaussian sampling inference (torch's generator)"
+STOCHASTIC_SECURE_ROW = "plain conv + gaussian sampling inference (cipher stream)"
 
 
 @dataclass
@@ -72,14 +75,21 @@ def layer_cases(batch: int = 64, size: int = 32) -> list[Case]:
         with torch.no_grad():
             return stochastic_plain()
 
-    cases.append(Case("plain conv + gaussian sampling inference", stochastic_plain_infer, base_infer))
+    cases.append(Case(STOCHASTIC_INFER_ROW, stochastic_plain_infer, base_infer))
     stoch_train, stoch_infer = cases[2].name, cases[3].name
+
+    def stochastic_secure_infer() -> torch.Tensor:
+        with torch.no_grad():
+            return gaussian.sample_joint(plain(x), 1, training=False, generator=stream())[0]
+
+    cases.append(Case(STOCHASTIC_SECURE_ROW, stochastic_secure_infer, base_infer))
     # The per-element work every Gaussian layer of this output size must do besides its conv,
     # timed alone: it bounds from below what any implementation can reach against the plain conv.
     out_shape = (batch, 16, size, size)
     raw = torch.randn(out_shape)
     cases.append(Case(TORCH_RANDN_ROW, lambda: torch.randn(out_shape), base_infer))
-    cases.append(Case(SCL_RANDN_ROW, lambda: randn(out_shape), base_infer))
+    cases.append(Case(SCL_RANDN_ROW, lambda: randn(out_shape, generator=torch.default_generator), base_infer))
+    cases.append(Case(SECURE_RANDN_ROW, lambda: randn(out_shape, generator=stream()), base_infer))
     cases.append(Case(SOFTPLUS_ROW, lambda: F.softplus(raw), base_infer))
     for classes in (10, 100):
         layer = StochasticConditionalConv2d(3, 16, 3, classes, padding=1)
@@ -120,8 +130,17 @@ def layer_cases(batch: int = 64, size: int = 32) -> list[Case]:
                 return lay(x, s())
 
         cases.append(
-            Case(f"C={classes} soft inference (cached kernels)", soft_infer, base_infer, 1.5, None, stoch_infer)
+            Case(soft_row(classes), soft_infer, base_infer, 1.5, None, stoch_infer)
         )
+        old_source = torch.Generator()  # MT19937: the eval-mode source before the cipher stream
+
+        def soft_infer_old(
+            lay: StochasticConditionalConv2d = layer_eval, s: SoftSelection = soft, g: torch.Generator = old_source
+        ) -> torch.Tensor:
+            with torch.no_grad():
+                return lay(x, s(), generator=g)
+
+        cases.append(Case(soft_old_row(classes), soft_infer_old, base_infer, None, None, stoch_infer))
 
         def soft_params(lay: StochasticConditionalConv2d = layer_eval, s: SoftSelection = soft) -> torch.Tensor:
             with torch.no_grad():
@@ -141,6 +160,52 @@ def layer_cases(batch: int = 64, size: int = 32) -> list[Case]:
                 )
             )
     return cases
+
+
+def soft_row(classes: int) -> str:
+    return f"C={classes} soft inference (cached kernels)"
+
+
+def soft_old_row(classes: int) -> str:
+    return f"C={classes} soft inference, torch.Generator noise (the eval path before the cipher stream)"
+
+
+def noise_comparisons() -> list[tuple[str, str, str, float | None, float | None]]:
+    """``(label, case, baseline, must, goal)``: the noise source's targets (issue 12), each a ratio
+    of two rows of :func:`layer_cases` timed in the same repetitions."""
+    rows: list[tuple[str, str, str, float | None, float | None]] = [
+        ("secure Gaussian draw of the output (1M float32) / torch.randn", SECURE_RANDN_ROW, TORCH_RANDN_ROW,
+         1.0, 0.7),
+        ("unconditional stochastic conv: cipher stream / torch's generator", STOCHASTIC_SECURE_ROW,
+         STOCHASTIC_INFER_ROW, None, None),
+    ]
+    for classes in (10, 100):
+        rows += [
+            (f"C={classes} soft inference (cipher stream) / unconditional stochastic conv (torch's generator)",
+             soft_row(classes), STOCHASTIC_INFER_ROW, None, None),
+            (f"C={classes} soft inference, before (torch.Generator) / the same column",
+             soft_old_row(classes), STOCHASTIC_INFER_ROW, None, None),
+            (f"C={classes} soft inference: cipher stream / before (torch.Generator)",
+             soft_row(classes), soft_old_row(classes), 1.0, None),
+        ]
+    return rows
+
+
+def noise_table(times: dict[str, list[float]]) -> str:
+    """The noise source's ratios (:func:`noise_comparisons`) as a markdown table."""
+    lines = ["| comparison | ratio | must | goal | met |", "|---|---:|---:|---:|:---:|"]
+    for label, case, baseline, must, goal in noise_comparisons():
+        ratio = _ratio(times, case, baseline)
+        if ratio is None:
+            continue
+        met = "" if must is None else ("yes" if ratio <= must else "NO")
+        if goal is not None and must is not None:
+            met += " (goal: " + ("yes" if ratio <= goal else "NO") + ")"
+        lines.append(
+            f"| {label} | {ratio:.2f}x | {'' if must is None else f'<= {must}x'} | "
+            f"{'' if goal is None else f'<= {goal}x'} | {met} |"
+        )
+    return "\n".join(lines)
 
 
 def measure(cases: list[Case], repeats: int = 30, warmup: int = 3) -> dict[str, list[float]]:
@@ -214,10 +279,11 @@ def table(rows: list[dict[str, object]]) -> str:
 
 def noise_floor(rows: list[dict[str, object]]) -> float | None:
     """A floor under the soft-inference ratio of any Gaussian layer of the benchmarked size:
-    1 (the convolution) + the cheaper noise draw alone + the softplus alone, each against the plain
+    1 (the convolution) + the cheapest noise draw alone + the softplus alone, each against the plain
     conv's forward, from the rows of :func:`layer_cases`."""
     by_name = {str(r["case"]): r["ratio"] for r in rows}
-    draws = [d for d in (by_name.get(TORCH_RANDN_ROW), by_name.get(SCL_RANDN_ROW)) if isinstance(d, float)]
+    found = (by_name.get(row) for row in (TORCH_RANDN_ROW, SCL_RANDN_ROW, SECURE_RANDN_ROW))
+    draws = [d for d in found if isinstance(d, float)]
     softplus = by_name.get(SOFTPLUS_ROW)
     if not draws or not isinstance(softplus, float):
         return None

@@ -5,9 +5,9 @@ maps it needs (``num_params``), turns the raw maps a layer computes into a
 :class:`torch.distributions.Distribution` (``build``), and draws a sample from it with an explicit
 generator (``sample``), reparameterised in training mode so gradients reach the layer's kernels.
 
-Torch's own ``rsample`` always uses the global generator; scl needs a generator it chooses (OS
-entropy at inference, see :mod:`scl.random`), which is why sampling is written here with the same
-formulas torch uses.
+Torch's own ``rsample`` always uses the global generator; scl needs a source it chooses (the
+cipher stream at inference, see :mod:`scl.random`), which is why sampling is written here with the
+same formulas torch uses.
 
 ==============  =========================  ====================================================
 name            parameter maps             sample
@@ -29,7 +29,9 @@ categorical draw.
 
 Every sample is made from standard noise (``noise_kind``: N(0, 1) or uniform in [0, 1), shaped like
 ``noise_like(dist)``) by ``from_noise``, the one place each formula lives: ``sample`` draws that
-noise from the chosen generator, and ``scl export`` makes it an input of the ONNX model.
+noise from the chosen source (``generator``: a ``torch.Generator``, a
+:class:`scl.random.CipherStream`, or ``None`` for torch's global generator), and ``scl export``
+makes it an input of the ONNX model.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from torch.autograd.function import once_differentiable
 from torch.distributions import Binomial, Categorical, Distribution, Laplace, Normal, constraints
 
 from scl.errors import ConfigError
-from scl.random import rand, randn
+from scl.random import CipherStream, rand, randn
 
 _REGISTRY: dict[str, type[NoiseDistribution]] = {}
 
@@ -141,17 +143,18 @@ class NoiseDistribution:
         raise NotImplementedError
 
     def sample(
-        self, dist: Distribution, *, training: bool, generator: torch.Generator | None = None
+        self, dist: Distribution, *, training: bool, generator: torch.Generator | CipherStream | None = None
     ) -> Tensor:
         """One sample of ``dist``; reparameterised (differentiable) when ``training``: standard
-        noise drawn from ``generator``, then :meth:`from_noise`."""
+        noise drawn from ``generator`` (a ``torch.Generator``, a :class:`~scl.random.CipherStream`,
+        or ``None``: torch's global generator), then :meth:`from_noise`."""
         like = self.noise_like(dist)
         draw = randn if self.noise_kind == "standard_normal" else rand
         noise = draw(like.shape, generator=generator, device=like.device, dtype=like.dtype)
         return self.from_noise(dist, noise, training=training)
 
     def sample_joint(
-        self, joint: Tensor, dim: int, *, training: bool, generator: torch.Generator | None = None
+        self, joint: Tensor, dim: int, *, training: bool, generator: torch.Generator | CipherStream | None = None
     ) -> tuple[Tensor, Distribution]:
         """``(sample, distribution)`` from the raw maps stacked along ``dim``: ``num_params`` equal
         slices in ``param_names`` order, as a layer computes them in one op. The same as
@@ -223,7 +226,7 @@ class Gaussian(_LocationScale):
         return torch.addcmul(dist.loc, dist.scale, noise)  # type: ignore[attr-defined]
 
     def sample_joint(
-        self, joint: Tensor, dim: int, *, training: bool, generator: torch.Generator | None = None
+        self, joint: Tensor, dim: int, *, training: bool, generator: torch.Generator | CipherStream | None = None
     ) -> tuple[Tensor, Normal]:
         n = joint.shape[dim] // 2
         loc, raw = joint.narrow(dim, 0, n), joint.narrow(dim, n, n)

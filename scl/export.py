@@ -8,9 +8,12 @@ torch. :func:`export_onnx` writes the obfuscator's label-free inference path as 
 Where the noise comes from (``noise=``):
 
 ``"input"`` (the default)
-    The model has a second input, ``noise``, that the caller fills on every run from a strong
-    source of randomness (``numpy.random.default_rng()``, a PCG64 generator seeded from OS
-    entropy; or ``secrets``/``os.urandom``), as scl itself draws inference noise (:mod:`scl.random`).
+    The model has a second input, ``noise``, that the caller fills on every run from a
+    cryptographic source, as scl itself draws inference noise (:mod:`scl.random`): the AES-256-CTR
+    cipher stream of :mod:`scl.cipher` (numpy and ``cryptography`` only, what :func:`draw_noise`
+    uses), or bytes from ``os.urandom``/``secrets`` turned into floats. Not
+    ``numpy.random.default_rng()``: PCG64 is no cryptographic generator, and noise an attacker can
+    regenerate can be subtracted.
     The graph holds no random operator, so it is deterministic given ``(x, noise)``. The noise is
     standard and parameter-free; the graph turns it into the layer's sample:
 
@@ -46,12 +49,11 @@ No noise tensor is ever stored in the file.
 
 Example::
 
-    import numpy as np
     from scl.export import draw_noise, export_onnx
 
     obfuscator = scl.load("runs/mine/checkpoints/obfuscator.safetensors")
     export_onnx(obfuscator, "obfuscator.onnx", input_shape=(3, 16, 16))
-    # on the device, with onnxruntime:
+    # on the device, with onnxruntime (draw_noise: the cipher stream of scl.cipher):
     h = session.run(None, {"x": x, "noise": draw_noise("obfuscator.onnx", len(x))})[0]
 
 Exporter: torch 2.13 has two. The default ``torch.export``-based one (``dynamo=True``, which
@@ -186,10 +188,15 @@ class _LabelFreeObfuscation(nn.Module):
         return self.sampler.apply(dist, self.sampler.draw_in_graph(dist) if noise is None else noise)
 
 
-def _draw(distribution: str, shape: Sequence[int], dtype: Any, rng: Any) -> Any:
-    """Standard noise of ``shape`` from the numpy generator ``rng`` (the :func:`draw_noise` contract)."""
+def _draw(distribution: str, shape: Sequence[int], dtype: Any, rng: Any = None) -> Any:
+    """Standard noise of ``shape`` (the :func:`draw_noise` contract): from the process's cipher
+    stream, or from the numpy generator ``rng`` when one is given (reproducible tests)."""
     import numpy as np
 
+    if rng is None:
+        from scl import cipher
+
+        return cipher.draw(distribution, shape, dtype)
     dtype = np.dtype(dtype)
     exact = dtype if dtype in (np.float32, np.float64) else np.dtype(np.float32)  # numpy draws these two
     if distribution == "standard_normal":
@@ -378,9 +385,8 @@ def export_onnx(
             strong random source, and no random operator in the graph:
 
             - gaussian: standard normal, shape ``[B, *out]``
-              (``numpy.random.default_rng().standard_normal(shape, dtype=numpy.float32)``);
-            - laplace: uniform in [0, 1), shape ``[B, *out]``
-              (``numpy.random.default_rng().random(shape, dtype=numpy.float32)``);
+              (``scl.cipher.standard_normal(shape)``);
+            - laplace: uniform in [0, 1), shape ``[B, *out]`` (``scl.cipher.uniform(shape)``);
             - binomial: uniform in [0, 1), shape ``[total_count, B, *out]``;
             - multinomial: uniform in [0, 1), shape ``[B, *out, num_choices]``;
 
@@ -404,8 +410,6 @@ def export_onnx(
             exported, a bad path, opset or noise mode, or onnx/onnxruntime missing.
         ShapeError: a bad input shape or example, or one the obfuscator does not accept.
     """
-    import numpy as np
-
     onnx, ort = _import_onnx()
     selection_kind = _check_obfuscator(obfuscator)
     noise = _check_noise_mode(noise)
@@ -432,7 +436,7 @@ def export_onnx(
             dtype = example.detach().cpu()[:0].numpy().dtype
             example_noise = None
             if noise == "input":
-                drawn = _draw(sampler.noise, noise_shape, dtype, np.random.default_rng())
+                drawn = _draw(sampler.noise, noise_shape, dtype)
                 example_noise = torch.from_numpy(drawn).to(example.device)
             module = _LabelFreeObfuscation(obfuscator, sampler)
             proto = _trace(module, example, example_noise, sampler.batch_axis, opset, dynamic_batch)
@@ -458,8 +462,9 @@ def export_onnx(
         contract = (
             f"input {NOISE_NAME!r}: fresh {sampler.noise} {dtype.name} noise"
             f"{' in [0, 1)' if sampler.noise == 'uniform' else ''} of shape [{', '.join(map(str, symbolic))}] "
-            f"({BATCH} = the batch of {INPUT_NAME!r}) on every run, from a strong random source such as "
-            "numpy.random.default_rng() (OS entropy); never reuse it. The graph holds no random operator."
+            f"({BATCH} = the batch of {INPUT_NAME!r}) on every run, from a cryptographic source: the cipher "
+            "stream of scl.cipher (AES-256-CTR, key from os.urandom) or os.urandom/secrets bytes, not "
+            "numpy.random.default_rng(); never reuse it. The graph holds no random operator."
         )
         metadata.update(
             {
@@ -663,7 +668,6 @@ def _check_runs(
     """
     import numpy as np
 
-    rng = np.random.default_rng()
     batches = [example.detach().cpu().numpy()]
     if dynamic_batch:
         batches.append(np.concatenate([batches[0], batches[0][:1]]))
@@ -671,7 +675,7 @@ def _check_runs(
     def feed(x: Any, batch: int | None = None) -> dict[str, Any]:
         if metadata is None:
             return {INPUT_NAME: x}
-        return {INPUT_NAME: x, NOISE_NAME: draw_noise(metadata, x.shape[0] if batch is None else batch, rng)}
+        return {INPUT_NAME: x, NOISE_NAME: draw_noise(metadata, x.shape[0] if batch is None else batch)}
 
     feeds = [feed(x) for x in batches]
     try:
@@ -751,9 +755,10 @@ def draw_noise(model: str | os.PathLike[str] | Mapping[str, str], batch_size: in
         model: the ``.onnx`` file, or its metadata as a mapping (e.g.
             ``session.get_modelmeta().custom_metadata_map`` of an onnxruntime session).
         batch_size: the batch of the ``x`` it goes with.
-        rng: a ``numpy.random.Generator``; ``None`` (the default) takes a new
-            ``numpy.random.default_rng()``, a PCG64 generator seeded from OS entropy. Pass a seeded
-            one only for tests: noise an attacker can regenerate can be subtracted.
+        rng: ``None`` (the default): the process's cipher stream (AES-256-CTR keyed from
+            ``os.urandom``, :mod:`scl.cipher`). A ``numpy.random.Generator`` only for tests, seeded
+            to reproduce a run: it is no cryptographic generator, and noise an attacker can
+            regenerate can be subtracted.
 
     Returns:
         A numpy array of the metadata's ``scl_noise_dtype`` (float32) and ``scl_noise_shape`` with
@@ -770,12 +775,10 @@ def draw_noise(model: str | os.PathLike[str] | Mapping[str, str], batch_size: in
     distribution, shape, dtype = _noise_contract(model)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ShapeError(f"batch_size must be a positive int (the batch of x), but got {batch_size!r}")
-    if rng is None:
-        rng = np.random.default_rng()
-    elif not isinstance(rng, np.random.Generator):
+    if rng is not None and not isinstance(rng, np.random.Generator):
         raise ConfigError(
-            f"rng must be a numpy.random.Generator such as numpy.random.default_rng() (seeded from OS "
-            f"entropy), but got {type(rng).__name__}"
+            "rng must be None (the default: the cipher stream) or, for reproducible tests only, a seeded "
+            f"numpy.random.Generator, but got {type(rng).__name__}"
         )
     return _draw(distribution, [int(batch_size) if d == BATCH else int(d) for d in shape], dtype, rng)
 

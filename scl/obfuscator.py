@@ -10,6 +10,7 @@ from torch.distributions import Distribution
 
 from scl.errors import ConfigError, LabelError
 from scl.layers.base import StochasticConditionalLayer
+from scl.random import CipherStream
 from scl.selection import (
     ClassIndex,
     GatedSelection,
@@ -119,7 +120,7 @@ class Obfuscator(nn.Module):
         boxes: Any = None,
         *,
         image_size: tuple[int, int] | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | CipherStream | None = None,
     ) -> Tensor:
         """Apply S (without L) to ``features``."""
         pi = self.select(features, labels, boxes, image_size=image_size)
@@ -136,9 +137,9 @@ class Obfuscator(nn.Module):
         labels: Tensor | None = None,
         boxes: Any = None,
         *,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | CipherStream | None = None,
     ) -> Tensor:
-        """An obfuscated sample of ``x``."""
+        """An obfuscated sample of ``x`` (noise: the cipher stream in eval mode, see :mod:`scl.random`)."""
         image_size = (x.shape[-2], x.shape[-1]) if x.dim() >= 3 else None
         return self.sample(self.features(x), labels, boxes, image_size=image_size, generator=generator)
 

@@ -477,6 +477,28 @@ def _time_section(metrics: Mapping[str, Any]) -> str:
     return "<h2>Time</h2>" + table
 
 
+def _noise_section(config: Mapping[str, Any]) -> str:
+    """Where inference noise comes from (``scl.random.describe()``), and whether this run's numbers
+    were drawn from it or, reproducibly, inside ``scl.deterministic``."""
+    from scl.random import describe
+
+    d = describe()
+    reproducible = config.get("reproducible")
+    if reproducible is True:
+        run = ("This run drew its evaluation noise inside <code>scl.deterministic(seed)</code> "
+               "(<code>reproducible: true</code>) so that its numbers reproduce; a release "
+               "(<code>scl obfuscate</code>, an exported model's <code>noise</code> input) draws from "
+               "the cipher stream below.")
+    elif reproducible is False:
+        run = "This run drew its evaluation noise from the cipher stream below."
+    else:
+        run = ""
+    keys = ("algorithm", "library", "key", "uniforms", "normals", "training")
+    rows = [[(_label(k), ""), (_e(d[k]), "")] for k in keys]
+    return ("<h2>Noise source</h2>" + (f'<p class="note">{run}</p>' if run else "")
+            + _table([("Inference noise", False), ("scl.random.describe()", False)], rows))
+
+
 def _detection_section(metrics: Mapping[str, Any]) -> str:
     maps = {k: metrics.get(k) for k in ("map", "map50", "map75") if k in metrics}
     if not maps:
@@ -667,6 +689,7 @@ def write_report(
         _privacy_section(metrics),
         _targets_section(metrics),
         _time_section(metrics),
+        _noise_section(config),
         _other_section(metrics),
         _figures_section(run_dir, all_captions),
         "<h2>Configuration</h2>",

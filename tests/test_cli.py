@@ -79,6 +79,7 @@ def test_obfuscate_images_to_pngs_and_npz(quick_run, tmp_path):
     pngs = tmp_path / "obfuscated"
     result = runner.invoke(app, ["obfuscate", "--run", str(out), "--input", str(source), "--out", str(pngs)])
     assert result.exit_code == 0, result.output
+    assert "AES-256-CTR cipher stream" in result.output  # the noise source, scl.random.describe()
     assert sorted(p.name for p in pngs.iterdir()) == ["img0.png", "img1.png", "img2.png"]
     with Image.open(pngs / "img0.png") as image:
         assert image.size == (16, 16)
@@ -90,7 +91,7 @@ def test_obfuscate_images_to_pngs_and_npz(quick_run, tmp_path):
     assert result.exit_code == 0, result.output
     with np.load(npz_out) as data:
         assert data["h"].shape == (4, 3, 16, 16)
-    # fresh OS-entropy noise each time: two obfuscations of the same input differ
+    # fresh cipher-stream noise each time: two obfuscations of the same input differ
     again = tmp_path / "again.npz"
     runner.invoke(app, ["obfuscate", "--run", str(out), "--input", str(npz_in), "--out", str(again),
                         "--selection", "gated"])

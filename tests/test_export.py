@@ -226,7 +226,7 @@ def test_draw_noise_follows_the_metadata_and_is_fresh(tmp_path):
     assert 0 <= float(u.min()) and float(u.max()) < 1
     assert abs(float(u.mean()) - 0.5) < 0.006 and abs(float(u.std()) - 1 / math.sqrt(12)) < 0.003
 
-    assert not np.array_equal(draw_noise(gaussian, 2), draw_noise(gaussian, 2))  # fresh OS entropy
+    assert not np.array_equal(draw_noise(gaussian, 2), draw_noise(gaussian, 2))  # the cipher stream: fresh every time
     seeded = [draw_noise(gaussian, 2, np.random.default_rng(7)) for _ in range(2)]
     assert np.array_equal(*seeded)  # the rng given is the one used
 
@@ -238,7 +238,7 @@ def test_draw_noise_refuses_what_it_cannot_serve(tmp_path):
     path = export_onnx(conv_obfuscator(), tmp_path / "m.onnx", input_shape=SHAPE)
     with pytest.raises(scl.ShapeError, match="batch_size must be a positive int"):
         draw_noise(path, 0)
-    with pytest.raises(scl.ConfigError, match="rng must be a numpy.random.Generator"):
+    with pytest.raises(scl.ConfigError, match="rng must be None .the default: the cipher stream."):
         draw_noise(path, 2, rng=42)
     with pytest.raises(scl.ConfigError, match="invalid scl noise metadata"):
         draw_noise({**meta_of(path), "scl_noise_distribution": "cauchy"}, 2)

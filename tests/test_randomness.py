@@ -1,4 +1,4 @@
-"""Where the noise comes from: OS entropy at inference, reproducible only when asked."""
+"""Where the noise comes from: the cipher stream at inference, reproducible only when asked."""
 
 from __future__ import annotations
 
@@ -27,13 +27,13 @@ CHILD = textwrap.dedent(
     plain = layer(x, labels)
     with scl.deterministic(0):
         seeded = layer(x, labels)
-    print(json.dumps({"plain": plain.tolist(), "seeded": seeded.tolist()}))
+    print(json.dumps({"plain": plain.tolist(), "seeded": seeded.tolist(), "source": scl.random.describe()}))
     """
 )
 
 
 @pytest.fixture(scope="module")
-def two_processes() -> list[dict[str, list[list[float]]]]:
+def two_processes() -> list[dict]:
     """Run CHILD in two separate interpreters (in parallel) and parse their outputs."""
     procs = [
         subprocess.Popen(
@@ -57,21 +57,23 @@ X, LABELS = torch.ones(2, 4), torch.tensor([0, 2])
 
 
 def test_eval_noise_differs_between_processes_despite_torch_manual_seed(
-    two_processes: list[dict[str, list[list[float]]]],
+    two_processes: list[dict],
 ) -> None:
     first, second = two_processes
     assert first["plain"] != second["plain"]
+    assert first["source"]["source"] == second["source"]["source"] == "cipher stream"
+    assert first["source"]["process"] != second["source"]["process"]
 
 
 def test_deterministic_block_gives_the_same_noise_in_every_process(
-    two_processes: list[dict[str, list[list[float]]]],
+    two_processes: list[dict],
 ) -> None:
     first, second = two_processes
     assert first["seeded"] == second["seeded"]
 
 
 def test_deterministic_block_matches_this_process_too(
-    two_processes: list[dict[str, list[list[float]]]],
+    two_processes: list[dict],
 ) -> None:
     torch.manual_seed(0)
     layer = scl.StochasticConditionalLinear(4, 6, 3).eval()
@@ -214,7 +216,7 @@ def _child_sample(queue: multiprocessing.Queue) -> None:  # type: ignore[type-ar
 
 
 def test_a_forked_child_does_not_replay_the_parents_inference_noise() -> None:
-    # prepare: the parent's entropy generator exists before the fork
+    # prepare: the parent's cipher stream exists before the fork
     torch.manual_seed(0)
     layer = scl.StochasticConditionalLinear(4, 6, 3).eval()
     layer(X, LABELS)
@@ -292,7 +294,7 @@ def test_large_training_draws_follow_torch_manual_seed() -> None:
 
 
 def test_a_large_eval_sample_is_fresh_and_correctly_scaled() -> None:
-    # a layer output above two chunks takes the threaded path; eval noise still comes from entropy
+    # a layer output above two chunks: eval noise comes from the cipher stream, fresh every draw
     layer = scl.StochasticConditionalConv2d(1, 8, 1, C, padding=0, distribution_options={"init_scale": 0.7}).eval()
     with torch.no_grad():
         layer.weight.zero_()
@@ -327,3 +329,213 @@ def test_a_large_layer_output_under_inference_mode() -> None:
     finally:
         torch.set_num_threads(before)
     assert h.shape == (64, 16, 32, 32) and torch.isfinite(h).all()
+
+
+# -- the cipher stream behind every eval-mode draw ---------------------------------------------
+KEY = bytes(range(32))
+
+
+@pytest.fixture
+def keyed_process_stream(monkeypatch: pytest.MonkeyPatch) -> scl.random.CipherStream:
+    """The process's cipher stream replaced by one with a known key, so a test can replay it."""
+    import os
+
+    stream = scl.random.CipherStream(KEY)
+    monkeypatch.setattr(scl.cipher, "_STREAM", stream)
+    monkeypatch.setattr(scl.cipher, "_STREAM_PID", os.getpid())
+    return stream
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "laplace", "binomial", "multinomial"])
+def test_eval_sampling_of_every_distribution_draws_from_the_process_cipher_stream(
+    distribution: str, keyed_process_stream: scl.random.CipherStream
+) -> None:
+    # prepare
+    layer = scl.StochasticConditionalConv2d(2, 3, 3, C, padding=1, distribution=distribution).eval()
+    x, labels = torch.rand(4, 2, 5, 5), torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        dist = layer.distribution(x, labels)
+        like = layer.noise.noise_like(dist)
+        draw = scl.random.randn if layer.noise.noise_kind == "standard_normal" else scl.random.rand
+        # the same key and counter, replayed: exactly the noise the layer must have used
+        noise = draw(like.shape, generator=scl.random.CipherStream(KEY), dtype=like.dtype)
+        expected = layer.noise.from_noise(dist, noise, training=False)
+
+        # execute
+        torch.manual_seed(0)
+        h = layer(x, labels)
+
+    # assert
+    torch.testing.assert_close(h, expected)
+    assert keyed_process_stream.counter > 0
+
+
+def test_noise_generator_picks_the_cipher_stream_in_eval_only() -> None:
+    cpu = torch.device("cpu")
+    assert scl.random.noise_generator(cpu, training=False) is scl.random.stream()
+    assert scl.random.noise_generator(cpu, training=True) is None  # torch's global generator
+    with scl.deterministic(3):
+        assert isinstance(scl.random.noise_generator(cpu, training=False), torch.Generator)
+    own = scl.random.CipherStream(KEY)
+    assert scl.random.noise_generator(cpu, training=False, generator=own) is own
+
+
+def test_a_cipher_stream_passed_as_generator_reproduces_a_layer_sample() -> None:
+    layer = make_layer().eval()
+    a = layer(X, LABELS, generator=scl.random.CipherStream(KEY, counter=7))
+    b = layer(X, LABELS, generator=scl.random.CipherStream(KEY, counter=7))
+    c = layer(X, LABELS, generator=scl.random.CipherStream(KEY, counter=8))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.equal(a, c)
+
+
+def test_a_generator_of_the_wrong_type_is_refused() -> None:
+    with pytest.raises(scl.ConfigError, match="generator must be a torch.Generator"):
+        make_layer().eval()(X, LABELS, generator=42)  # type: ignore[arg-type]
+    with pytest.raises(scl.ConfigError, match="generator must be a torch.Generator"):
+        scl.random.randn((3,), generator="seed")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("distribution", ["gaussian", "laplace"])
+def test_eval_samples_from_the_cipher_stream_follow_the_layers_distribution(distribution: str) -> None:
+    # prepare: an additive layer with loc 0.3 and scale 0.7 everywhere; KS against its law
+    layer = scl.StochasticConditionalAdditive(
+        (100_000,), 1, distribution=distribution, distribution_options={"init_scale": 0.7}
+    ).eval()
+    with torch.no_grad():
+        layer.offsets[:, 0].fill_(0.3)
+    law = torch.distributions.Normal(0.3, 0.7) if distribution == "gaussian" else torch.distributions.Laplace(0.3, 0.7)
+
+    # execute (seeded: a cipher stream with a fixed key and counter)
+    with torch.no_grad():
+        h = layer(torch.zeros(1, 100_000), torch.zeros(1, dtype=torch.long), generator=scl.random.CipherStream(KEY))[0]
+
+    # assert
+    assert abs(h.mean().item() - 0.3) < 0.01 and abs(h.std().item() - law.stddev.item()) < 0.01
+    ordered = h.double().sort().values
+    cdf = law.cdf(ordered.float()).double()
+    n = ordered.numel()
+    ks = torch.maximum(torch.arange(1, n + 1) / n - cdf, cdf - torch.arange(n) / n).max().item()
+    assert ks < 1.95 / n**0.5  # alpha = 0.001
+
+
+def test_describe_says_where_the_noise_comes_from() -> None:
+    d = scl.random.describe()
+    assert d["source"] == "cipher stream" and d["algorithm"] == "AES-256-CTR"
+    assert d["library"].startswith("cryptography ") and "OpenSSL" in d["library"]
+    assert d["key"] == "os.urandom, 256 bits, per process, renewed after fork"
+    assert d["deterministic"] is False and d["seed"] is None
+    assert "AES-256-CTR" in scl.random.summary()
+    with scl.deterministic(4):
+        inside = scl.random.describe()
+        assert "NOT private" in scl.random.summary()
+    assert inside["deterministic"] is True and inside["seed"] == 4
+    assert inside["source"] == "torch.Generator (scl.deterministic)"
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork (POSIX)")
+def test_a_forked_child_gets_a_new_key() -> None:
+    import os
+
+    # prepare: the parent's stream exists (and has drawn) before the fork
+    parent = scl.cipher.process_stream()
+    scl.random.randn((10,), generator=parent)
+    read, write = os.pipe()
+
+    # execute: the child sends its describe() and its keystream at counter 0 of its own stream
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave at once, whatever happens
+        try:
+            child = scl.cipher.process_stream()
+            block = bytearray(32)
+            child.keystream_into(block, 0)
+            report = {"describe": scl.random.describe(), "block": block.hex(), "same": child is parent}
+            os.write(write, json.dumps(report).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        report = json.loads(pipe.read().decode())
+    os.waitpid(pid, 0)
+    ours = bytearray(32)
+    parent.keystream_into(ours, 0)
+
+    # assert: another stream, another key (the keystream at the same counter differs)
+    assert report["same"] is False
+    assert report["describe"]["process"] == pid and report["describe"]["blocks_drawn"] == 0
+    assert report["block"] != ours.hex()
+
+
+# -- a known-input demonstration: why eval noise must not come from a torch.Generator ----------
+
+
+def _owner() -> tuple[scl.StochasticConditionalAdditive, torch.Tensor]:
+    """An additive Gaussian layer (h = x + m_c + s_c * eps, eval mode) and a secret input x."""
+    torch.manual_seed(0)
+    layer = scl.StochasticConditionalAdditive((3, 8, 8), C, distribution_options={"init_scale": 0.5}).eval()
+    with torch.no_grad():
+        layer.offsets.normal_()  # trained offsets, known to a white-box receiver
+    return layer, torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(123))
+
+
+def _release(layer: scl.StochasticConditionalAdditive, secret: torch.Tensor, generator=None) -> torch.Tensor:
+    with torch.no_grad():
+        return layer(secret, LABELS_4, generator=generator)
+
+
+LABELS_4 = torch.tensor([0, 1, 2, 1])
+
+
+def _subtract(layer: scl.StochasticConditionalAdditive, h: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """The receiver's estimate of x: the release minus the regenerated noise, minus the class's
+    offset (white-box: the receiver knows the layer, and the class is revealed by design)."""
+    with torch.no_grad():
+        dist = layer.distribution(torch.zeros_like(h), LABELS_4)  # loc = m_c, scale = s_c
+        return h - dist.scale * eps - dist.loc
+
+
+def test_a_copied_torch_generator_state_lets_the_receiver_subtract_the_noise_exactly() -> None:
+    # The old eval path: one torch.Generator (MT19937) per process. Its state follows from a few
+    # thousand outputs, which a receiver who knows one input reads back from a release; the state
+    # recovery itself is not implemented here: the copied state is taken as given.
+    layer, secret = _owner()
+    owner = torch.Generator()
+    owner.seed()  # from OS entropy, as before
+    copied_state = owner.get_state()  # what the receiver recovered
+
+    h = _release(layer, secret, owner)
+    attacker = torch.Generator()
+    attacker.set_state(copied_state)
+    eps = scl.random.randn(h.shape, generator=attacker)  # the owner's next noise, regenerated
+
+    torch.testing.assert_close(_subtract(layer, h, eps), secret, rtol=0, atol=1e-5)  # x comes back
+
+
+def test_the_cipher_stream_gives_no_such_handle() -> None:
+    # Every torch generator state the receiver could copy, taken just before the owner's draw:
+    # torch's global generator, a fresh generator's default seed, scl.deterministic's seed 0.
+    layer, secret = _owner()
+    states = {
+        "global": torch.random.get_rng_state(),
+        "fresh": torch.Generator().get_state(),
+        "deterministic(0)": torch.Generator().manual_seed(0).get_state(),
+    }
+    h = _release(layer, secret)  # eval mode, no generator: the cipher stream
+    with torch.no_grad():
+        dist = layer.distribution(secret, LABELS_4)
+        true_eps = ((h - dist.loc) / dist.scale).flatten()
+
+    before = torch.random.get_rng_state()
+    for name, state in states.items():
+        for replay in (torch.Generator(), None):
+            if replay is None:
+                torch.random.set_rng_state(state)  # the receiver's own global generator
+                guess = torch.randn(h.shape)
+            else:
+                replay.set_state(state)
+                guess = scl.random.randn(h.shape, generator=replay)
+            corr = torch.corrcoef(torch.stack([guess.flatten(), true_eps]))[0, 1].item()
+            assert abs(corr) < 0.15, name  # 768 values: |corr| of independent noise ~ 0.036
+            error = (_subtract(layer, h, guess) - secret).abs().mean().item()
+            assert error > 0.3, name  # ~ E[s_c] * E|N(0, 2)| ~ 0.9, nowhere near the exact recovery above
+    torch.random.set_rng_state(before)

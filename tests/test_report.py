@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from scl import figures
+from scl import cipher, figures
 from scl.errors import SCLError, ShapeError
 from scl.io import write_json
 from scl.report import write_report
@@ -310,3 +310,15 @@ def test_report_is_rewritten_atomically(tmp_path: Path) -> None:
     assert (run / "report.html").read_bytes() != first
     assert "50.0%" in (run / "report.html").read_text(encoding="utf-8")
     _no_temporary_files(run)
+
+
+@pytest.mark.parametrize("reproducible", [True, False])
+def test_report_names_the_noise_source(tmp_path: Path, reproducible: bool) -> None:
+    run = _run_folder(tmp_path, config={**CONFIG, "reproducible": reproducible})
+
+    text = write_report(run).read_text(encoding="utf-8")
+
+    assert "<h2>Noise source</h2>" in text
+    assert "AES-256-CTR" in text and "os.urandom, 256 bits, per process, renewed after fork" in text
+    assert cipher.library() in text
+    assert ("inside <code>scl.deterministic(seed)</code>" in text) == reproducible

@@ -210,15 +210,19 @@ def obfuscate(
     out: Annotated[Path, typer.Option("--out", help="A folder for PNGs, or a file ending in .npz.")],
     selection: Annotated[str, typer.Option("--selection", help="Label-free selection: soft or gated.")] = "soft",
 ) -> None:
-    """Obfuscate images without labels (soft or gated selection), with fresh OS-entropy noise.
+    """Obfuscate images without labels (soft or gated selection), with fresh cipher-stream noise.
 
     Example: `scl obfuscate --run runs/mine --input photos/ --out obfuscated/`
     """
+    from rich.markup import escape
+
     from scl.pipelines import obfuscate as job
+    from scl.random import summary
 
     with _user_errors():
         count = job.obfuscate_files(run, input_, out, selection=selection)
     _console().print(f"obfuscated {count} images into [bold]{out}[/bold]")
+    _console().print(escape(summary()))  # where the noise came from (scl.random.describe())
 
 
 @app.command()
@@ -242,8 +246,9 @@ def export(
             "--noise",
             help=(
                 "input (default): the model takes the noise as a second input, `noise`, that you fill on "
-                "every run from a strong random source (numpy.random.default_rng(), OS entropy), so nobody "
-                "can regenerate it. internal: the model draws it with ONNX random ops, which onnxruntime "
+                "every run from a cryptographic source (scl.cipher / scl.export.draw_noise: AES-256-CTR keyed "
+                "from os.urandom; or os.urandom bytes), so nobody can regenerate it. internal: the model "
+                "draws it with ONNX random ops, which onnxruntime "
                 "seeds from one 32-bit seed an attacker could search; not for private data."
             ),
         ),

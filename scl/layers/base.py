@@ -26,7 +26,7 @@ from torch.distributions import Distribution
 
 from scl import distributions as D
 from scl.errors import ConfigError, ShapeError
-from scl.random import noise_generator
+from scl.random import CipherStream, noise_generator
 from scl.selection import ClassIndex, Selection, SharedSelection, check_labels
 from scl.validation import check_choice, check_num_classes, check_tensor, fingerprint
 
@@ -71,17 +71,19 @@ class StochasticConditionalLayer(nn.Module):
         return self.noise.build(self.params(x, pi))
 
     def forward(
-        self, x: Tensor, pi: Selection, *, generator: torch.Generator | None = None
+        self, x: Tensor, pi: Selection, *, generator: torch.Generator | CipherStream | None = None
     ) -> Tensor:
         """One sample of the layer's output (reparameterised in training mode).
 
-        In eval mode the noise comes from a generator seeded from OS entropy unless ``generator``
-        is given or the call is inside ``scl.deterministic(seed)`` (see :mod:`scl.random`).
+        In eval mode the noise comes from the process's cipher stream (AES-256-CTR keyed from
+        ``os.urandom``) unless ``generator`` is given (a ``torch.Generator`` or an
+        :class:`scl.random.CipherStream`) or the call is inside ``scl.deterministic(seed)``; in
+        training mode from torch's global generator (see :mod:`scl.random`).
         """
         return self.sample_with_distribution(x, pi, generator=generator)[0]
 
     def sample_with_distribution(
-        self, x: Tensor, pi: Selection, *, generator: torch.Generator | None = None
+        self, x: Tensor, pi: Selection, *, generator: torch.Generator | CipherStream | None = None
     ) -> tuple[Tensor, Distribution]:
         """``(sample, distribution)`` from one computation of the parameter maps (for losses that
         need both, e.g. a noise-entropy privacy term)."""

@@ -17,7 +17,7 @@ DEFAULTS: dict[str, Any] = {
     "image_size": 16,
     "batch_size": 64,
     # fix the noise of the whole experiment with scl.deterministic(seed) so numbers reproduce;
-    # a deployment would leave this off (noise from OS entropy)
+    # a deployment would leave this off (noise from the cipher stream, scl.random)
     "reproducible": True,
     "network": {"epochs": 40, "lr": 2e-3, "width": 32, "checkpoint": None},
     "layer": {

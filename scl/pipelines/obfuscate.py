@@ -19,7 +19,8 @@ from scl.pipelines.classification import CHECKPOINTS
 def obfuscate_files(run: Path, source: Path, out: Path, *, selection: str = "soft") -> int:
     """Obfuscate every image of ``source``; write PNGs into a folder or one ``.npz``.
 
-    Noise comes from OS entropy (never from a seed): this is what leaves the data owner.
+    Noise comes from the process's cipher stream (AES-256-CTR keyed from ``os.urandom``, never
+    from a seed; :func:`scl.random.describe`): this is what leaves the data owner.
     """
     ckpt = Path(run) / "checkpoints"
     if selection not in ("soft", "gated"):

@@ -257,7 +257,8 @@ class Update:
 
 
 def _generator(config: Mapping[str, Any], *parts: int) -> torch.Generator | None:
-    """Seeded from the config when ``reproducible``; ``None`` (fresh OS-entropy-seeded) otherwise."""
+    """Seeded from the config when ``reproducible``; fresh (OS-entropy-seeded) otherwise. For batch
+    order and screening masks; a client's obfuscation noise takes :func:`_noise_source`."""
     if not config["reproducible"]:
         generator = torch.Generator()
         generator.seed()  # from OS entropy, without touching torch's global generator
@@ -266,6 +267,13 @@ def _generator(config: Mapping[str, Any], *parts: int) -> torch.Generator | None
     for part in parts:
         seed = seed * 1_000_003 + part
     return torch.Generator().manual_seed(seed % (2**63))
+
+
+def _noise_source(config: Mapping[str, Any], generator: torch.Generator | None) -> torch.Generator | None:
+    """The noise of a client's release: ``generator`` in a reproducible run, else ``None``, the
+    layer's eval-mode source (the cipher stream, never an MT19937 torch.Generator, whose state a
+    receiver could recover from the release and use to subtract the noise)."""
+    return generator if config["reproducible"] else None
 
 
 def obfuscate(obfuscator: Obfuscator, data: Dataset, generator: torch.Generator | None) -> Tensor:
@@ -340,7 +348,7 @@ def client_update(
     obfuscator = build_obfuscator(config, data.dataset, layer_arrays)
     # reproducible runs draw the same noise for a client's share within a stage (step 3 obfuscates
     # once) and fresh noise per stage
-    h = obfuscate(obfuscator, own, _generator(config, 1, info.stage, client))
+    h = obfuscate(obfuscator, own, _noise_source(config, _generator(config, 1, info.stage, client)))
     generator = _generator(config, 2, info.round, client)
     return local_update(config, arrays, h, own.y, screening=info.screening, generator=generator)
 
@@ -545,7 +553,7 @@ def _samples(config: Mapping[str, Any], data: FederatedData, obfuscator: Obfusca
     """A few of client 0's samples: clean, obfuscated by SL-p, and screened (what N trains on)."""
     own = client_share(data, 0, p).subset(range(min(8, len(client_share(data, 0, p)))))
     generator = _generator(config, 4)
-    h = obfuscate(obfuscator, own, generator)
+    h = obfuscate(obfuscator, own, _noise_source(config, generator))
     s = config["federated"]["screening"]
     return {
         "client data (never sent)": own.x,
