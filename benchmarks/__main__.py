@@ -16,7 +16,7 @@ from scl.io import atomic_write
 # (command, target seconds on 2 cores)
 PIPELINES = [
     (["demo", "--quick"], 30.0),
-    (["demo"], 120.0),
+    (["demo"], 180.0),
 ]
 
 
