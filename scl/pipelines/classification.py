@@ -334,12 +334,6 @@ def evaluate(exp: Experiment) -> dict[str, Any]:
 #: The releases attacked, in the order of every table: the label-free ones (what leaves the owner
 #: at inference) first, then the hard one (labels known), then plain noise at the soft accuracy.
 RELEASES = ("soft", "gated", "hard", "gaussian")
-RELEASE_MEANING = {
-    "soft": "label-free, learned soft selection (what is sent at inference)",
-    "gated": "label-free, selection predicted from the input (ours)",
-    "hard": "labels known (sharing a labelled data set)",
-    "gaussian": "plain Gaussian noise at the soft release's accuracy (no training)",
-}
 #: Attack figures that every release reports; lower is more private.
 LEAK_KEYS = ("decoder_ssim", "decoder_psnr", "reid_top1", "reid_top5", "attribute_accuracy", "dcor")
 
