@@ -162,6 +162,7 @@ def fit(
     description: str,
     validation: Tensor | None = None,
     patience: int | None = None,
+    cosine: bool = False,
 ) -> int:
     """Train ``model`` with Adam over at most ``epochs`` shuffled passes.
 
@@ -183,6 +184,8 @@ def fit(
     """
     train_index = torch.arange(n) if isinstance(n, int) else n
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    steps = epochs * -(-train_index.numel() // batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1)) if cosine else None
     best_loss, best_state, stale, best_epochs, ran = float("inf"), None, 0, 0, 0
     with task(progress, description, epochs) as advance:
         for epoch in range(epochs):
@@ -198,6 +201,8 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if schedule is not None:
+                    schedule.step()
             if validation is None:
                 advance()
                 continue
