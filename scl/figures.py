@@ -543,3 +543,58 @@ def boxes_overlay(
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+#: The release each constrained stage shapes, for the budget figure and the report.
+BUDGET_STAGES = {"stage1": "hard", "soft": "soft", "gated": "gated"}
+
+
+def budget_curves(
+    utility: Mapping[str, Mapping[str, Any]],
+    test_losses: Mapping[str, float],
+    path: str | os.PathLike[str],
+) -> Path:
+    """The utility budget over training: the Lagrange multiplier and the validation accuracy loss
+    per epoch of each constrained stage, the budget as a line and the test loss as a marker.
+
+    Args:
+        utility: ``metrics["utility"]``: per stage (``stage1``, ``soft``, ``gated``) a mapping with
+            ``multiplier`` and ``validation_losses`` (one value per epoch), ``max_accuracy_loss``
+            and ``epoch`` (the epoch kept).
+        test_losses: per stage, the test accuracy lost by its release, in points.
+        path: where the PNG goes.
+    """
+    fig = _new_figure(10.0, 3.8)
+    left, right = fig.subplots(1, 2)
+    colours = {"stage1": "#4c72b0", "soft": "#dd8452", "gated": "#55a868"}
+    budget = None
+    for stage, record in utility.items():
+        if not isinstance(record, Mapping) or "multiplier" not in record:
+            continue
+        colour = colours.get(stage, "#8172b3")
+        label = f"{stage} ({BUDGET_STAGES.get(stage, stage)} release)"
+        epochs = range(1, len(record["multiplier"]) + 1)
+        left.plot(list(epochs), record["multiplier"], color=colour, label=label)
+        losses = record.get("validation_losses", [])
+        right.plot(list(range(1, len(losses) + 1)), losses, color=colour, label=f"{label}, validation")
+        kept = record.get("epoch")
+        if isinstance(kept, int) and 1 <= kept <= len(losses):
+            right.plot([kept], [losses[kept - 1]], "o", color=colour, ms=6)
+        test = _finite(test_losses.get(stage))
+        if test is not None and kept is not None:
+            right.plot([kept], [test], "x", color=colour, ms=9, mew=2, label=f"{label}, test (kept epoch)")
+        budget = _finite(record.get("max_accuracy_loss"))
+    if budget is not None:
+        right.axhline(budget, ls="--", color="#c44e52", lw=1.2, label=f"budget ({budget:g} points)")
+    left.set_yscale("log")
+    left.set_xlabel("epoch")
+    left.set_ylabel("multiplier μ on the task loss")
+    left.set_title("Lagrange multiplier (dual ascent)")
+    right.set_xlabel("epoch")
+    right.set_ylabel("accuracy lost vs clean (points)")
+    right.set_title("validation loss against the budget")
+    for axis in (left, right):
+        axis.grid(True, alpha=0.3)
+    left.legend(fontsize=7)
+    right.legend(fontsize=7)
+    return _save(fig, path)

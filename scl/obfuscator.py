@@ -143,6 +143,14 @@ class Obfuscator(nn.Module):
         image_size = (x.shape[-2], x.shape[-1]) if x.dim() >= 3 else None
         return self.sample(self.features(x), labels, boxes, image_size=image_size, generator=generator)
 
+    def sample_with_distribution(
+        self, x: Tensor, labels: Tensor | None = None, boxes: Any = None
+    ) -> tuple[Tensor, Distribution]:
+        """``(sample, distribution)`` from one computation (for losses that need both)."""
+        h = self.features(x)
+        image_size = (x.shape[-2], x.shape[-1]) if x.dim() >= 3 else None
+        return self.layer.sample_with_distribution(h, self.select(h, labels, boxes, image_size=image_size))
+
     def distribution(self, x: Tensor, labels: Tensor | None = None, boxes: Any = None) -> Distribution:
         """The distribution the obfuscated sample is drawn from."""
         h = self.features(x)

@@ -48,6 +48,10 @@ CAPTIONS: dict[str, str] = {
     "tradeoff_curve": "Accuracy against decoder SSIM for several privacy weights λ. Left is more "
     "private; the dashed vertical line is the label-only floor, the dashed horizontal line the "
     "accuracy on clean images.",
+    "utility_budget": "The utility budget over training, for each stage that shapes a release: left, the "
+    "Lagrange multiplier μ on the task loss (it rises while the release loses more accuracy than the budget "
+    "allows); right, the validation accuracy loss per epoch against the budget (dashed), the epoch kept (dot) "
+    "and the test loss of the release kept (cross).",
     "accuracy_vs_share": "Federated learning: test accuracy against the share p of clients that "
     "send clean data.",
     "detections": "Detections on test images (boxes: x1, y1, x2, y2).",
@@ -431,6 +435,72 @@ def _privacy_section(metrics: Mapping[str, Any]) -> str:
     )
 
 
+_BUDGET_RELEASES = {"stage1": "hard", "soft": "soft", "gated": "gated"}
+
+
+def budget_test_losses(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Per constrained stage, the test accuracy its release lost against clean, in points."""
+    accuracy = metrics.get("accuracy")
+    if not isinstance(accuracy, Mapping) or _number(accuracy.get("clean")) is None:
+        return {}
+    return {stage: 100 * (accuracy["clean"] - accuracy[release]) for stage, release in _BUDGET_RELEASES.items()
+            if _number(accuracy.get(release)) is not None}
+
+
+def budget_lines(metrics: Mapping[str, Any]) -> list[tuple[str, bool]]:
+    """One sentence per constrained stage (``metrics["utility"]``) and whether its budget was met."""
+    utility = metrics.get("utility")
+    if not isinstance(utility, Mapping):
+        return []
+    tests = budget_test_losses(metrics)
+    lines = []
+    for stage, record in utility.items():
+        if not isinstance(record, Mapping) or "feasible" not in record:
+            continue
+        release = _BUDGET_RELEASES.get(stage, stage)
+        budget, val = record.get("max_accuracy_loss"), record.get("validation_loss")
+        test = tests.get(stage)
+        test_text = "" if test is None else f", {test:.1f} on the test split"
+        if record["feasible"]:
+            text = (f"budget {budget:g} points, {release} release: met on validation ({val:.1f} points lost on "
+                    f"{record.get('validation_images', '?')} validation images{test_text})")
+        else:
+            text = (f"budget {budget:g} points, {release} release: CANNOT be met; the closest point reached loses "
+                    f"{val:.1f} points on validation{test_text}. More data, a larger --max-accuracy-loss or a "
+                    "stronger layer would help")
+        lines.append((text, bool(record["feasible"])))
+    return lines
+
+
+def _budget_section(metrics: Mapping[str, Any]) -> str:
+    utility = metrics.get("utility")
+    if not isinstance(utility, Mapping) or not utility:
+        return ""
+    tests = budget_test_losses(metrics)
+    header = [("Stage", False), ("Release", False), ("Budget (points)", True), ("Validation loss", True),
+              ("Test loss", True), ("Epoch kept", True), ("Final multiplier μ", True), ("Verdict", False)]
+    rows = []
+    for stage, record in utility.items():
+        if not isinstance(record, Mapping) or "feasible" not in record:
+            continue
+        multiplier = record.get("multiplier") or [None]
+        verdict = ('<span class="met">within the budget</span>' if record["feasible"]
+                   else '<span class="notmet">budget cannot be met: closest point shown</span>')
+        rows.append([(_e(stage), ""), (_e(_BUDGET_RELEASES.get(stage, stage)), ""),
+                     (_fmt(record.get("max_accuracy_loss")), "num"), (_fmt(record.get("validation_loss")), "num"),
+                     (_fmt(tests.get(stage)), "num"), (_fmt(record.get("epoch"), "int"), "num"),
+                     (_fmt(multiplier[-1]), "num"), (verdict, "")])
+    images = next((r.get("validation_images") for r in utility.values() if isinstance(r, Mapping)), None)
+    note = (
+        '<p class="note">Every stage that shapes a release maximises privacy subject to the accuracy budget, '
+        "by dual ascent on a Lagrange multiplier μ (scl.pipelines.utility). The loss is measured on a "
+        f"validation part of the obfuscator split ({_e(images)} images), never on the test split; the test "
+        "loss is shown beside it. The stage keeps its last epoch within the budget, or, when none was, the "
+        "closest one.</p>"
+    )
+    return "<h2>Utility budget</h2>" + _table(header, rows) + note
+
+
 def _targets_section(metrics: Mapping[str, Any]) -> str:
     targets = metrics.get("targets")
     if not isinstance(targets, Sequence) or isinstance(targets, (str, bytes)) or not targets:
@@ -545,7 +615,7 @@ def _federated_section(metrics: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
-_SHOWN_KEYS = {"dataset", "num_classes", "accuracy", "accuracy_mean8", "privacy", "targets",
+_SHOWN_KEYS = {"dataset", "num_classes", "accuracy", "accuracy_mean8", "privacy", "targets", "utility",
                "seconds", "map", "map50", "map75", "engine", "stages", "date"}
 
 
@@ -579,7 +649,7 @@ def _caption(stem: str, captions: Mapping[str, str]) -> str:
 
 
 _FIGURE_ORDER = ("samples", "client_samples", "images", "reconstructions", "training_curves", "curves",
-                 "selection_maps", "selection", "tradeoff", "tradeoff_curve",
+                 "utility_budget", "selection_maps", "selection", "tradeoff", "tradeoff_curve",
                  "accuracy_vs_share", "detections", "boxes")
 
 
@@ -686,6 +756,7 @@ def write_report(
         _accuracy_section(metrics),
         _detection_section(metrics),
         _federated_section(metrics),
+        _budget_section(metrics),
         _privacy_section(metrics),
         _targets_section(metrics),
         _time_section(metrics),

@@ -50,7 +50,7 @@ def test_config_layers_defaults_quick_file_and_set(tmp_path):
     ("assignment", "message"),
     [
         ("stage1.lamda=1", "unknown config key 'stage1.lamda'"),
-        ("stage1.privacy=loud", r"stage1.privacy must be one of \['entropy', 'ssim', 'both'\]"),
+        ("stage1.privacy=loud", r"stage1.privacy must be one of \['within', 'dcor'"),
         ("network.epochs=0", "network.epochs must be a positive integer, but got 0"),
         ("stage1.lam=-1", "stage1.lam must be a number >= 0"),
         ("layer=3", "must be a section"),

@@ -37,6 +37,14 @@ NetworkOpt = Annotated[
     Path | None, typer.Option("--network", help="A task network checkpoint to use instead of training one.")
 ]
 NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="No progress bars (for logs and CI).")]
+BudgetOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-accuracy-loss",
+        help="The most test accuracy a release may lose against clean images, in points (default 1.0); every "
+        "stage makes its release as private as it can within it. Same as --set utility.max_accuracy_loss=P.",
+    ),
+]
 
 
 def _console():  # noqa: ANN202
@@ -70,10 +78,15 @@ def _default_out(command: str) -> Path:
     return Path("runs") / f"{command}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def _config(quick: bool, config: Path | None, sets: list[str] | None, data: str | None, network: Path | None) -> dict:
+def _config(
+    quick: bool, config: Path | None, sets: list[str] | None, data: str | None, network: Path | None,
+    max_accuracy_loss: float | None = None,
+) -> dict:
     from scl.pipelines import config as cfg
 
     overrides: dict = {}
+    if max_accuracy_loss is not None:
+        overrides["utility"] = {"max_accuracy_loss": max_accuracy_loss}
     if data is not None:
         overrides["data"] = data
     if network is not None:
@@ -101,6 +114,10 @@ def _summary(metrics: dict, out: Path) -> None:
         extra = f"mean of 8: {100 * mean8[name]:.1f}%" if name in mean8 and name != "clean" else ""
         table.add_row(f"accuracy ({name})", f"{100 * value:.1f}%", extra)
     console.print(table)
+    from scl.report import budget_lines
+
+    for line, met in budget_lines(metrics):
+        console.print(f"  {line}", style="green" if met else "bold red")
     priv = metrics.get("privacy", {})
     from scl.report import gaussian_verdicts, release_table
 
@@ -131,6 +148,7 @@ def demo(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     network: NetworkOpt = None,
+    max_accuracy_loss: BudgetOpt = None,
     no_progress: NoProgressOpt = False,
 ) -> None:
     """Run the whole classification experiment: train, evaluate, attack, report.
@@ -140,7 +158,7 @@ def demo(
     from scl.pipelines import classification
 
     with _user_errors():
-        cfg = _config(quick, config, set_, data, network)
+        cfg = _config(quick, config, set_, data, network, max_accuracy_loss)
         out = out or _default_out("demo")
         folder, metrics = classification.demo(
             cfg, out, sweep_lams=sweep, console=_console(), show_progress=not no_progress
@@ -156,6 +174,7 @@ def train(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     network: NetworkOpt = None,
+    max_accuracy_loss: BudgetOpt = None,
     no_progress: NoProgressOpt = False,
 ) -> None:
     """Train N, the stochastic layer (stage 1) and the selections (stage 2); measure accuracy.
@@ -165,7 +184,7 @@ def train(
     from scl.pipelines import classification
 
     with _user_errors():
-        cfg = _config(quick, config, set_, data, network)
+        cfg = _config(quick, config, set_, data, network, max_accuracy_loss)
         out = out or _default_out("train")
         folder, metrics = classification.train_command(cfg, out, console=_console(), show_progress=not no_progress)
     _summary(metrics, folder)

@@ -24,10 +24,16 @@ class StochasticConditionalAdditive(StochasticConditionalLayer):
     The layer is elementwise, so selecting at the input or at the output is the same; there is no
     ``selection_at`` argument.
 
+    With ``learn_gain=True`` class c also owns a gain map ``g[c]: Tensor[*shape]`` (initialised
+    to 1) and its mean is ``g[c] * x + m[c, 0]``: the layer can then turn the input down where
+    the task does not need it, down to a release that is the class's mean map plus noise and
+    carries nothing of ``x`` beyond the class.
+
     Args:
         shape: the shape of one input sample, e.g. ``(3, 32, 32)``.
         num_classes: C.
         distribution, distribution_options: as for the convolution.
+        learn_gain: learn a per-class gain on the input (default: the input passes unscaled).
     """
 
     def __init__(
@@ -37,6 +43,7 @@ class StochasticConditionalAdditive(StochasticConditionalLayer):
         *,
         distribution: str = "gaussian",
         distribution_options: dict[str, Any] | None = None,
+        learn_gain: bool = False,
     ) -> None:
         super().__init__(
             num_classes, distribution=distribution, distribution_options=distribution_options
@@ -52,6 +59,10 @@ class StochasticConditionalAdditive(StochasticConditionalLayer):
             self.num_classes, self.num_params, *self.shape
         )
         self.offsets = nn.Parameter(offsets.clone())
+        if not isinstance(learn_gain, bool):
+            raise ConfigError(f"learn_gain must be True or False, but got {learn_gain!r}")
+        self.learn_gain = learn_gain
+        self.gains = nn.Parameter(torch.ones(self.num_classes, *self.shape)) if learn_gain else None
 
     def params(self, x: Tensor, pi: Selection) -> list[Tensor]:
         """Raw parameter maps, each ``Tensor[B, *shape]``."""
@@ -63,18 +74,23 @@ class StochasticConditionalAdditive(StochasticConditionalLayer):
         sel = self._selection(pi, x.shape[0])
         if isinstance(sel, ClassIndex):
             maps = self.offsets[sel.labels]  # [B, P, *shape]
-            first = x + maps[:, 0]
+            first = (x if self.gains is None else self.gains[sel.labels] * x) + maps[:, 0]
         else:
             values = sel.values.unsqueeze(0) if isinstance(sel, SharedSelection) else sel
             _broadcast_check("input", tuple(values.shape[2:]), self.shape)
             weights = values.reshape(*values.shape, *([1] * (len(self.shape) + 2 - values.dim())))
             maps = torch.einsum("nc...,cp...->np...", weights.expand(-1, -1, *self.shape), self.offsets)
             maps = maps.expand(x.shape[0], *maps.shape[1:])  # a shared selection has one row
-            first = weights.sum(1) * x + maps[:, 0]
+            if self.gains is None:
+                gain = weights.sum(1)
+            else:
+                gain = torch.einsum("nc...,c...->n...", weights.expand(-1, -1, *self.shape), self.gains)
+            first = gain * x + maps[:, 0]
         return [first, *maps[:, 1:].unbind(1)] if self.num_params > 1 else [first]
 
     def extra_repr(self) -> str:
-        return f"shape={self.shape}, num_classes={self.num_classes}, distribution={self.noise!r}"
+        gain = ", learn_gain=True" if self.learn_gain else ""
+        return f"shape={self.shape}, num_classes={self.num_classes}, distribution={self.noise!r}{gain}"
 
     def config(self) -> dict[str, Any]:
         return {
@@ -82,4 +98,5 @@ class StochasticConditionalAdditive(StochasticConditionalLayer):
             "num_classes": self.num_classes,
             "distribution": self.noise.name,
             "distribution_options": self.noise.config(),
+            "learn_gain": self.learn_gain,
         }

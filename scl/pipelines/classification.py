@@ -2,9 +2,11 @@
 
 1. Task network N trained on clean data (or loaded), then frozen.
 2. Stage 1 (§3.1.1): a stochastic conditional layer trained with hard selection so that N still
-   classifies its samples, plus a privacy term weighted by ``lam``.
+   classifies its samples: the most private layer within the utility budget
+   (``utility.max_accuracy_loss``, :mod:`scl.pipelines.utility`), or, without a budget, the task
+   loss plus ``lam`` x the privacy term.
 3. Stage 2 (§3.1.2): the layer frozen, a SoftSelection (and, beyond the spec, a GatedSelection)
-   trained on the task loss for label-free inference (§3.2).
+   trained for label-free inference (§3.2) with the same objective and budget.
 4. Accuracy of N on the test split: clean, hard, soft, gated; one sample and the mean of 8.
 5. Attacks trained on the attacker split and scored on the test split, each beside its floor.
 
@@ -37,6 +39,8 @@ from scl.layers import StochasticConditionalAdditive, StochasticConditionalConv2
 from scl.models import SmallCNN
 from scl.obfuscator import Obfuscator, freeze
 from scl.pipelines import engine
+from scl.pipelines.utility import BudgetResult, PrivacyObjective, UtilityBudget, train_within_budget
+from scl.pipelines.utility import privacy_term as privacy_term  # re-exported for detection
 from scl.progress import make_progress
 from scl.selection import ClassIndex, GatedSelection, SoftSelection
 
@@ -144,10 +148,24 @@ def train_network(exp: Experiment, progress: Progress | None, log: RunLog) -> No
 
 
 # -- stage 1 ------------------------------------------------------------------------------------------
+#: ``layer.init_scale = "auto"``: the initial noise scale as this fraction of the inputs' spread.
+AUTO_INIT_FRACTION = 0.1
+
+
+def init_scale(value: float | str, dataset: Dataset) -> float:
+    """The layer's initial noise scale: a number as given, or ``"auto"``: a tenth of the standard
+    deviation of the data's pixels, so every data set starts from a release the task network still
+    reads and the budget, not a constant, decides how much noise there is."""
+    if value != "auto":
+        return float(value)
+    return max(AUTO_INIT_FRACTION * float(dataset.x.std()), 2e-3)
+
+
 def build_layer(config: dict[str, Any], dataset: Dataset) -> scl.StochasticConditionalLayer:
     """The stochastic conditional layer: image in, image-shaped sample out (N reads it)."""
     layer_cfg = config["layer"]
-    options = {"init_scale": layer_cfg["init_scale"]} if layer_cfg["distribution"] in ("gaussian", "laplace") else {}
+    options = {"init_scale": init_scale(layer_cfg["init_scale"], dataset)} \
+        if layer_cfg["distribution"] in ("gaussian", "laplace") else {}
     channels = dataset.channels
     if layer_cfg["kind"] == "additive":
         return StochasticConditionalAdditive(
@@ -155,6 +173,7 @@ def build_layer(config: dict[str, Any], dataset: Dataset) -> scl.StochasticCondi
             dataset.num_classes,
             distribution=layer_cfg["distribution"],
             distribution_options=options,
+            learn_gain=bool(layer_cfg.get("learn_gain", False)),
         )
     k = layer_cfg["kernel_size"]
     return StochasticConditionalConv2d(
@@ -169,40 +188,52 @@ def build_layer(config: dict[str, Any], dataset: Dataset) -> scl.StochasticCondi
     )
 
 
-def privacy_term(
-    kind: str, x: Tensor, h: Tensor, dist: torch.distributions.Distribution
-) -> tuple[Tensor, dict[str, float]]:
-    """The term stage 1 minimises beside the task loss (weighted by lam).
+def max_accuracy_loss(config: dict[str, Any]) -> float | None:
+    """The utility budget in points (``utility.max_accuracy_loss``), or ``None``: the fixed-λ
+    stages of earlier versions (also for configs written before the budget existed)."""
+    value = config.get("utility", {}).get("max_accuracy_loss")
+    return None if value is None else float(value)
 
-    ``entropy``: ``-mean(log scale)``, raising the noise (Shredder's idea); needs a location-scale
-    distribution. ``ssim``: ``SSIM(x, h)``, pushing the samples away from the inputs' structure.
-    """
-    from torchmetrics.functional.image import structural_similarity_index_measure as ssim_fn
 
-    from scl.attacks.metrics import ssim_kernel_size
+def budget_splits(exp: Experiment) -> tuple[tuple[Tensor, ...], tuple[Tensor, Tensor]]:
+    """The obfuscator split cut into a training part and the validation part that measures the
+    budget (``utility.validation_fraction``, seeded): ``((x, y[, attribute]), (x_val, y_val))``."""
+    data, fraction = exp.splits["obfuscator"], float(exp.config["utility"]["validation_fraction"])
+    order = torch.randperm(len(data), generator=_generator(exp.config, 5))
+    k = int(round(fraction * len(data)))
+    if k < 2 or len(data) - k < 2:
+        raise ConfigError(
+            f"the obfuscator split has {len(data)} images: too few to hold out {fraction:g} of them to "
+            "measure the accuracy budget; use more data or --set utility.max_accuracy_loss=null"
+        )
+    train, val = order[k:], order[:k]
+    parts = [data.x[train], data.y[train]]
+    if data.attribute is not None:
+        parts.append(data.attribute[train])
+    return tuple(parts), (data.x[val], data.y[val])
 
-    terms: dict[str, Tensor] = {}
-    if kind in ("entropy", "both"):
-        scale = getattr(dist, "scale", None)
-        if scale is None:
-            raise ConfigError(
-                "stage1.privacy='entropy' needs a gaussian or laplace layer; use "
-                "--set stage1.privacy=ssim for other distributions"
-            )
-        terms["neg_log_scale"] = -torch.log(scale).mean()
-    if kind in ("ssim", "both"):
-        if h.shape != x.shape:
-            raise ConfigError("stage1.privacy='ssim' needs samples shaped like the inputs")
-        size = ssim_kernel_size(*x.shape[-2:])
-        terms["ssim"] = ssim_fn(h, x, data_range=1.0, kernel_size=size)  # type: ignore[assignment]
-    total = sum(terms.values())
-    return total, {k: float(v.detach()) for k, v in terms.items()}  # type: ignore[return-value]
+
+def _objective(exp: Experiment, image_shape: tuple[int, ...]) -> PrivacyObjective:
+    names = exp.dataset.attribute_names
+    return PrivacyObjective(exp.config["stage1"]["privacy"], num_classes=exp.dataset.num_classes,
+                            image_shape=image_shape, in_shape=exp.dataset.image_shape,
+                            num_attributes=None if names is None else len(names))
+
+
+def _record_budget(exp: Experiment, stage: str, result: BudgetResult, log: RunLog | None) -> None:
+    exp.metrics.setdefault("utility", {})[stage] = result.as_dict()
+    if log is not None:
+        log(result.message(stage))
 
 
 def train_stage1(
     exp: Experiment, progress: Progress | None, log: RunLog, *, lam: float | None = None, epochs: int | None = None
 ) -> Obfuscator:
+    """Stage 1 (spec §3.1.1): the layer with hard selection. Within the utility budget when one is
+    set (``utility.max_accuracy_loss``) and no ``lam`` is passed; else task loss + ``lam`` x the
+    privacy term."""
     cfg = exp.config
+    budget = max_accuracy_loss(cfg) if lam is None else None
     lam = cfg["stage1"]["lam"] if lam is None else lam
     network = exp.network
     if network is None:
@@ -212,12 +243,31 @@ def train_stage1(
     obfuscator = Obfuscator(layer)
     data = exp.splits["obfuscator"]
     kind = cfg["stage1"]["privacy"]
+    if budget is not None:
+        train, (xv, yv) = budget_splits(exp)
+        objective = _objective(exp, exp.dataset.image_shape)
+        history, result = train_within_budget(
+            list(layer.parameters()), [layer],
+            lambda x, y: layer.sample_with_distribution(x, ClassIndex(y, layer.num_classes)),
+            objective, UtilityBudget(budget, network, xv, yv), train,
+            epochs=epochs or cfg["stage1"]["epochs"], lr=cfg["stage1"]["lr"], batch_size=cfg["batch_size"],
+            generator=_generator(cfg, 2), evaluate=lambda x, y: obfuscator(x, y), progress=progress,
+            description=f"stage 1: layer, hard selection ({kind}, budget {budget:g} pt)",
+        )
+        if epochs is None:
+            exp.history["stage1"] = history
+            _record_budget(exp, "stage1", result, log)
+        return obfuscator
 
-    def loss_fn(x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
+    objective = _objective(exp, exp.dataset.image_shape)
+    with_attribute = objective.kind == "attribute"
+
+    def loss_fn(x: Tensor, y: Tensor, attribute: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         h, dist = layer.sample_with_distribution(x, ClassIndex(y, layer.num_classes))
         logits = network(h)
         task = F.cross_entropy(logits, y)
-        privacy, stats = privacy_term(kind, x, h, dist)
+        privacy, stats = objective.term(x, y, h, dist, attribute)
+        objective.adversary_step(x, y, h, attribute)
         acc = float((logits.argmax(-1) == y).float().mean())
         return task + lam * privacy, {"task_loss": task.item(), "accuracy": acc, **stats}
 
@@ -225,7 +275,7 @@ def train_stage1(
     history = engine.train(
         loss_fn,
         list(layer.parameters()),
-        (data.x, data.y),
+        (data.x, data.y, data.attribute) if with_attribute and data.attribute is not None else (data.x, data.y),
         epochs=epochs or cfg["stage1"]["epochs"],
         lr=cfg["stage1"]["lr"],
         batch_size=cfg["batch_size"],
@@ -256,12 +306,37 @@ def _train_selection(
     progress: Progress | None,
     description: str,
     epochs: int | None = None,
+    log: RunLog | None = None,
 ) -> dict[str, list[float]]:
+    """Train a label-free selection on the frozen layer: within the utility budget with the same
+    objective as stage 1 when a budget is set (and ``epochs`` is not, i.e. not in the sweep), else
+    on the task loss alone."""
     cfg, network, data = exp.config, exp.network, exp.splits["obfuscator"]
     if network is None:
         raise SCLError("train or load the task network first")
     obfuscator.freeze_layer()
     obfuscator.layer.train()  # reparameterised samples, frozen weights
+    parameters = [p for p in selection.parameters() if p.requires_grad]
+    budget = max_accuracy_loss(cfg) if epochs is None else None
+    if budget is not None:
+        train, (xv, yv) = budget_splits(exp)
+        shape = tuple(obfuscator(data.x[:2]).shape[1:])
+        supervised = None
+        if isinstance(selection, GatedSelection):
+            # the gate's job is to pick the class: the owner's labels teach it beside the task loss
+            def supervised(x: Tensor, y: Tensor) -> Tensor:
+                return F.nll_loss(torch.log(selection(x).clamp_min(1e-8)), y)
+
+        history, result = train_within_budget(
+            parameters, [selection], lambda x, y: obfuscator.sample_with_distribution(x),
+            _objective(exp, shape), UtilityBudget(budget, network, xv, yv), train,
+            epochs=cfg[section]["epochs"], lr=cfg[section]["lr"], batch_size=cfg["batch_size"],
+            generator=_generator(cfg, 3), evaluate=lambda x, y: obfuscator(x), progress=progress,
+            description=f"{description} (budget {budget:g} pt)", supervised=supervised,
+        )
+        _record_budget(exp, "soft" if section == "stage2" else "gated", result, log)
+        obfuscator.eval()
+        return history
 
     def loss_fn(x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
         logits = network(obfuscator(x))
@@ -270,7 +345,7 @@ def _train_selection(
 
     history = engine.train(
         loss_fn,
-        [p for p in selection.parameters() if p.requires_grad],
+        parameters,
         (data.x, data.y),
         epochs=epochs or cfg[section]["epochs"],
         lr=cfg[section]["lr"],
@@ -284,14 +359,15 @@ def _train_selection(
 
 
 def train_stage2(
-    exp: Experiment, obfuscator: Obfuscator, progress: Progress | None, *, gated: bool = True, epochs: int | None = None
+    exp: Experiment, obfuscator: Obfuscator, progress: Progress | None, *, gated: bool = True,
+    epochs: int | None = None, log: RunLog | None = None,
 ) -> None:
     """Soft selection on the frozen layer (spec §3.1.2); the gated extension beside it."""
     cfg = exp.config
     torch.manual_seed(cfg["seed"] + 2)
     soft = SoftSelection(exp.dataset.num_classes, soft_shape(cfg, obfuscator.layer, exp.dataset))
     obfuscator.selection = soft
-    history = _train_selection(exp, obfuscator, soft, "stage2", progress, "stage 2: soft selection", epochs)
+    history = _train_selection(exp, obfuscator, soft, "stage2", progress, "stage 2: soft selection", epochs, log)
     if epochs is None:
         exp.history["stage2 soft"] = history
         exp.obfuscator = obfuscator
@@ -299,7 +375,7 @@ def train_stage2(
         gate = GatedSelection(exp.dataset.num_classes, exp.dataset.channels)
         gated_obfuscator = Obfuscator(obfuscator.layer, gate)
         exp.history["stage2 gated"] = _train_selection(
-            exp, gated_obfuscator, gate, "gated", progress, "stage 2: gated selection (extension)"
+            exp, gated_obfuscator, gate, "gated", progress, "stage 2: gated selection (extension)", log=log
         )
         exp.gated = gated_obfuscator
 
@@ -656,6 +732,10 @@ def write_outputs(exp: Experiment, folder: Path, log: RunLog, name: str | None =
         figures.selection_maps(
             exp.obfuscator.selection.values.detach(), fig / "selection_maps.png", class_names=exp.dataset.class_names
         )
+    if exp.metrics.get("utility"):
+        from scl.report import budget_test_losses
+
+        figures.budget_curves(exp.metrics["utility"], budget_test_losses(exp.metrics), fig / "utility_budget.png")
     if exp.metrics.get("sweep"):
         figures.tradeoff_curve(exp.metrics["sweep"], fig / "tradeoff.png")
     exp.metrics["dataset"] = exp.dataset.name
@@ -683,7 +763,7 @@ def run_training(exp: Experiment, progress: Progress | None, log: RunLog) -> Non
     obfuscator = train_stage1(exp, progress, log)
     seconds["stage1"] = time.perf_counter() - start
     start = time.perf_counter()
-    train_stage2(exp, obfuscator, progress)
+    train_stage2(exp, obfuscator, progress, log=log)
     seconds["stage2"] = time.perf_counter() - start
     acc = evaluate(exp)
     log("accuracy: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in acc.items()))

@@ -25,15 +25,26 @@ DEFAULTS: dict[str, Any] = {
         "distribution": "gaussian",
         "selection_at": "input",
         "kernel_size": 3,
-        "init_scale": 0.5,
+        # the initial noise scale: a number, or "auto" (a tenth of the pixels' standard deviation)
+        "init_scale": "auto",
+        # additive only: learn a per-class gain on the input (mean g_c * x + m_c), so the layer can
+        # turn x down where N does not need it
+        "learn_gain": False,
     },
     # privacy term of stage 1: "entropy" raises the mean log noise scale (as Shredder does);
     # "ssim" pushes SSIM(x, h) down; "both" adds them. Weighted by lam.
-    "stage1": {"epochs": 40, "lr": 3e-3, "privacy": "entropy", "lam": 0.1},
+    # privacy objective of every stage that shapes a release (scl.pipelines.utility.OBJECTIVES):
+    # "within" (the Gaussian bound on what h carries beyond the class), "dcor", "adversarial",
+    # "attribute", "entropy" (Shredder's), "ssim", "both". lam weighs it only without a budget.
+    "stage1": {"epochs": 100, "lr": 3e-3, "privacy": "within", "lam": 0.1},
+    # the utility budget: the most test accuracy a release may lose against clean images, in points
+    # (--max-accuracy-loss); measured on validation_fraction of the obfuscator split. null: no
+    # budget, stage 1 weighs the privacy term by stage1.lam and stage 2 trains on the task alone
+    "utility": {"max_accuracy_loss": 1.0, "validation_fraction": 0.5},
     # soft selection shape: "input" (C_in, H, W) as spec §2.2.1, "spatial" (1, H, W) maps,
     # "channel" (C_in, 1, 1), or "scalar" ()
     "stage2": {"epochs": 80, "lr": 0.1, "soft_shape": "spatial"},
-    "gated": {"epochs": 30, "lr": 3e-3},
+    "gated": {"epochs": 100, "lr": 3e-3},
     "attacks": {
         # quick | standard | strong (scl.attacks.budget): how hard every learned attacker tries;
         # nested, so a stronger budget never scores a lower leak
@@ -60,7 +71,7 @@ QUICK: dict[str, Any] = {
 CHOICES = {
     "layer.kind": ("conv", "additive"),
     "layer.selection_at": ("input", "output"),
-    "stage1.privacy": ("entropy", "ssim", "both"),
+    "stage1.privacy": ("within", "dcor", "adversarial", "attribute", "entropy", "ssim", "both"),
     "stage2.soft_shape": ("input", "spatial", "channel", "scalar"),
     "attacks.budget": ("quick", "standard", "strong"),
 }
@@ -160,6 +171,21 @@ def validate(config: Mapping[str, Any]) -> None:
     lam = config["stage1"]["lam"]
     if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 0:
         raise ConfigError(f"stage1.lam must be a number >= 0, but got {lam!r}")
+    budget = config["utility"]["max_accuracy_loss"]
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                               or not 0 <= budget < 100):
+        raise ConfigError(
+            f"utility.max_accuracy_loss (--max-accuracy-loss) must be null or a number of points in "
+            f"[0, 100), but got {budget!r}"
+        )
+    fraction = config["utility"]["validation_fraction"]
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ConfigError(f"utility.validation_fraction must be a number in (0, 1), but got {fraction!r}")
+    scale = config["layer"]["init_scale"]
+    if scale != "auto" and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
+        raise ConfigError(f"layer.init_scale must be \"auto\" or a number > 0, but got {scale!r}")
+    if not isinstance(config["layer"]["learn_gain"], bool):
+        raise ConfigError(f"layer.learn_gain must be true or false, but got {config['layer']['learn_gain']!r}")
     cap = config["attacks"]["max_epochs"]
     if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
         raise ConfigError(f"attacks.max_epochs must be null or a positive integer, but got {cap!r}")

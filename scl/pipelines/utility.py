@@ -1,0 +1,479 @@
+"""Privacy at a utility budget: the stage code every pipeline shares.
+
+A user says how much accuracy they may lose (``max_accuracy_loss``, in points); each stage that
+shapes a release (stage 1, the soft selection, the gated selection) then makes the release as
+private as it can within that loss. Three pieces, each used by every stage:
+
+* :class:`PrivacyObjective` - what "private" means: a differentiable term to minimise, computed on
+  the release ``h`` (and its distribution) of a batch ``(x, y)``, some with an adversary that
+  trains beside the layer.
+* :class:`UtilityBudget` - the constraint, measured on a validation part of the obfuscator split
+  (never the test split): accuracy of the frozen task network on the release, paired with its
+  accuracy on the same clean images.
+* :func:`train_within_budget` - constrained training by dual ascent on a Lagrange multiplier.
+
+Why dual ascent on a multiplier and not a constant weight: a weight that gives a 1-point loss on
+one data set gives 15 or 40 on another (measured, see the issue "Privacy at a utility budget"),
+and the user cannot know it in advance. The stage minimises ``privacy + mu * task_loss``
+(normalised by ``1 + mu``); after every step ``log mu`` moves by ``rate * (loss - budget)`` with
+``loss`` the validation accuracy drop in points (smoothed over steps). The constraint is measured
+as a rate (accuracy) while the stage descends its differentiable surrogate (cross-entropy): the
+proxy-Lagrangian of Cotter, Jiang and Sridharan (2019), with the multiplicative update of GECO
+(Rezende and Viola, 2018) so that ``mu`` keeps its scale for any objective. The stage keeps the
+weights of the last epoch whose validation loss was within the budget (averaged over 8 noise
+draws); when no epoch was, it keeps the closest one and says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from scl.errors import ConfigError, DataError
+from scl.progress import task
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+__all__ = [
+    "OBJECTIVES",
+    "BudgetResult",
+    "PrivacyObjective",
+    "UtilityBudget",
+    "distance_correlation_term",
+    "train_within_budget",
+    "within_class_information",
+]
+
+#: The privacy objectives a stage can minimise (``stage1.privacy``).
+OBJECTIVES = ("within", "dcor", "adversarial", "attribute", "entropy", "ssim", "both")
+
+#: ``h = release(x, y)`` with its distribution: ``(h, dist)``.
+Release = Callable[[Tensor, Tensor], tuple[Tensor, torch.distributions.Distribution]]
+
+
+# -- the objectives ------------------------------------------------------------------------------
+def privacy_term(
+    kind: str, x: Tensor, h: Tensor, dist: torch.distributions.Distribution
+) -> tuple[Tensor, dict[str, float]]:
+    """The terms of earlier versions, minimised beside the task loss (weighted by ``stage1.lam``
+    without a budget; :class:`PrivacyObjective` kinds ``entropy``, ``ssim`` and ``both``).
+
+    ``entropy``: ``-mean(log scale)``, raising the noise (Shredder's idea); needs a location-scale
+    distribution. ``ssim``: ``SSIM(x, h)``, pushing the samples away from the inputs' structure.
+    """
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim_fn
+
+    from scl.attacks.metrics import ssim_kernel_size
+
+    terms: dict[str, Tensor] = {}
+    if kind in ("entropy", "both"):
+        scale = getattr(dist, "scale", None)
+        if scale is None:
+            raise ConfigError(
+                "stage1.privacy='entropy' needs a gaussian or laplace layer; use "
+                "--set stage1.privacy=ssim for other distributions"
+            )
+        terms["neg_log_scale"] = -torch.log(scale).mean()
+    if kind in ("ssim", "both"):
+        if h.shape != x.shape:
+            raise ConfigError("stage1.privacy='ssim' needs samples shaped like the inputs")
+        size = ssim_kernel_size(*x.shape[-2:])
+        terms["ssim"] = ssim_fn(h, x, data_range=1.0, kernel_size=size)  # type: ignore[assignment]
+    total = sum(terms.values())
+    return total, {k: float(v.detach()) for k, v in terms.items()}  # type: ignore[return-value]
+
+
+def within_class_information(y: Tensor, loc: Tensor, variance: Tensor) -> Tensor:
+    """``mean over elements of 1/2 log(1 + Var(mu | c) / sigma^2)``, pooled over the batch's classes.
+
+    For a release ``h = mu(x) + sigma * eps`` with Gaussian ``eps`` independent of ``x`` and, given
+    the class, ``sigma`` not depending on ``x``, each element ``h_j`` is a Gaussian channel with
+    signal power ``Var(mu_j | c)``, so ``I(h_j; x | c) <= 1/2 log(1 + Var(mu_j | c) / sigma_j^2)``;
+    the elements are independent given ``x``, so ``I(h; x | c)`` is at most the sum over ``j``.
+    This returns that bound per element (nats), estimated on the batch: ``Var(mu | c)`` is the
+    unbiased variance of ``loc`` over the batch's samples of class ``c`` and ``sigma^2`` their mean
+    ``variance`` (an approximation when ``sigma`` depends on ``x``; for a Laplace release it is
+    the bound of a Gaussian of the same variance, which is not a bound). Classes with fewer than 2
+    samples in the batch are skipped; each class weighs by its count.
+
+    Args:
+        y: ``Tensor[B]`` int64 labels.
+        loc: ``Tensor[B, ...]`` the release's mean.
+        variance: ``Tensor[B, ...]`` its variance (same shape).
+    """
+    flat_loc = loc.reshape(loc.shape[0], -1)
+    flat_var = variance.reshape(variance.shape[0], -1)
+    onehot = F.one_hot(y, int(y.max()) + 1).to(flat_loc.dtype)  # [B, C]
+    counts = onehot.sum(0)  # [C]
+    keep = counts >= 2
+    if not bool(keep.any()):
+        return flat_loc.sum() * 0.0
+    onehot, counts = onehot[:, keep], counts[keep]
+    mean = onehot.T @ flat_loc / counts[:, None]
+    square = onehot.T @ flat_loc.square() / counts[:, None]
+    spread = (square - mean.square()).clamp_min(0.0) * (counts / (counts - 1))[:, None]
+    noise = (onehot.T @ flat_var / counts[:, None]).clamp_min(1e-12)
+    per_class = 0.5 * torch.log1p(spread / noise).mean(1)  # [C]
+    return (per_class * counts).sum() / counts.sum()
+
+
+def distance_correlation_term(y: Tensor, x: Tensor, h: Tensor) -> Tensor:
+    """Squared distance correlation between ``x`` and ``h`` within each class of the batch
+    (NoPeek's term, taken within classes so that carrying the class is not penalised).
+
+    Differentiable; classes with fewer than 4 samples in the batch are skipped; each class weighs
+    by its count. V-statistic, so compare values on the same batch size.
+    """
+    total, weight = h.sum() * 0.0, 0
+    for c in torch.unique(y).tolist():
+        index = (y == c).nonzero().flatten()
+        if index.numel() < 4:
+            continue
+        a = _centred(x[index].reshape(index.numel(), -1).double())
+        b = _centred(h[index].reshape(index.numel(), -1).double())
+        dvar = ((a * a).mean() * (b * b).mean()).clamp_min(1e-24).sqrt()
+        total = total + index.numel() * ((a * b).mean() / dvar).to(h.dtype)
+        weight += index.numel()
+    return total / max(weight, 1)
+
+
+def _centred(z: Tensor) -> Tensor:
+    # torch.cdist's gradient is nan at zero distance (the diagonal); the square root of a clamped
+    # squared distance is not
+    d = (z[:, None, :] - z[None, :, :]).square().sum(-1).clamp_min(1e-12).sqrt()
+    return d - d.mean(0, keepdim=True) - d.mean(1, keepdim=True) + d.mean()
+
+
+class _Decoder(nn.Module):
+    """The adversarial decoder trained beside the layer: ``(h, one-hot class maps) -> x``.
+
+    It is given the class, so what it gains over the class-mean image is what ``h`` carries beyond
+    the class: the quantity the layer is asked to hide.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, out_channels: int, width: int = 32) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels + num_classes, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, out_channels, 3, padding=1), nn.Sigmoid(),
+        )
+
+    def forward(self, h: Tensor, y: Tensor) -> Tensor:
+        maps = F.one_hot(y, self.num_classes).to(h.dtype)[:, :, None, None].expand(-1, -1, *h.shape[-2:])
+        return self.net(torch.cat([h, maps], 1))
+
+
+class _AttributeAdversary(nn.Module):
+    """The attribute adversary trained beside the layer: ``h -> attribute`` logits."""
+
+    def __init__(self, in_channels: int, num_attributes: int, width: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, width, 3, stride=2, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_attributes),
+        )
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.net(h)
+
+
+class PrivacyObjective(nn.Module):
+    """A privacy term to minimise, and the adversary behind it where it has one.
+
+    ``kind`` is one of :data:`OBJECTIVES`:
+
+    * ``within``: :func:`within_class_information`, the Gaussian bound on what ``h`` carries about
+      ``x`` beyond the class; needs a location-scale release.
+    * ``dcor``: :func:`distance_correlation_term` between ``x`` and ``h`` within each class.
+    * ``adversarial``: a decoder, given ``h`` and the class, trains to rebuild ``x``; the term is
+      minus its mean squared error (min-max, as DeepObfuscator).
+    * ``attribute``: an adversary trains to predict the private attribute from ``h``; the term is
+      minus the entropy of its prediction (it is best for the layer when the adversary can only
+      guess uniformly), needs data with an attribute.
+    * ``entropy``: minus the mean log noise scale (Shredder's term); ``ssim``: ``SSIM(x, h)``;
+      ``both``: their sum (the terms of earlier versions).
+
+    Args:
+        kind: the objective.
+        num_classes: classes of the task.
+        image_shape: ``(C, H, W)`` of the release (the adversaries' input).
+        in_shape: ``(C, H, W)`` of ``x`` (the decoder's output); default ``image_shape``.
+        num_attributes: values of the private attribute (``attribute`` only).
+        lr: the adversary's learning rate.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        num_classes: int,
+        image_shape: Sequence[int],
+        in_shape: Sequence[int] | None = None,
+        num_attributes: int | None = None,
+        lr: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        if kind not in OBJECTIVES:
+            raise ConfigError(f"the privacy objective must be one of {list(OBJECTIVES)}, but got {kind!r}")
+        self.kind, self.num_classes = kind, num_classes
+        channels = int(image_shape[0])
+        self.adversary: nn.Module | None = None
+        if kind == "adversarial":
+            if len(image_shape) != 3:
+                raise ConfigError(
+                    f"the adversarial objective needs image releases (C, H, W), but got {tuple(image_shape)}"
+                )
+            out = int((in_shape or image_shape)[0])
+            self.adversary = _Decoder(channels, num_classes, out)
+        elif kind == "attribute":
+            if num_attributes is None or num_attributes < 2:
+                raise DataError(
+                    "the attribute objective needs data with a private attribute (2 or more values); "
+                    "this data set has none: choose another objective, e.g. --set stage1.privacy=within"
+                )
+            self.adversary = _AttributeAdversary(channels, num_attributes)
+        self.optimiser = torch.optim.Adam(self.adversary.parameters(), lr=lr) if self.adversary is not None else None
+
+    def term(
+        self, x: Tensor, y: Tensor, h: Tensor, dist: torch.distributions.Distribution, attribute: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
+        """The term to minimise for the batch, and its parts for the history."""
+        if self.kind in ("entropy", "ssim", "both"):
+            return privacy_term(self.kind, x, h, dist)
+        if self.kind == "within":
+            loc, variance = _moments(dist)
+            value = within_class_information(y, loc, variance)
+        elif self.kind == "dcor":
+            value = distance_correlation_term(y, x, h)
+        elif self.kind == "adversarial":
+            assert self.adversary is not None
+            value = -F.mse_loss(self.adversary(h, y), x)
+        else:
+            assert self.adversary is not None
+            if attribute is None:
+                raise DataError("the attribute objective needs the batch's attribute")
+            log_p = torch.log_softmax(self.adversary(h), -1)
+            value = (log_p.exp() * log_p).sum(-1).mean()  # minus the entropy
+        return value, {self.kind: float(value.detach())}
+
+    def adversary_step(self, x: Tensor, y: Tensor, h: Tensor, attribute: Tensor | None = None) -> None:
+        """One step of the adversary on the batch's release (detached): the max of the min-max."""
+        if self.adversary is None or self.optimiser is None:
+            return
+        h = h.detach()
+        if self.kind == "adversarial":
+            loss = F.mse_loss(self.adversary(h, y), x)
+        elif attribute is None:
+            raise DataError("the attribute objective needs the batch's attribute")
+        else:
+            loss = F.cross_entropy(self.adversary(h), attribute)
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimiser.step()
+
+
+def _moments(dist: torch.distributions.Distribution) -> tuple[Tensor, Tensor]:
+    loc = getattr(dist, "loc", None)
+    if loc is None:
+        raise ConfigError(
+            "the 'within' objective needs a gaussian or laplace layer (a mean and a scale); "
+            "use --set stage1.privacy=dcor for other distributions"
+        )
+    return loc, dist.variance
+
+
+# -- the budget ----------------------------------------------------------------------------------
+@dataclass
+class UtilityBudget:
+    """The accuracy a release may lose, measured on a validation split.
+
+    Args:
+        max_loss: the most accuracy the release may lose against clean images, in points.
+        network: the frozen task network N.
+        x, y: the validation images and labels (a part of the obfuscator split).
+        draws: noise draws averaged per image when the loss is checked.
+    """
+
+    max_loss: float
+    network: nn.Module
+    x: Tensor
+    y: Tensor
+    draws: int = 8
+    clean: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        value = self.max_loss
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 100:
+            raise ConfigError(f"the accuracy budget must be a number of points in [0, 100), but got {self.max_loss!r}")
+        if self.x.shape[0] < 2:
+            raise DataError(f"the budget needs a validation split of at least 2 images, but got {self.x.shape[0]}")
+        with torch.no_grad():
+            self.clean = float((self.network(self.x).argmax(-1) == self.y).float().mean())
+
+    @torch.no_grad()
+    def loss(self, release: Callable[[Tensor, Tensor], Tensor], draws: int | None = None) -> float:
+        """Accuracy lost on the validation split, in points: clean minus the release's, one noise
+        draw per image as at inference, averaged over ``draws`` independent draws (which lowers
+        the noise of the estimate, not the accuracy it estimates)."""
+        count = draws or self.draws
+        correct = 0.0
+        for _ in range(count):
+            correct += float((self.network(release(self.x, self.y)).argmax(-1) == self.y).float().mean())
+        return 100.0 * (self.clean - correct / count)
+
+    def standard_error(self, loss: float) -> float:
+        """A rough standard error of a measured loss in points (binomial on the validation size)."""
+        n = self.x.shape[0]
+        p = min(max(self.clean - loss / 100, 1 / n), 1 - 1 / n)
+        return 100.0 * math.sqrt(2 * p * (1 - p) / n)
+
+
+@dataclass
+class BudgetResult:
+    """What a constrained stage reached: for ``metrics.json`` and the report."""
+
+    budget: float
+    feasible: bool
+    validation_loss: float
+    epoch: int
+    multiplier: list[float]
+    validation: list[float]
+    clean_validation: float
+    validation_images: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "max_accuracy_loss": self.budget,
+            "feasible": self.feasible,
+            "validation_loss": self.validation_loss,
+            "epoch": self.epoch,
+            "multiplier": self.multiplier,
+            "validation_losses": self.validation,
+            "clean_validation_accuracy": self.clean_validation,
+            "validation_images": self.validation_images,
+        }
+
+    def message(self, stage: str) -> str:
+        if self.feasible:
+            return (f"{stage}: within the budget, {self.validation_loss:.1f} points lost on validation "
+                    f"(budget {self.budget:g}), epoch {self.epoch}")
+        return (f"{stage}: the budget of {self.budget:g} points CANNOT be met: the closest point reached "
+                f"loses {self.validation_loss:.1f} points on validation (epoch {self.epoch}). More data, a "
+                f"larger budget (--max-accuracy-loss) or a stronger layer would help")
+
+
+def train_within_budget(
+    parameters: Sequence[nn.Parameter],
+    modules: Sequence[nn.Module],
+    release: Release,
+    objective: PrivacyObjective,
+    budget: UtilityBudget,
+    data: Sequence[Tensor],
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    generator: torch.Generator,
+    evaluate: Callable[[Tensor, Tensor], Tensor],
+    progress: Progress | None = None,
+    description: str = "training within the budget",
+    rate: float = 0.05,
+    supervised: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> tuple[dict[str, list[float]], BudgetResult]:
+    """Minimise ``objective`` subject to ``budget`` by dual ascent on a multiplier.
+
+    Args:
+        parameters: what the stage trains (Adam).
+        modules: the modules whose state is kept from the best epoch (``state_dict`` copies).
+        release: ``(x, y) -> (h, dist)`` in training mode (reparameterised samples).
+        objective: the privacy term and its adversary.
+        budget: the constraint and its validation split.
+        data: ``(x, y)`` or ``(x, y, attribute)`` of the training part.
+        evaluate: ``(x, y) -> h`` as released at inference (eval mode), for the budget checks.
+        rate: the dual step: ``log mu`` moves by ``rate`` per point of validation loss over budget.
+        supervised: an extra utility loss ``(x, y) -> Tensor`` added to the task loss (e.g. the
+            gated selection's cross-entropy on the labels).
+
+    Returns:
+        the per-epoch history (task loss, privacy term, multiplier, validation loss) and the
+        :class:`BudgetResult`; the modules hold the kept epoch's weights.
+    """
+    optimiser = torch.optim.Adam(list(parameters), lr=lr)
+    network = budget.network
+    n = data[0].shape[0]
+    log_mu, smoothed = 0.0, None
+    history: dict[str, list[float]] = {}
+    kept: tuple[float, int, list[dict[str, Tensor]]] | None = None  # (loss, epoch, states), feasible
+    closest: tuple[float, int, list[dict[str, Tensor]]] | None = None
+
+    def set_mode(train: bool) -> None:
+        for module in modules:
+            module.train(train)
+
+    with task(progress, description, epochs) as advance:
+        for epoch in range(1, epochs + 1):
+            sums: dict[str, float] = {}
+            count = 0
+            set_mode(True)
+            for index in torch.randperm(n, generator=generator).split(batch_size):
+                if index.numel() < 2:
+                    continue
+                batch = [d[index] for d in data]
+                x, y = batch[0], batch[1]
+                attribute = batch[2] if len(batch) > 2 else None
+                h, dist = release(x, y)
+                task_loss = F.cross_entropy(network(h), y)
+                if supervised is not None:
+                    task_loss = task_loss + supervised(x, y)
+                privacy, stats = objective.term(x, y, h, dist, attribute)
+                mu = math.exp(log_mu)
+                loss = (privacy + mu * task_loss) / (1.0 + mu)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                objective.adversary_step(x, y, h, attribute)
+                # the dual player: the validation loss of this step (fresh noise, 1 draw), smoothed
+                set_mode(False)
+                step_loss = budget.loss(evaluate, draws=1)
+                set_mode(True)
+                smoothed = step_loss if smoothed is None else 0.7 * smoothed + 0.3 * step_loss
+                log_mu = min(max(log_mu + rate * (smoothed - budget.max_loss), -10.0), 10.0)
+                weight = index.numel()
+                count += weight
+                for key, value in {"task_loss": float(task_loss.detach()), "privacy": float(privacy.detach()),
+                                   **stats}.items():
+                    sums[key] = sums.get(key, 0.0) + value * weight
+            set_mode(False)
+            checked = budget.loss(evaluate)
+            for key, value in sums.items():
+                history.setdefault(key, []).append(value / max(count, 1))
+            history.setdefault("multiplier", []).append(math.exp(log_mu))
+            history.setdefault("validation_loss", []).append(checked)
+            states = [copy.deepcopy(m.state_dict()) for m in modules]
+            if checked <= budget.max_loss:
+                kept = (checked, epoch, states)
+            if closest is None or checked < closest[0]:
+                closest = (checked, epoch, states)
+            advance(f"val loss={checked:.1f}pt mu={math.exp(log_mu):.3g} privacy={history['privacy'][-1]:.3f}")
+    chosen = kept if kept is not None else closest
+    assert chosen is not None
+    for module, state in zip(modules, chosen[2], strict=True):
+        module.load_state_dict(state)
+    set_mode(False)
+    result = BudgetResult(
+        budget=budget.max_loss, feasible=kept is not None, validation_loss=chosen[0], epoch=chosen[1],
+        multiplier=history["multiplier"], validation=history["validation_loss"],
+        clean_validation=budget.clean, validation_images=int(budget.x.shape[0]),
+    )
+    return history, result

@@ -1,0 +1,204 @@
+"""The utility budget (scl.pipelines.utility): objectives, the constraint, dual ascent."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from scl.errors import ConfigError, DataError
+from scl.layers import StochasticConditionalAdditive
+from scl.pipelines import config as cfg
+from scl.pipelines.utility import (
+    OBJECTIVES,
+    PrivacyObjective,
+    UtilityBudget,
+    distance_correlation_term,
+    train_within_budget,
+    within_class_information,
+)
+from scl.selection import ClassIndex
+
+
+def test_within_class_information_is_zero_for_a_class_mean_release():
+    y = torch.tensor([0, 0, 1, 1, 1])
+    loc = torch.stack([torch.full((3, 2, 2), float(c)) for c in y])  # constant within each class
+    assert float(within_class_information(y, loc, torch.ones_like(loc))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_within_class_information_matches_the_gaussian_channel_bound():
+    torch.manual_seed(0)
+    y = torch.zeros(4000, dtype=torch.long)
+    loc = 2.0 * torch.randn(4000, 5)  # Var(mu | c) = 4
+    value = float(within_class_information(y, loc, torch.full_like(loc, 0.5)))  # sigma^2 = 0.5
+    assert value == pytest.approx(0.5 * math.log(1 + 4 / 0.5), rel=0.05)
+
+
+def test_within_class_information_skips_singleton_classes_and_spread_between_classes():
+    y = torch.tensor([0, 1, 1])
+    loc = torch.tensor([[100.0], [1.0], [1.0]])  # class 0 alone: no within-class spread to count
+    assert float(within_class_information(y, loc, torch.ones_like(loc))) == pytest.approx(0.0, abs=1e-6)
+    single = within_class_information(torch.tensor([0, 1]), torch.randn(2, 3), torch.ones(2, 3))
+    assert float(single) == 0.0
+
+
+def test_distance_correlation_term_is_one_for_identity_and_has_gradients():
+    torch.manual_seed(0)
+    x = torch.rand(16, 1, 4, 4)
+    y = torch.tensor([0] * 8 + [1] * 8)
+    assert float(distance_correlation_term(y, x, x.clone())) == pytest.approx(1.0, abs=1e-4)
+    h = x.clone().requires_grad_(True)
+    distance_correlation_term(y, x, h + 0.1 * torch.randn_like(h)).backward()
+    assert h.grad is not None and torch.isfinite(h.grad).all() and h.grad.abs().sum() > 0
+
+
+def _layer_and_batch(kind: str):
+    torch.manual_seed(0)
+    layer = StochasticConditionalAdditive((3, 8, 8), 2, learn_gain=True)
+    x = torch.rand(8, 3, 8, 8)
+    y = torch.tensor([0, 1] * 4)
+    attribute = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    objective = PrivacyObjective(kind, num_classes=2, image_shape=(3, 8, 8), num_attributes=3)
+    return layer, x, y, attribute, objective
+
+
+@pytest.mark.parametrize("kind", OBJECTIVES)
+def test_every_objective_trains_the_layer_and_its_adversary(kind):
+    layer, x, y, attribute, objective = _layer_and_batch(kind)
+    layer.train()
+    h, dist = layer.sample_with_distribution(x, ClassIndex(y, 2))
+    term, stats = objective.term(x, y, h, dist, attribute)
+    assert term.dim() == 0 and torch.isfinite(term) and stats
+    term.backward()
+    grads = [p.grad for p in layer.parameters()]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads), f"{kind} gives the layer no gradient"
+    if objective.adversary is not None:
+        before = [p.detach().clone() for p in objective.adversary.parameters()]
+        objective.adversary_step(x, y, h, attribute)
+        after = list(objective.adversary.parameters())
+        assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+
+
+def test_objective_errors_are_for_people():
+    with pytest.raises(ConfigError, match="must be one of"):
+        PrivacyObjective("nonsense", num_classes=2, image_shape=(1, 4, 4))
+    with pytest.raises(DataError, match="private attribute"):
+        PrivacyObjective("attribute", num_classes=2, image_shape=(1, 4, 4), num_attributes=None)
+
+
+class _Brightness(nn.Module):
+    """A frozen two-class 'task network': class 1 when the mean pixel is above 0.5."""
+
+    def forward(self, h):
+        score = 20 * (h.mean(dim=(1, 2, 3)) - 0.5)
+        return torch.stack([-score, score], -1)
+
+
+def _two_class_data(n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    base = torch.where(y[:, None, None, None] == 1, 0.7, 0.3)
+    x = (base + 0.1 * torch.randn(n, 1, 6, 6, generator=g)).clamp(0, 1)
+    return x, y
+
+
+def test_the_budget_holds_on_a_tiny_problem_and_privacy_rises():
+    torch.manual_seed(0)
+    network = _Brightness()
+    x, y = _two_class_data(400, 0)
+    xv, yv = _two_class_data(200, 1)
+    xt, yt = _two_class_data(400, 2)
+    layer = StochasticConditionalAdditive((1, 6, 6), 2, learn_gain=True, distribution_options={"init_scale": 0.02})
+    objective = PrivacyObjective("within", num_classes=2, image_shape=(1, 6, 6))
+    budget = UtilityBudget(5.0, network, xv, yv)
+
+    def release(xb, yb):
+        return layer.sample_with_distribution(xb, ClassIndex(yb, 2))
+
+    with torch.no_grad():
+        before = float(within_class_information(y, *(lambda d: (d.loc, d.variance))(release(x, y)[1])))
+    history, result = train_within_budget(
+        list(layer.parameters()), [layer], release, objective, budget, (x, y), epochs=30, lr=0.03,
+        batch_size=50, generator=torch.Generator().manual_seed(0), evaluate=lambda xb, yb: layer(xb, yb),
+    )
+    assert result.feasible and result.validation_loss <= 5.0
+    assert len(history["multiplier"]) == 30 and len(result.validation) == 30
+    layer.eval()
+    with torch.no_grad():
+        clean = float((network(xt).argmax(-1) == yt).float().mean())
+        released = float((network(layer(xt, yt)).argmax(-1) == yt).float().mean())
+        after = float(within_class_information(y, *(lambda d: (d.loc, d.variance))(release(x, y)[1])))
+    assert 100 * (clean - released) <= 5.0 + 4.0  # the test loss, within the validation's sampling error
+    assert after < 0.5 * before  # the release carries much less of x beyond the class
+
+
+def test_an_unreachable_budget_is_said_plainly():
+    network = _Brightness()
+    x, y = _two_class_data(100, 0)
+    xv, yv = _two_class_data(100, 1)
+    layer = StochasticConditionalAdditive((1, 6, 6), 2)
+    objective = PrivacyObjective("within", num_classes=2, image_shape=(1, 6, 6))
+
+    def blank(xb, yb):  # a release that destroys everything: N guesses one class
+        return torch.zeros_like(xb)
+
+    _, result = train_within_budget(
+        list(layer.parameters()), [layer], lambda xb, yb: layer.sample_with_distribution(xb, ClassIndex(yb, 2)),
+        objective, UtilityBudget(1.0, network, xv, yv), (x, y), epochs=2, lr=0.01, batch_size=50,
+        generator=torch.Generator().manual_seed(0), evaluate=blank,
+    )
+    assert not result.feasible and result.validation_loss > 1.0
+    message = result.message("stage1")
+    assert "CANNOT be met" in message and "closest point" in message and "--max-accuracy-loss" in message
+    assert result.as_dict()["feasible"] is False
+
+
+def test_budget_validation():
+    network = _Brightness()
+    x, y = _two_class_data(10, 0)
+    with pytest.raises(ConfigError, match=r"points in \[0, 100\)"):
+        UtilityBudget(-1.0, network, x, y)
+    with pytest.raises(DataError, match="at least 2 images"):
+        UtilityBudget(1.0, network, x[:1], y[:1])
+    assert UtilityBudget(1.0, network, x, y).loss(lambda xb, yb: xb) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(("key", "value", "match"), [
+    ("utility.max_accuracy_loss", -2, "max_accuracy_loss"),
+    ("utility.max_accuracy_loss", "one", "max_accuracy_loss"),
+    ("utility.validation_fraction", 1.5, "validation_fraction"),
+    ("layer.init_scale", "big", "init_scale"),
+    ("layer.learn_gain", "yes", "learn_gain"),
+    ("stage1.privacy", "magic", "stage1.privacy"),
+])
+def test_config_rejects_bad_budget_settings(key, value, match):
+    import json
+
+    with pytest.raises(ConfigError, match=match):
+        cfg.build(assignments=[f"{key}={json.dumps(value)}"])
+
+
+def test_max_accuracy_loss_option_reaches_the_config():
+    from scl.cli import _config
+
+    assert _config(False, None, None, None, None, 2.5)["utility"]["max_accuracy_loss"] == 2.5
+    assert cfg.build(assignments=["utility.max_accuracy_loss=null"])["utility"]["max_accuracy_loss"] is None
+
+
+def test_additive_gain_hard_and_dense_selection_agree_and_train():
+    torch.manual_seed(0)
+    layer = StochasticConditionalAdditive((2, 3, 3), 4, learn_gain=True)
+    with torch.no_grad():
+        layer.gains.mul_(torch.rand_like(layer.gains))
+    x, y = torch.rand(5, 2, 3, 3), torch.tensor([0, 3, 1, 2, 3])
+    hard = layer.params(x, ClassIndex(y, 4))[0]
+    dense = layer.params(x, torch.nn.functional.one_hot(y, 4).float())[0]
+    assert torch.allclose(hard, layer.gains[y] * x + layer.offsets[y, 0])
+    assert torch.allclose(hard, dense, atol=1e-6)
+    hard.sum().backward()
+    assert layer.gains.grad is not None and layer.gains.grad.abs().sum() > 0
+    assert "learn_gain=True" in repr(layer) and layer.config()["learn_gain"] is True
+    with pytest.raises(ConfigError, match="learn_gain"):
+        StochasticConditionalAdditive((2, 3, 3), 4, learn_gain="yes")  # type: ignore[arg-type]
