@@ -120,7 +120,10 @@ def test_every_release_is_attacked_beside_plain_noise_at_the_soft_accuracy(train
         assert privacy[key] == privacy["hard"][key]  # the flat keys are the hard release's
     # plain noise calibrated to the soft accuracy (one fixed draw, bisection)
     assert privacy["gaussian_scale"] > 0
-    assert privacy["gaussian_accuracy"] >= exp.metrics["accuracy"]["soft"]
+    # (or, when the soft release is more accurate than clean images, as an undertrained N can make
+    # it, the smallest scale searched)
+    assert (privacy["gaussian_accuracy"] >= exp.metrics["accuracy"]["soft"]
+            or privacy["gaussian_scale"] == pytest.approx(1e-3))
     assert set(privacy["beats_gaussian"]) == {"soft", "gated", "hard"}
     assert privacy["budget"] == "quick"
 

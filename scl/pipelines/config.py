@@ -25,7 +25,7 @@ DEFAULTS: dict[str, Any] = {
         "distribution": "gaussian",
         "selection_at": "input",
         "kernel_size": 3,
-        # the initial noise scale: a number, or "auto" (a tenth of the pixels' standard deviation)
+        # the initial noise scale: a number, or "auto" (the pixels' standard deviation)
         "init_scale": "auto",
         # additive only: learn a per-class gain on the input (mean g_c * x + m_c), so the layer can
         # turn x down where N does not need it

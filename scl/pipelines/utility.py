@@ -448,7 +448,9 @@ def train_within_budget(
                 step_loss = budget.loss(evaluate, draws=1)
                 set_mode(True)
                 smoothed = step_loss if smoothed is None else 0.7 * smoothed + 0.3 * step_loss
-                log_mu = min(max(log_mu + rate * (smoothed - budget.max_loss), -10.0), 10.0)
+                # |log mu| <= 5: beyond e^5 the privacy term weighs less than 1% and a stage that
+                # starts far over budget would spend most of its steps climbing back down
+                log_mu = min(max(log_mu + rate * (smoothed - budget.max_loss), -5.0), 5.0)
                 weight = index.numel()
                 count += weight
                 for key, value in {"task_loss": float(task_loss.detach()), "privacy": float(privacy.detach()),
