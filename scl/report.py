@@ -461,14 +461,18 @@ def budget_lines(metrics: Mapping[str, Any]) -> list[tuple[str, bool]]:
         budget, val = record.get("max_accuracy_loss"), record.get("validation_loss")
         test = tests.get(stage)
         test_text = "" if test is None else f", {test:.1f} on the test split"
+        limit = _number(budget)
+        over = test is not None and limit is not None and test > limit + 1.5
         if record["feasible"]:
             text = (f"budget {budget:g} points, {release} release: met on validation ({val:.1f} points lost on "
                     f"{record.get('validation_images', '?')} validation images{test_text})")
+            if over and test is not None and limit is not None:
+                text += f"; the test split loses {test - limit:.1f} points more than the budget"
         else:
             text = (f"budget {budget:g} points, {release} release: CANNOT be met; the closest point reached loses "
                     f"{val:.1f} points on validation{test_text}. More data, a larger --max-accuracy-loss or a "
                     "stronger layer would help")
-        lines.append((text, bool(record["feasible"])))
+        lines.append((text, bool(record["feasible"]) and not over))
     return lines
 
 
@@ -484,8 +488,12 @@ def _budget_section(metrics: Mapping[str, Any]) -> str:
         if not isinstance(record, Mapping) or "feasible" not in record:
             continue
         multiplier = record.get("multiplier") or [None]
-        verdict = ('<span class="met">within the budget</span>' if record["feasible"]
+        verdict = ('<span class="met">met on validation</span>' if record["feasible"]
                    else '<span class="notmet">budget cannot be met: closest point shown</span>')
+        test, budget = tests.get(stage), _number(record.get("max_accuracy_loss"))
+        if test is not None and budget is not None and test > budget + 1.5:
+            verdict += (f'<br><span class="notmet">the test split loses {test - budget:.1f} points more than '
+                        "the budget</span>")
         rows.append([(_e(stage), ""), (_e(_BUDGET_RELEASES.get(stage, stage)), ""),
                      (_fmt(record.get("max_accuracy_loss")), "num"), (_fmt(record.get("validation_loss")), "num"),
                      (_fmt(tests.get(stage)), "num"), (_fmt(record.get("epoch"), "int"), "num"),

@@ -202,3 +202,26 @@ def test_additive_gain_hard_and_dense_selection_agree_and_train():
     assert "learn_gain=True" in repr(layer) and layer.config()["learn_gain"] is True
     with pytest.raises(ConfigError, match="learn_gain"):
         StochasticConditionalAdditive((2, 3, 3), 4, learn_gain="yes")  # type: ignore[arg-type]
+
+
+def test_the_report_and_summary_say_where_the_budget_failed(tmp_path):
+    import json
+
+    from scl.report import budget_lines, write_report
+
+    def record(feasible, loss):
+        return {"max_accuracy_loss": 1.0, "feasible": feasible, "validation_loss": loss, "epoch": 3,
+                "multiplier": [1.0, 2.0, 3.0], "validation_losses": [5.0, 2.0, loss],
+                "clean_validation_accuracy": 0.9, "validation_images": 180}
+
+    metrics = {"accuracy": {"clean": 0.95, "hard": 0.945, "soft": 0.91, "gated": 0.80},
+               "utility": {"stage1": record(True, 0.5), "soft": record(True, 0.8), "gated": record(False, 6.0)}}
+    lines = budget_lines(metrics)
+    assert [met for _, met in lines] == [True, False, False]
+    assert "0.5 on the test split" in lines[0][0]
+    assert "the test split loses 3.0 points more than the budget" in lines[1][0]
+    assert "CANNOT be met" in lines[2][0] and "6.0 points on validation" in lines[2][0]
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    page = write_report(tmp_path).read_text()
+    assert "Utility budget" in page and "budget cannot be met" in page and "more than the budget" in page
