@@ -501,7 +501,7 @@ def _budget_section(metrics: Mapping[str, Any]) -> str:
     images = next((r.get("validation_images") for r in utility.values() if isinstance(r, Mapping)), None)
     note = (
         '<p class="note">Every stage that shapes a release maximises privacy subject to the accuracy budget, '
-        "by dual ascent on a Lagrange multiplier μ (scl.pipelines.utility). The loss is measured on a "
+        "by dual ascent on a Lagrange multiplier μ (scl.pipelines.stages). The loss is measured on a "
         f"validation part of the obfuscator split ({_e(images)} images), never on the test split; the test "
         "loss is shown beside it. The stage keeps its last epoch within the budget, or, when none was, the "
         "closest one.</p>"

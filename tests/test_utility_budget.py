@@ -1,4 +1,4 @@
-"""The utility budget (scl.pipelines.utility): objectives, the constraint, dual ascent."""
+"""The utility budget (scl.pipelines.stages): objectives, the constraint, dual ascent."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 from scl.errors import ConfigError, DataError
 from scl.layers import StochasticConditionalAdditive
 from scl.pipelines import config as cfg
-from scl.pipelines.utility import (
+from scl.pipelines.stages import (
     OBJECTIVES,
     PrivacyObjective,
     UtilityBudget,

@@ -3,7 +3,7 @@
 1. Task network N trained on clean data (or loaded), then frozen.
 2. Stage 1 (§3.1.1): a stochastic conditional layer trained with hard selection so that N still
    classifies its samples: the most private layer within the utility budget
-   (``utility.max_accuracy_loss``, :mod:`scl.pipelines.utility`), or, without a budget, the task
+   (``utility.max_accuracy_loss``, :mod:`scl.pipelines.stages`), or, without a budget, the task
    loss plus ``lam`` x the privacy term.
 3. Stage 2 (§3.1.2): the layer frozen, a SoftSelection (and, beyond the spec, a GatedSelection)
    trained for label-free inference (§3.2) with the same objective and budget.
@@ -39,8 +39,8 @@ from scl.layers import StochasticConditionalAdditive, StochasticConditionalConv2
 from scl.models import SmallCNN
 from scl.obfuscator import Obfuscator, freeze
 from scl.pipelines import engine
-from scl.pipelines.utility import BudgetResult, PrivacyObjective, UtilityBudget, train_within_budget
-from scl.pipelines.utility import privacy_term as privacy_term  # re-exported for detection
+from scl.pipelines.stages import BudgetResult, PrivacyObjective, UtilityBudget, train_within_budget
+from scl.pipelines.stages import privacy_term as privacy_term  # re-exported for detection
 from scl.progress import make_progress
 from scl.selection import ClassIndex, GatedSelection, SoftSelection
 

@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
     },
     # privacy term of stage 1: "entropy" raises the mean log noise scale (as Shredder does);
     # "ssim" pushes SSIM(x, h) down; "both" adds them. Weighted by lam.
-    # privacy objective of every stage that shapes a release (scl.pipelines.utility.OBJECTIVES):
+    # privacy objective of every stage that shapes a release (scl.pipelines.stages.OBJECTIVES):
     # "within" (the Gaussian bound on what h carries beyond the class), "dcor", "adversarial",
     # "attribute", "entropy" (Shredder's), "ssim", "both". lam weighs it only without a budget.
     "stage1": {"epochs": 100, "lr": 3e-3, "privacy": "within", "lam": 0.1},

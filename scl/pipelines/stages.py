@@ -1,4 +1,6 @@
-"""Privacy at a utility budget: the stage code every pipeline shares.
+"""Privacy at a utility budget: the stage code every pipeline shares (the privacy objectives, the
+budget and constrained training; the task network and stage functions still live in
+``classification.py`` until the engine redesign moves them here).
 
 A user says how much accuracy they may lose (``max_accuracy_loss``, in points); each stage that
 shapes a release (stage 1, the soft selection, the gated selection) then makes the release as
