@@ -567,10 +567,11 @@ def budget_curves(
     fig = _new_figure(10.0, 3.8)
     left, right = fig.subplots(1, 2)
     colours = {"stage1": "#4c72b0", "soft": "#dd8452", "gated": "#55a868"}
-    budget = None
+    budget, measure = None, "accuracy"
     for stage, record in utility.items():
         if not isinstance(record, Mapping) or "multiplier" not in record:
             continue
+        measure = str(record.get("measure", measure))
         colour = colours.get(stage, "#8172b3")
         label = f"{stage} ({BUDGET_STAGES.get(stage, stage)} release)"
         epochs = range(1, len(record["multiplier"]) + 1)
@@ -583,7 +584,7 @@ def budget_curves(
         test = _finite(test_losses.get(stage))
         if test is not None and kept is not None:
             right.plot([kept], [test], "x", color=colour, ms=9, mew=2, label=f"{label}, test (kept epoch)")
-        budget = _finite(record.get("max_accuracy_loss"))
+        budget = _finite(record.get("max_loss", record.get("max_accuracy_loss")))
     if budget is not None:
         right.axhline(budget, ls="--", color="#c44e52", lw=1.2, label=f"budget ({budget:g} points)")
     left.set_yscale("log")
@@ -591,7 +592,7 @@ def budget_curves(
     left.set_ylabel("multiplier μ on the task loss")
     left.set_title("Lagrange multiplier (dual ascent)")
     right.set_xlabel("epoch")
-    right.set_ylabel("accuracy lost vs clean (points)")
+    right.set_ylabel(f"{measure} lost vs clean (points)")
     right.set_title("validation loss against the budget")
     for axis in (left, right):
         axis.grid(True, alpha=0.3)

@@ -438,9 +438,16 @@ def _privacy_section(metrics: Mapping[str, Any]) -> str:
 _BUDGET_RELEASES = {"stage1": "hard", "soft": "soft", "gated": "gated"}
 
 
+def _budget_of(record: Mapping[str, Any]) -> Any:
+    """A stage's budget in points (``max_loss``; runs before detection had a budget wrote only
+    ``max_accuracy_loss``)."""
+    return record.get("max_loss", record.get("max_accuracy_loss"))
+
+
 def budget_test_losses(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Per constrained stage, the test accuracy its release lost against clean, in points."""
-    accuracy = metrics.get("accuracy")
+    """Per constrained stage, the test accuracy (mAP@.5 for detection) its release lost against
+    clean, in points."""
+    accuracy = metrics.get("accuracy", metrics.get("map50"))
     if not isinstance(accuracy, Mapping) or _number(accuracy.get("clean")) is None:
         return {}
     return {stage: 100 * (accuracy["clean"] - accuracy[release]) for stage, release in _BUDGET_RELEASES.items()
@@ -458,19 +465,22 @@ def budget_lines(metrics: Mapping[str, Any]) -> list[tuple[str, bool]]:
         if not isinstance(record, Mapping) or "feasible" not in record:
             continue
         release = _BUDGET_RELEASES.get(stage, stage)
-        budget, val = record.get("max_accuracy_loss"), record.get("validation_loss")
+        budget, val = _budget_of(record), record.get("validation_loss")
         test = tests.get(stage)
         test_text = "" if test is None else f", {test:.1f} on the test split"
         limit = _number(budget)
         over = test is not None and limit is not None and test > limit + 1.5
+        measure = record.get("measure", "accuracy")
+        unit = "points" if measure == "accuracy" else f"points of {measure}"
+        option = "--max-accuracy-loss" if measure == "accuracy" else "--max-map-loss"
         if record["feasible"]:
-            text = (f"budget {budget:g} points, {release} release: met on validation ({val:.1f} points lost on "
+            text = (f"budget {budget:g} {unit}, {release} release: met on validation ({val:.1f} points lost on "
                     f"{record.get('validation_images', '?')} validation images{test_text})")
             if over and test is not None and limit is not None:
                 text += f"; the test split loses {test - limit:.1f} points more than the budget"
         else:
-            text = (f"budget {budget:g} points, {release} release: CANNOT be met; the closest point reached loses "
-                    f"{val:.1f} points on validation{test_text}. More data, a larger --max-accuracy-loss or a "
+            text = (f"budget {budget:g} {unit}, {release} release: CANNOT be met; the closest point reached loses "
+                    f"{val:.1f} points on validation{test_text}. More data, a larger {option} or a "
                     "stronger layer would help")
         lines.append((text, bool(record["feasible"]) and not over))
     return lines
@@ -490,17 +500,18 @@ def _budget_section(metrics: Mapping[str, Any]) -> str:
         multiplier = record.get("multiplier") or [None]
         verdict = ('<span class="met">met on validation</span>' if record["feasible"]
                    else '<span class="notmet">budget cannot be met: closest point shown</span>')
-        test, budget = tests.get(stage), _number(record.get("max_accuracy_loss"))
+        test, budget = tests.get(stage), _number(_budget_of(record))
         if test is not None and budget is not None and test > budget + 1.5:
             verdict += (f'<br><span class="notmet">the test split loses {test - budget:.1f} points more than '
                         "the budget</span>")
         rows.append([(_e(stage), ""), (_e(_BUDGET_RELEASES.get(stage, stage)), ""),
-                     (_fmt(record.get("max_accuracy_loss")), "num"), (_fmt(record.get("validation_loss")), "num"),
+                     (_fmt(_budget_of(record)), "num"), (_fmt(record.get("validation_loss")), "num"),
                      (_fmt(tests.get(stage)), "num"), (_fmt(record.get("epoch"), "int"), "num"),
                      (_fmt(multiplier[-1]), "num"), (verdict, "")])
     images = next((r.get("validation_images") for r in utility.values() if isinstance(r, Mapping)), None)
+    measure = next((r.get("measure") for r in utility.values() if isinstance(r, Mapping)), None) or "accuracy"
     note = (
-        '<p class="note">Every stage that shapes a release maximises privacy subject to the accuracy budget, '
+        f'<p class="note">Every stage that shapes a release maximises privacy subject to the {_e(measure)} budget, '
         "by dual ascent on a Lagrange multiplier μ (scl.pipelines.stages). The loss is measured on a "
         f"validation part of the obfuscator split ({_e(images)} images), never on the test split; the test "
         "loss is shown beside it. The stage keeps its last epoch within the budget, or, when none was, the "

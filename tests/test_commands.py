@@ -36,7 +36,7 @@ TINY_DEMO = [
 ]
 TINY_DETECT = [
     "--set", "num_images=120", "--set", "detector.epochs=1", "--set", "stage1.epochs=1",
-    "--set", "stage2.epochs=1", "--set", "attacks.decoder_epochs=1",
+    "--set", "stage2.epochs=1", "--set", "attacks.max_epochs=1",
 ]
 TINY_FEDERATED = [
     "--set", "network.epochs=1", "--set", "stage1.epochs=1", "--set", "federated.min_steps=2",

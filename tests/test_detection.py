@@ -229,9 +229,9 @@ def test_detect_cli_reports_bad_data_in_one_red_line(tmp_path):
 # -- the command --------------------------------------------------------------------------------------
 def test_detect_quick_writes_the_run_folder(tmp_path):
     out = tmp_path / "det"
-    tiny = ["num_images=120", "detector.epochs=1", "stage1.epochs=1", "stage2.epochs=1",
-            "attacks.decoder_epochs=1", "attacks.averaged_copies=2"]
-    args = ["detect", "--quick", "--no-progress", "--out", str(out)]
+    tiny = ["num_images=120", "detector.epochs=1", "stage1.epochs=2", "stage2.epochs=1",
+            "attacks.max_epochs=1", "attacks.averaged_copies=2"]
+    args = ["detect", "--quick", "--no-progress", "--out", str(out), "--max-map-loss", "40"]
     for item in tiny:
         args += ["--set", item]
     result = runner.invoke(app, args)
@@ -241,8 +241,18 @@ def test_detect_quick_writes_the_run_folder(tmp_path):
     assert {p.name for p in (out / "checkpoints").iterdir()} == {"detector.safetensors", "obfuscator.safetensors"}
     figures = {p.name for p in (out / "figures").iterdir()}
     assert {"samples.png", "selection_maps.png", "hard_selection.png", "detections_clean.png",
-            "detections_soft.png", "training_curves.png"} <= figures
+            "detections_soft.png", "training_curves.png", "utility_budget.png"} <= figures
     metrics = json.loads((out / "metrics.json").read_text())
+    assert json.loads((out / "config.json").read_text())["utility"]["max_map_loss"] == 40.0
+    # the mAP budget: both stages that shape a release, recorded per epoch and said in the terminal
+    assert set(metrics["utility"]) == {"stage1", "soft"}
+    for record in metrics["utility"].values():
+        assert record["measure"] == "mAP@.5" and record["max_map_loss"] == record["max_loss"] == 40.0
+        assert len(record["multiplier"]) == len(record["validation_losses"]) >= 1
+    assert metrics["utility"]["stage1"]["validation_images"] == 12  # half of the obfuscator split
+    assert "budget 40 points of mAP@.5, hard release" in " ".join(result.output.split())
+    assert "Utility budget" in (out / "report.html").read_text()
+    assert metrics["privacy"]["budget"] == "quick"
     assert set(metrics["map"]) == set(metrics["map50"]) == {"clean", "hard", "soft"}
     assert all(0 <= v <= 1 for v in metrics["map50"].values())
     assert {"decoder_ssim", "decoder_ssim_label_floor", "decoder_ssim_clean", "decoder_psnr"} <= set(metrics["privacy"])

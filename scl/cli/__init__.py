@@ -398,6 +398,15 @@ def detect(
     ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    max_map_loss: Annotated[
+        float | None,
+        typer.Option(
+            "--max-map-loss",
+            help="The most test mAP@.5 a release may lose against clean scenes, in points (default 3.0); "
+            "stage 1 and the soft maps make their release as private as they can within it. Same as --set "
+            "utility.max_map_loss=P.",
+        ),
+    ] = None,
     no_progress: NoProgressOpt = False,
 ) -> None:
     """Run the detection experiment: detector, box-selected noise layer, soft maps, mAP, attack, report.
@@ -405,14 +414,22 @@ def detect(
     Example: `scl detect --quick --out runs/boxes`
     """
     from scl.pipelines import detection
+    from scl.report import budget_lines
 
+    overrides: dict = {}
+    if data is not None:
+        overrides["data"] = data
+    if max_map_loss is not None:
+        overrides["utility"] = {"max_map_loss": max_map_loss}
     with _user_errors():
         cfg = detection.build_config(quick=quick, config_file=config, assignments=set_ or (),
-                                     overrides={"data": data} if data is not None else None)
+                                     overrides=overrides or None)
         out = out or _default_out("detect")
         folder, metrics = detection.run(cfg, out, console=_console(), show_progress=not no_progress)
     console = _console()
     console.print(detection.summary_table(metrics))
+    for line, met in budget_lines(metrics):
+        console.print(f"  {line}", style="green" if met else "bold red")
     for target in metrics.get("targets", []):
         mark = "[green]met[/green]" if target["met"] else "[red]not met[/red]"
         console.print(f"  target {target['name']}: {target['value']:.3f} {target['target']} {mark}")

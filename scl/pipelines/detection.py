@@ -2,13 +2,21 @@
 
 1. Detector N (:class:`~scl.models.CenterNet`) trained on clean scenes (or loaded), then frozen.
 2. Stage 1: a stochastic conditional convolution (image in, image-shaped sample out,
-   ``selection_at="input"``) trained with the hard selection from the boxes so that N still
-   detects on its samples, plus the privacy term of the classification experiment.
+   ``selection_at="input"``) trained with the hard selection from the boxes, as private as it can
+   be within the mAP budget (``utility.max_map_loss``, ``--max-map-loss``, default 3 points of
+   mAP@.5, measured on a validation part of the obfuscator split): the shared stage code of
+   :mod:`scl.pipelines.stages` with a :class:`~scl.pipelines.stages.DetectionBudget`.
 3. Stage 2: the layer frozen, a :class:`~scl.selection.SoftSelection` of spatial maps
-   ``(1, H, W)`` per class trained on N's detection loss, for box-free inference (Fig. 4 right).
+   ``(1, H, W)`` per class, for box-free inference (Fig. 4 right), within the same budget and
+   with the same objective.
 4. COCO mAP@[.5:.95], mAP@.5 and mAP@.75 of N on the test split: clean, hard, soft.
 5. Decoder inversion of the hard release, beside its floor (the same decoder given only the class
-   masks) and its clean ceiling; the same decoder on the soft release.
+   masks) and its clean ceiling; the same decoder on the soft release; all with the attack budget
+   ``attacks.budget`` of the classification experiment.
+
+The default objective, ``within``, takes every pixel's class from the box masks: it is zero when
+the release's mean is one constant per class, i.e. when the release shows the boxes and nothing
+else (:func:`~scl.pipelines.stages.within_class_information`).
 
 Pixels outside every box: a background class. The layer has ``C + 1`` classes and the hard
 selection sets ``pi_C = 1`` wherever no box lies (``Obfuscator(..., box_background=C)``), so the
@@ -22,10 +30,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor
@@ -38,9 +46,10 @@ from scl.layers import StochasticConditionalConv2d
 from scl.models.detector import CenterNet
 from scl.obfuscator import Obfuscator, freeze
 from scl.pipelines import engine
-from scl.pipelines.classification import RunLog, _noise, privacy_term, run_folder
+from scl.pipelines.classification import RunLog, _noise, identity_init, init_scale, privacy_term, run_folder
 from scl.pipelines.coco import coco_map
 from scl.pipelines.config import build
+from scl.pipelines.stages import BudgetResult, DetectionBudget, PrivacyObjective, train_within_budget
 from scl.progress import make_progress
 from scl.selection import HardSelection, SoftSelection
 
@@ -63,12 +72,20 @@ DEFAULTS: dict[str, Any] = {
     # threads mostly add synchronisation, which is very slow on busy machines.
     "threads": 1,
     "detector": {"epochs": 30, "lr": 3e-3, "width": 16, "checkpoint": None},
-    "layer": {"distribution": "gaussian", "kernel_size": 3, "init_scale": 0.5},
-    # the layer is tiny (C + 1 pairs of 3x3 kernels), so a large learning rate is safe and needed
-    "stage1": {"epochs": 30, "lr": 0.03, "privacy": "entropy", "lam": 0.3},
+    # init_scale: a number, or "auto" (the pixels' standard deviation, as in classification)
+    "layer": {"distribution": "gaussian", "kernel_size": 3, "init_scale": "auto"},
+    # the layer is tiny (C + 1 pairs of 3x3 kernels), so a large learning rate is safe and needed.
+    # privacy: "within" (what the release carries beyond the box masks), "entropy", "ssim" or
+    # "both"; lam weighs it only without a budget (utility.max_map_loss = null)
+    "stage1": {"epochs": 30, "lr": 0.03, "privacy": "within", "lam": 0.3},
     "stage2": {"epochs": 15, "lr": 0.05},
+    # the utility budget: the most mAP@.5 a release may lose against clean scenes, in points
+    # (--max-map-loss), measured on validation_fraction of the obfuscator split
+    "utility": {"max_map_loss": 3.0, "validation_fraction": 0.5},
     "eval": {"top_k": 20, "score_threshold": 0.01},
-    "attacks": {"decoder_epochs": 10, "averaged_copies": 8, "soft": True},
+    # budget: quick | standard | strong (scl.attacks.budget); max_epochs caps every attacker's
+    # epochs (smoke tests only); soft: also attack the box-free release
+    "attacks": {"budget": "standard", "max_epochs": None, "averaged_copies": 8, "soft": True},
 }
 
 QUICK: dict[str, Any] = {
@@ -76,13 +93,16 @@ QUICK: dict[str, Any] = {
     "detector": {"epochs": 10},
     "stage1": {"epochs": 12},
     "stage2": {"epochs": 6},
-    "attacks": {"decoder_epochs": 4, "soft": False},
+    "attacks": {"budget": "quick", "soft": False},
 }
+
+#: the objectives that work with per-pixel classes (scl.pipelines.stages.OBJECTIVES)
+PRIVACY = ("within", "entropy", "ssim", "both")
 
 _POSITIVE_INTS = (
     ("num_images",), ("image_size",), ("batch_size",), ("detector", "epochs"), ("detector", "width"),
     ("layer", "kernel_size"), ("stage1", "epochs"), ("stage2", "epochs"), ("eval", "top_k"),
-    ("attacks", "decoder_epochs"), ("attacks", "averaged_copies"),
+    ("attacks", "averaged_copies"),
 )
 
 
@@ -104,9 +124,29 @@ def validate(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"image_size must be a multiple of 4 and at least 16, but got {config['image_size']}")
     if config["layer"]["kernel_size"] % 2 == 0:
         raise ConfigError(f"layer.kernel_size must be odd (padding 'same'), but got {config['layer']['kernel_size']}")
-    if config["stage1"]["privacy"] not in ("entropy", "ssim", "both"):
-        raise ConfigError(f"stage1.privacy must be one of ['entropy', 'ssim', 'both'], but got "
-                          f"{config['stage1']['privacy']!r}")
+    if config["stage1"]["privacy"] not in PRIVACY:
+        raise ConfigError(f"stage1.privacy must be one of {list(PRIVACY)} (the objectives that take per-pixel "
+                          f"classes), but got {config['stage1']['privacy']!r}")
+    budget = config["utility"]["max_map_loss"]
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                               or not 0 <= budget < 100):
+        raise ConfigError(f"utility.max_map_loss (--max-map-loss) must be null or a number of points of mAP@.5 "
+                          f"in [0, 100), but got {budget!r}")
+    if budget is None and config["stage1"]["privacy"] == "within":
+        raise ConfigError("stage1.privacy='within' is minimised within the mAP budget; with "
+                          "utility.max_map_loss=null choose a weighted term: --set stage1.privacy=entropy")
+    fraction = config["utility"]["validation_fraction"]
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ConfigError(f"utility.validation_fraction must be a number in (0, 1), but got {fraction!r}")
+    scale = config["layer"]["init_scale"]
+    if scale != "auto" and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
+        raise ConfigError(f"layer.init_scale must be \"auto\" or a number > 0, but got {scale!r}")
+    if config["attacks"]["budget"] not in ("quick", "standard", "strong"):
+        raise ConfigError(f"attacks.budget must be one of ['quick', 'standard', 'strong'], but got "
+                          f"{config['attacks']['budget']!r}")
+    cap = config["attacks"]["max_epochs"]
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise ConfigError(f"attacks.max_epochs must be null or a positive integer, but got {cap!r}")
     lam = config["stage1"]["lam"]
     if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 0:
         raise ConfigError(f"stage1.lam must be a number >= 0, but got {lam!r}")
@@ -192,7 +232,7 @@ def train_detector(exp: DetectionExperiment, progress: Progress | None, log: Run
         exp.history["detector"] = engine.train(
             loss_fn, list(network.parameters()), (data.images, *_encoded(network, data)),
             epochs=cfg["detector"]["epochs"], lr=cfg["detector"]["lr"], batch_size=cfg["batch_size"],
-            generator=_generator(cfg, 1), progress=progress, description="detector N (clean scenes)",
+            generator=_generator(cfg, 1), progress=progress, description="detector N (clean scenes)", cosine=True,
         )
     network.eval()
     freeze(network)  # frozen in stages 1 and 2 (spec §3)
@@ -203,17 +243,75 @@ def train_detector(exp: DetectionExperiment, progress: Progress | None, log: Run
 def build_layer(config: Mapping[str, Any], dataset: DetectionData) -> StochasticConditionalConv2d:
     """Image in, image-shaped sample out; C + 1 classes (the last one is the background)."""
     lcfg = config["layer"]
-    options = {"init_scale": lcfg["init_scale"]} if lcfg["distribution"] in ("gaussian", "laplace") else {}
-    return StochasticConditionalConv2d(
+    located = lcfg["distribution"] in ("gaussian", "laplace")
+    options = {"init_scale": init_scale(lcfg["init_scale"], dataset.images)} if located else {}
+    layer = StochasticConditionalConv2d(
         dataset.channels, dataset.channels, lcfg["kernel_size"], dataset.num_classes + 1, padding="same",
         distribution=lcfg["distribution"], distribution_options=options, selection_at="input",
     )
+    if located:
+        identity_init(layer)  # the first release is x plus noise: N detects on it from the start
+    return layer
 
 
 def box_masks(exp: DetectionExperiment, data: DetectionData) -> Tensor:
     """The hard selection of every image of ``data``: ``Tensor[N, C + 1, 1, H, W]``."""
     hard = HardSelection(exp.dataset.num_classes + 1, background=exp.background)
     return hard.from_boxes(data.targets(), data.image_size, data.image_size)
+
+
+def max_map_loss(config: Mapping[str, Any]) -> float | None:
+    """The mAP@.5 budget in points (``utility.max_map_loss``), or ``None``: fixed-λ stages."""
+    value = config.get("utility", {}).get("max_map_loss")
+    return None if value is None else float(value)
+
+
+def budget_parts(exp: DetectionExperiment) -> tuple[DetectionData, DetectionData]:
+    """The obfuscator split cut (seeded) into a training part and the validation part on which
+    the mAP budget is measured (``utility.validation_fraction`` of it)."""
+    data, fraction = exp.splits["obfuscator"], float(exp.config["utility"]["validation_fraction"])
+    order = torch.randperm(len(data), generator=_generator(exp.config, 5))
+    k = int(round(fraction * len(data)))
+    if k < 2 or len(data) - k < 2:
+        raise ConfigError(
+            f"the obfuscator split has {len(data)} images: too few to hold out {fraction:g} of them to "
+            "measure the mAP budget; use more data or --set utility.max_map_loss=null"
+        )
+    return data.subset(order[k:].sort().values), data.subset(order[:k].sort().values)
+
+
+def _within_budget(
+    exp: DetectionExperiment, stage: str, parameters: list[torch.nn.Parameter], module: torch.nn.Module,
+    release: Callable[[Tensor, Tensor], tuple[Tensor, Any]], evaluate: Callable[[Tensor, Tensor], Tensor],
+    epochs: int, lr: float, offset: int, progress: Progress | None, description: str, log: RunLog | None,
+) -> dict[str, list[float]]:
+    """One stage that shapes a release, within the mAP budget (the shared stage code)."""
+    cfg, network = exp.config, exp.network
+    assert network is not None
+    train, val = budget_parts(exp)
+    budget = DetectionBudget(cast(float, max_map_loss(cfg)), network, val.images, box_masks(exp, val), val.targets(),
+                             top_k=cfg["eval"]["top_k"], score_threshold=cfg["eval"]["score_threshold"])
+    objective = PrivacyObjective(cfg["stage1"]["privacy"], num_classes=exp.dataset.num_classes + 1,
+                                 image_shape=(exp.dataset.channels, *exp.dataset.image_size))
+
+    def task_loss(h: Tensor, batch: Sequence[Tensor]) -> Tensor:
+        return network.loss_from_encoded(network(h), _unpack(*batch[2:]))[0]
+
+    history, result = train_within_budget(
+        parameters, [module], release, objective, budget,
+        (train.images, box_masks(exp, train), *_encoded(network, train)),
+        epochs=epochs, lr=lr, batch_size=cfg["batch_size"], generator=_generator(cfg, offset), evaluate=evaluate,
+        progress=progress, description=f"{description} ({objective.kind}, budget {budget.max_loss:g} pt mAP@.5)",
+        task_loss=task_loss, dual_every_step=False,
+    )
+    _record_budget(exp, stage, result, log)
+    return history
+
+
+def _record_budget(exp: DetectionExperiment, stage: str, result: BudgetResult, log: RunLog | None) -> None:
+    exp.metrics.setdefault("utility", {})[stage] = result.as_dict()
+    if log is not None:
+        log(result.message(stage))
 
 
 def train_stage1(exp: DetectionExperiment, progress: Progress | None, log: RunLog) -> Obfuscator:
@@ -225,6 +323,14 @@ def train_stage1(exp: DetectionExperiment, progress: Progress | None, log: RunLo
     obfuscator = Obfuscator(layer, box_background=exp.background)
     data = exp.splits["obfuscator"]
     kind, lam = cfg["stage1"]["privacy"], float(cfg["stage1"]["lam"])
+    if max_map_loss(cfg) is not None:
+        exp.history["stage1"] = _within_budget(
+            exp, "stage1", list(layer.parameters()), layer, layer.sample_with_distribution,
+            lambda x, masks: layer(x, masks), cfg["stage1"]["epochs"], cfg["stage1"]["lr"], 2, progress,
+            "stage 1: layer, box selection", log,
+        )
+        layer.eval()
+        return obfuscator
 
     def loss_fn(x: Tensor, masks: Tensor, *enc: Tensor) -> tuple[Tensor, dict[str, float]]:
         h, dist = layer.sample_with_distribution(x, masks)
@@ -243,8 +349,11 @@ def train_stage1(exp: DetectionExperiment, progress: Progress | None, log: RunLo
 
 
 # -- stage 2 ------------------------------------------------------------------------------------------
-def train_stage2(exp: DetectionExperiment, obfuscator: Obfuscator, progress: Progress | None) -> None:
-    """Spatial soft selection maps ``(1, H, W)`` per class on the frozen layer (spec §2.2.1)."""
+def train_stage2(exp: DetectionExperiment, obfuscator: Obfuscator, progress: Progress | None,
+                 log: RunLog | None = None) -> None:
+    """Spatial soft selection maps ``(1, H, W)`` per class on the frozen layer (spec §2.2.1):
+    within the mAP budget with stage 1's objective (each pixel's class from the training boxes),
+    or, without a budget, on the detection loss alone."""
     cfg, network, data = exp.config, exp.network, exp.splits["obfuscator"]
     if network is None:
         raise SCLError("train the detector first")
@@ -253,6 +362,15 @@ def train_stage2(exp: DetectionExperiment, obfuscator: Obfuscator, progress: Pro
     obfuscator.selection = soft
     obfuscator.freeze_layer()
     obfuscator.layer.train()  # reparameterised samples, frozen weights
+    if max_map_loss(cfg) is not None:
+        exp.history["stage2 soft"] = _within_budget(
+            exp, "soft", obfuscator.selection_parameters(), soft,
+            lambda x, masks: obfuscator.sample_with_distribution(x), lambda x, masks: obfuscator(x),
+            cfg["stage2"]["epochs"], cfg["stage2"]["lr"], 3, progress, "stage 2: soft selection maps", log,
+        )
+        obfuscator.eval()
+        exp.obfuscator = obfuscator
+        return
 
     def loss_fn(x: Tensor, *enc: Tensor) -> tuple[Tensor, dict[str, float]]:
         return network.loss_from_encoded(network(obfuscator(x)), _unpack(*enc))
@@ -317,6 +435,7 @@ def run_attacks(exp: DetectionExperiment, progress: Progress | None, log: RunLog
     up that image's boxes (the attacker knows them: it holds the annotated split).
     """
     from scl.attacks import clean_ceiling_attack, decoder_attack
+    from scl.attacks.budget import get_budget
 
     cfg, obf = exp.config, exp.obfuscator
     if obf is None:
@@ -331,8 +450,8 @@ def run_attacks(exp: DetectionExperiment, progress: Progress | None, log: RunLog
     # obf(x, boxes=targets[i]) (HardSelection.from_boxes with the background class), without
     # rebuilding the masks for every batch of every epoch
     masks = torch.cat([box_masks(exp, attacker), box_masks(exp, test)])
-    common = {"num_classes": n_a + n_t, "epochs": acfg["decoder_epochs"], "seed": cfg["seed"], "progress": progress,
-              "batch_size": cfg["batch_size"]}
+    common = {"num_classes": n_a + n_t, "budget": get_budget(acfg["budget"]).capped(acfg["max_epochs"]),
+              "seed": cfg["seed"], "progress": progress, "batch_size": cfg["batch_size"]}
 
     def hard(x: Tensor, index: Tensor) -> Tensor:
         return obf.layer(obf.features(x), masks[index])
@@ -343,8 +462,8 @@ def run_attacks(exp: DetectionExperiment, progress: Progress | None, log: RunLog
     def masks_only(x: Tensor, index: Tensor) -> Tensor:
         return masks[index, :, 0]
 
-    privacy: dict[str, float] = {}
-    log("attack: learned decoder on the hard (box) release")
+    privacy: dict[str, Any] = {"budget": acfg["budget"]}
+    log(f"attack budget {acfg['budget']}: learned decoder on the hard (box) release")
     result = decoder_attack(hard, split_a, split_t, averaged_copies=acfg["averaged_copies"], **common)
     privacy.update(result.metrics)
     exp.figures["decoder"] = result.reconstructions
@@ -396,6 +515,9 @@ CAPTIONS = {
     "detections_hard": "Detector N on the hard (box) release of the same scenes (score >= 0.3).",
     "detections_soft": "Detector N on the soft (box-free) release of the same scenes (score >= 0.3).",
     "training_curves": "Loss per epoch: detector N, stage 1 (layer) and stage 2 (soft selection).",
+    "utility_budget": "The mAP budget over training, for stage 1 (hard release) and the soft maps: left, the "
+    "Lagrange multiplier μ on the detection loss; right, the validation mAP@.5 loss per epoch against the "
+    "budget (dashed), the epoch kept (dot) and the test loss of the kept release (cross).",
 }
 
 
@@ -440,6 +562,10 @@ def write_outputs(exp: DetectionExperiment, folder: Path, log: RunLog, name: str
     figures.image_grid(rows, fig / "samples.png", title="Test scenes and what leaves the data owner")
     if exp.history:
         figures.training_curves(exp.history, fig / "training_curves.png")
+    if exp.metrics.get("utility"):
+        from scl.report import budget_test_losses
+
+        figures.budget_curves(exp.metrics["utility"], budget_test_losses(exp.metrics), fig / "utility_budget.png")
     exp.metrics["dataset"] = exp.dataset.name
     exp.metrics["num_classes"] = exp.dataset.num_classes
     exp.metrics["class_names"] = list(names)
@@ -491,7 +617,7 @@ def run(config: dict[str, Any], out: Path, *, console: Any = None, show_progress
                 + ", ".join(f"{k} {len(v)}" for k, v in exp.splits.items()))
             for stage, step in (("base", lambda: train_detector(exp, progress, log)),
                                 ("stage1", lambda: setattr(exp, "obfuscator", train_stage1(exp, progress, log))),
-                                ("stage2", lambda: train_stage2(exp, exp.obfuscator, progress))):  # type: ignore[arg-type]
+                                ("stage2", lambda: train_stage2(exp, exp.obfuscator, progress, log))):  # type: ignore[arg-type]
                 start = time.perf_counter()
                 step()
                 seconds[stage] = time.perf_counter() - start

@@ -32,7 +32,7 @@ import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = [
     "OBJECTIVES",
     "BudgetResult",
+    "DetectionBudget",
     "PrivacyObjective",
     "UtilityBudget",
     "distance_correlation_term",
@@ -106,11 +107,30 @@ def within_class_information(y: Tensor, loc: Tensor, variance: Tensor) -> Tensor
     the bound of a Gaussian of the same variance, which is not a bound). Classes with fewer than 2
     samples in the batch are skipped; each class weighs by its count.
 
+    Per-pixel classes (detection, where a box's class holds inside the box and the background
+    class outside every box): ``y`` of shape ``[B, H, W]`` for ``loc`` of shape ``[B, C, H, W]``.
+    Every pixel is then one sample of its class, and the spread is pooled over the images and the
+    positions of that class. That is a surrogate, not the bound: it also counts a mean that varies
+    with the position alone, which carries nothing beyond the boxes; it is zero exactly when the
+    release's mean is one constant per class, i.e. when the release shows the box masks and nothing
+    else.
+
     Args:
-        y: ``Tensor[B]`` int64 labels.
+        y: ``Tensor[B]`` int64 labels, or ``Tensor[B, *S]`` per-element labels for ``loc`` of
+            shape ``[B, C, *S]``.
         loc: ``Tensor[B, ...]`` the release's mean.
         variance: ``Tensor[B, ...]`` its variance (same shape).
     """
+    if y.dim() > 1:
+        if y.shape[0] != loc.shape[0] or tuple(y.shape[1:]) != tuple(loc.shape[2:]):
+            raise DataError(
+                f"per-pixel classes must have the release's shape without its channels, "
+                f"{(loc.shape[0], *loc.shape[2:])}, but got {tuple(y.shape)}"
+            )
+        channels = loc.shape[1]
+        loc = loc.movedim(1, -1).reshape(-1, channels)
+        variance = variance.movedim(1, -1).reshape(-1, channels)
+        y = y.reshape(-1)
     flat_loc = loc.reshape(loc.shape[0], -1)
     flat_var = variance.reshape(variance.shape[0], -1)
     onehot = F.one_hot(y, int(y.max()) + 1).to(flat_loc.dtype)  # [B, C]
@@ -253,6 +273,13 @@ class PrivacyObjective(nn.Module):
         """The term to minimise for the batch, and its parts for the history."""
         if self.kind in ("entropy", "ssim", "both"):
             return privacy_term(self.kind, x, h, dist)
+        if y.is_floating_point():  # a hard selection pi [B, K, 1, *S] (detection): per-pixel classes
+            if self.kind != "within":
+                raise ConfigError(
+                    f"the {self.kind!r} objective needs one class per image; with per-pixel classes "
+                    "(detection) use within, entropy, ssim or both"
+                )
+            y = y.argmax(1).flatten(1, 2) if y.dim() == 5 else y.argmax(1)
         if self.kind == "within":
             loc, variance = _moments(dist)
             value = within_class_information(y, loc, variance)
@@ -314,12 +341,12 @@ class UtilityBudget:
     draws: int = 8
     clean: float = field(init=False)
 
+    #: what the budget is a loss of, and the option that sets it (for messages)
+    measure: ClassVar[str] = "accuracy"
+    option: ClassVar[str] = "--max-accuracy-loss"
+
     def __post_init__(self) -> None:
-        value = self.max_loss
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 100:
-            raise ConfigError(f"the accuracy budget must be a number of points in [0, 100), but got {self.max_loss!r}")
-        if self.x.shape[0] < 2:
-            raise DataError(f"the budget needs a validation split of at least 2 images, but got {self.x.shape[0]}")
+        _check_budget(self.max_loss, self.measure, self.x)
         with torch.no_grad():
             self.clean = float((self.network(self.x).argmax(-1) == self.y).float().mean())
 
@@ -341,6 +368,74 @@ class UtilityBudget:
         return 100.0 * math.sqrt(2 * p * (1 - p) / n)
 
 
+def _check_budget(value: Any, measure: str, x: Tensor) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 100:
+        raise ConfigError(f"the {measure} budget must be a number of points in [0, 100), but got {value!r}")
+    if x.shape[0] < 2:
+        raise DataError(f"the budget needs a validation split of at least 2 images, but got {x.shape[0]}")
+
+
+@dataclass
+class DetectionBudget:
+    """The mAP@.5 a release may lose, measured on a validation split (detection).
+
+    The same interface as :class:`UtilityBudget`; the release is ``release(x, y)`` with ``y`` the
+    images' hard selection (box masks), and the loss is COCO mAP@.5 of the detector on clean
+    images minus its mAP@.5 on the release, in points, one noise draw per image, averaged over
+    ``draws`` draws. COCO mAP is a set measure (it ranks every detection of the split), so each
+    check runs the detector on the whole validation split; at a few hundred images that costs a
+    fraction of a second, so :func:`train_within_budget` checks it once per epoch
+    (``dual_every_step=False``), not after every step.
+
+    Args:
+        max_loss: the most mAP@.5 the release may lose against clean images, in points.
+        network: the frozen detector (``detect(x, k=, threshold=)`` and ``num_classes``).
+        x: the validation images; y: their hard selections; targets: their boxes and labels.
+        top_k, score_threshold: the detector's decoding, as in the run's evaluation.
+        draws: noise draws averaged per check.
+    """
+
+    max_loss: float
+    network: nn.Module
+    x: Tensor
+    y: Tensor
+    targets: Sequence[Any]
+    top_k: int = 20
+    score_threshold: float = 0.01
+    draws: int = 2
+    batch_size: int = 128
+    clean: float = field(init=False)
+
+    measure: ClassVar[str] = "mAP@.5"
+    option: ClassVar[str] = "--max-map-loss"
+
+    def __post_init__(self) -> None:
+        _check_budget(self.max_loss, self.measure, self.x)
+        if len(self.targets) != self.x.shape[0]:
+            raise DataError(f"the budget needs one target per validation image, but got {len(self.targets)} "
+                            f"for {self.x.shape[0]} images")
+        self.clean = self._map50(lambda x, y: x)
+
+    @torch.no_grad()
+    def _map50(self, release: Callable[[Tensor, Tensor], Tensor]) -> float:
+        from scl.pipelines.coco import coco_map
+
+        detections: list[Any] = []
+        for start in range(0, self.x.shape[0], self.batch_size):
+            part = slice(start, start + self.batch_size)
+            h = release(self.x[part], self.y[part])
+            detections.extend(self.network.detect(h, k=self.top_k, threshold=self.score_threshold))  # type: ignore[operator]
+        result = coco_map(self.targets, detections, num_classes=int(self.network.num_classes),  # type: ignore[arg-type]
+                          image_size=(int(self.x.shape[-2]), int(self.x.shape[-1])))
+        return float(result["map50"])
+
+    @torch.no_grad()
+    def loss(self, release: Callable[[Tensor, Tensor], Tensor], draws: int | None = None) -> float:
+        """mAP@.5 lost on the validation split, in points, averaged over ``draws`` noise draws."""
+        count = draws or self.draws
+        return 100.0 * (self.clean - sum(self._map50(release) for _ in range(count)) / count)
+
+
 @dataclass
 class BudgetResult:
     """What a constrained stage reached: for ``metrics.json`` and the report."""
@@ -353,10 +448,15 @@ class BudgetResult:
     validation: list[float]
     clean_validation: float
     validation_images: int
+    measure: str = "accuracy"
+    option: str = "--max-accuracy-loss"
 
     def as_dict(self) -> dict[str, Any]:
+        key = "max_accuracy_loss" if self.measure == "accuracy" else "max_map_loss"
         return {
-            "max_accuracy_loss": self.budget,
+            "measure": self.measure,
+            "max_loss": self.budget,
+            key: self.budget,
             "feasible": self.feasible,
             "validation_loss": self.validation_loss,
             "epoch": self.epoch,
@@ -367,12 +467,13 @@ class BudgetResult:
         }
 
     def message(self, stage: str) -> str:
+        unit = "points" if self.measure == "accuracy" else f"points of {self.measure}"
         if self.feasible:
-            return (f"{stage}: within the budget, {self.validation_loss:.1f} points lost on validation "
+            return (f"{stage}: within the budget, {self.validation_loss:.1f} {unit} lost on validation "
                     f"(budget {self.budget:g}), epoch {self.epoch}")
-        return (f"{stage}: the budget of {self.budget:g} points CANNOT be met: the closest point reached "
+        return (f"{stage}: the budget of {self.budget:g} {unit} CANNOT be met: the closest point reached "
                 f"loses {self.validation_loss:.1f} points on validation (epoch {self.epoch}). More data, a "
-                f"larger budget (--max-accuracy-loss) or a stronger layer would help")
+                f"larger budget ({self.option}) or a stronger layer would help")
 
 
 def train_within_budget(
@@ -380,7 +481,7 @@ def train_within_budget(
     modules: Sequence[nn.Module],
     release: Release,
     objective: PrivacyObjective,
-    budget: UtilityBudget,
+    budget: UtilityBudget | DetectionBudget,
     data: Sequence[Tensor],
     *,
     epochs: int,
@@ -392,6 +493,8 @@ def train_within_budget(
     description: str = "training within the budget",
     rate: float = 0.05,
     supervised: Callable[[Tensor, Tensor], Tensor] | None = None,
+    task_loss: Callable[[Tensor, Sequence[Tensor]], Tensor] | None = None,
+    dual_every_step: bool = True,
 ) -> tuple[dict[str, list[float]], BudgetResult]:
     """Minimise ``objective`` subject to ``budget`` by dual ascent on a multiplier.
 
@@ -401,11 +504,19 @@ def train_within_budget(
         release: ``(x, y) -> (h, dist)`` in training mode (reparameterised samples).
         objective: the privacy term and its adversary.
         budget: the constraint and its validation split.
-        data: ``(x, y)`` or ``(x, y, attribute)`` of the training part.
+        data: ``(x, y, ...)`` of the training part: ``(x, y)`` or ``(x, y, attribute)`` for
+            classification; ``y`` is what ``release`` and the objective take as the class (labels,
+            or a hard selection of box masks), the rest is the task loss's (see ``task_loss``).
         evaluate: ``(x, y) -> h`` as released at inference (eval mode), for the budget checks.
         rate: the dual step: ``log mu`` moves by ``rate`` per point of validation loss over budget.
         supervised: an extra utility loss ``(x, y) -> Tensor`` added to the task loss (e.g. the
             gated selection's cross-entropy on the labels).
+        task_loss: ``(h, batch) -> Tensor``, the differentiable utility loss of the release
+            (default: cross-entropy of ``budget.network(h)`` on ``batch[1]``).
+        dual_every_step: update the multiplier after every step from a 1-draw check of the
+            budget (cheap for accuracy); else once per epoch from the epoch's full check, by
+            ``rate`` times the steps of the epoch (for a budget measured on the whole split at
+            once, such as mAP).
 
     Returns:
         the per-epoch history (task loss, privacy term, multiplier, validation loss) and the
@@ -426,40 +537,43 @@ def train_within_budget(
     with task(progress, description, epochs) as advance:
         for epoch in range(1, epochs + 1):
             sums: dict[str, float] = {}
-            count = 0
+            count = steps = 0
             set_mode(True)
             for index in torch.randperm(n, generator=generator).split(batch_size):
                 if index.numel() < 2:
                     continue
                 batch = [d[index] for d in data]
                 x, y = batch[0], batch[1]
-                attribute = batch[2] if len(batch) > 2 else None
+                attribute = batch[2] if objective.kind == "attribute" and len(batch) > 2 else None
                 h, dist = release(x, y)
-                task_loss = F.cross_entropy(network(h), y)
+                utility = F.cross_entropy(network(h), y) if task_loss is None else task_loss(h, batch)
                 if supervised is not None:
-                    task_loss = task_loss + supervised(x, y)
+                    utility = utility + supervised(x, y)
                 privacy, stats = objective.term(x, y, h, dist, attribute)
                 mu = math.exp(log_mu)
-                loss = (privacy + mu * task_loss) / (1.0 + mu)
+                loss = (privacy + mu * utility) / (1.0 + mu)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
                 objective.adversary_step(x, y, h, attribute)
-                # the dual player: the validation loss of this step (fresh noise, 1 draw), smoothed
-                set_mode(False)
-                step_loss = budget.loss(evaluate, draws=1)
-                set_mode(True)
-                smoothed = step_loss if smoothed is None else 0.7 * smoothed + 0.3 * step_loss
-                # |log mu| <= 5: beyond e^5 the privacy term weighs less than 1% and a stage that
-                # starts far over budget would spend most of its steps climbing back down
-                log_mu = min(max(log_mu + rate * (smoothed - budget.max_loss), -5.0), 5.0)
+                steps += 1
+                if dual_every_step:
+                    # the dual player: the validation loss of this step (fresh noise, 1 draw), smoothed
+                    set_mode(False)
+                    step_loss = budget.loss(evaluate, draws=1)
+                    set_mode(True)
+                    smoothed = step_loss if smoothed is None else 0.7 * smoothed + 0.3 * step_loss
+                    log_mu = _dual_step(log_mu, rate * (smoothed - budget.max_loss))
                 weight = index.numel()
                 count += weight
-                for key, value in {"task_loss": float(task_loss.detach()), "privacy": float(privacy.detach()),
+                for key, value in {"task_loss": float(utility.detach()), "privacy": float(privacy.detach()),
                                    **stats}.items():
                     sums[key] = sums.get(key, 0.0) + value * weight
             set_mode(False)
             checked = budget.loss(evaluate)
+            if not dual_every_step:
+                log_mu = _dual_step(log_mu, rate * steps * (checked - budget.max_loss))
+            steps = 0
             for key, value in sums.items():
                 history.setdefault(key, []).append(value / max(count, 1))
             history.setdefault("multiplier", []).append(math.exp(log_mu))
@@ -479,5 +593,12 @@ def train_within_budget(
         budget=budget.max_loss, feasible=kept is not None, validation_loss=chosen[0], epoch=chosen[1],
         multiplier=history["multiplier"], validation=history["validation_loss"],
         clean_validation=budget.clean, validation_images=int(budget.x.shape[0]),
+        measure=budget.measure, option=budget.option,
     )
     return history, result
+
+
+def _dual_step(log_mu: float, step: float) -> float:
+    # |log mu| <= 5: beyond e^5 the privacy term weighs less than 1% and a stage that starts far
+    # over budget would spend most of its steps climbing back down
+    return min(max(log_mu + step, -5.0), 5.0)
