@@ -141,6 +141,7 @@ def train_network(exp: Experiment, progress: Progress | None, log: RunLog) -> No
             generator=_generator(cfg, 1),
             progress=progress,
             description="task network N (clean data)",
+            cosine=True,
         )
     network.eval()
     freeze(network)  # frozen in stages 1 and 2 (spec §3)
@@ -156,19 +157,20 @@ def train_network(exp: Experiment, progress: Progress | None, log: RunLog) -> No
 AUTO_INIT_FRACTION = 1.0
 
 
-def init_scale(value: float | str, dataset: Dataset) -> float:
+def init_scale(value: float | str, images: Tensor) -> float:
     """The layer's initial noise scale: a number as given, or ``"auto"``: the standard deviation of
-    the data's pixels (:data:`AUTO_INIT_FRACTION` of it), so the noise starts on the data's own
-    scale on any data set and the budget, not a constant, decides where it can be lowered."""
+    the data's pixels ``images`` (:data:`AUTO_INIT_FRACTION` of it), so the noise starts on the
+    data's own scale on any data set and the budget, not a constant, decides where it can be
+    lowered."""
     if value != "auto":
         return float(value)
-    return max(AUTO_INIT_FRACTION * float(dataset.x.std()), 2e-3)
+    return max(AUTO_INIT_FRACTION * float(images.std()), 2e-3)
 
 
 def build_layer(config: dict[str, Any], dataset: Dataset) -> scl.StochasticConditionalLayer:
     """The stochastic conditional layer: image in, image-shaped sample out (N reads it)."""
     layer_cfg = config["layer"]
-    options = {"init_scale": init_scale(layer_cfg["init_scale"], dataset)} \
+    options = {"init_scale": init_scale(layer_cfg["init_scale"], dataset.x)} \
         if layer_cfg["distribution"] in ("gaussian", "laplace") else {}
     channels = dataset.channels
     if layer_cfg["kind"] == "additive":
