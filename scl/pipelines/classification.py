@@ -39,7 +39,7 @@ from scl.layers import StochasticConditionalAdditive, StochasticConditionalConv2
 from scl.models import SmallCNN
 from scl.obfuscator import Obfuscator, freeze
 from scl.pipelines import engine
-from scl.pipelines.stages import BudgetResult, PrivacyObjective, UtilityBudget, train_within_budget
+from scl.pipelines.stages import BudgetResult, PrivacyObjective, UtilityBudget, train_within_budget, validation_cut
 from scl.pipelines.stages import privacy_term as privacy_term  # re-exported for detection
 from scl.progress import make_progress
 from scl.selection import ClassIndex, GatedSelection, SoftSelection
@@ -222,14 +222,7 @@ def budget_splits(exp: Experiment) -> tuple[tuple[Tensor, ...], tuple[Tensor, Te
     """The obfuscator split cut into a training part and the validation part that measures the
     budget (``utility.validation_fraction``, seeded): ``((x, y[, attribute]), (x_val, y_val))``."""
     data, fraction = exp.splits["obfuscator"], float(exp.config["utility"]["validation_fraction"])
-    order = torch.randperm(len(data), generator=_generator(exp.config, 5))
-    k = int(round(fraction * len(data)))
-    if k < 2 or len(data) - k < 2:
-        raise ConfigError(
-            f"the obfuscator split has {len(data)} images: too few to hold out {fraction:g} of them to "
-            "measure the accuracy budget; use more data or --set utility.max_accuracy_loss=null"
-        )
-    train, val = order[k:], order[:k]
+    train, val = validation_cut(len(data), fraction, _generator(exp.config, 5), "utility.max_accuracy_loss")
     parts = [data.x[train], data.y[train]]
     if data.attribute is not None:
         parts.append(data.attribute[train])

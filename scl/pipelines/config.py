@@ -148,6 +148,16 @@ def build(
     return config
 
 
+def check_fraction_and_scale(config: Mapping[str, Any]) -> None:
+    """``utility.validation_fraction`` and ``layer.init_scale``, as every pipeline with a budget has them."""
+    fraction = config["utility"]["validation_fraction"]
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ConfigError(f"utility.validation_fraction must be a number in (0, 1), but got {fraction!r}")
+    scale = config["layer"]["init_scale"]
+    if scale != "auto" and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
+        raise ConfigError(f"layer.init_scale must be \"auto\" or a number > 0, but got {scale!r}")
+
+
 def validate(config: Mapping[str, Any]) -> None:
     for dotted, choices in CHOICES.items():
         section, key = dotted.split(".")
@@ -178,12 +188,7 @@ def validate(config: Mapping[str, Any]) -> None:
             f"utility.max_accuracy_loss (--max-accuracy-loss) must be null or a number of points in "
             f"[0, 100), but got {budget!r}"
         )
-    fraction = config["utility"]["validation_fraction"]
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-        raise ConfigError(f"utility.validation_fraction must be a number in (0, 1), but got {fraction!r}")
-    scale = config["layer"]["init_scale"]
-    if scale != "auto" and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
-        raise ConfigError(f"layer.init_scale must be \"auto\" or a number > 0, but got {scale!r}")
+    check_fraction_and_scale(config)
     if not isinstance(config["layer"]["learn_gain"], bool):
         raise ConfigError(f"layer.learn_gain must be true or false, but got {config['layer']['learn_gain']!r}")
     cap = config["attacks"]["max_epochs"]

@@ -48,8 +48,14 @@ from scl.obfuscator import Obfuscator, freeze
 from scl.pipelines import engine
 from scl.pipelines.classification import RunLog, _noise, identity_init, init_scale, privacy_term, run_folder
 from scl.pipelines.coco import coco_map
-from scl.pipelines.config import build
-from scl.pipelines.stages import BudgetResult, DetectionBudget, PrivacyObjective, train_within_budget
+from scl.pipelines.config import build, check_fraction_and_scale
+from scl.pipelines.stages import (
+    BudgetResult,
+    DetectionBudget,
+    PrivacyObjective,
+    train_within_budget,
+    validation_cut,
+)
 from scl.progress import make_progress
 from scl.selection import HardSelection, SoftSelection
 
@@ -137,12 +143,7 @@ def validate(config: Mapping[str, Any]) -> None:
     if budget is None and config["stage1"]["privacy"] == "within":
         raise ConfigError("stage1.privacy='within' is minimised within the mAP budget; with "
                           "utility.max_map_loss=null choose a weighted term: --set stage1.privacy=entropy")
-    fraction = config["utility"]["validation_fraction"]
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-        raise ConfigError(f"utility.validation_fraction must be a number in (0, 1), but got {fraction!r}")
-    scale = config["layer"]["init_scale"]
-    if scale != "auto" and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
-        raise ConfigError(f"layer.init_scale must be \"auto\" or a number > 0, but got {scale!r}")
+    check_fraction_and_scale(config)
     if config["attacks"]["budget"] not in ("quick", "standard", "strong"):
         raise ConfigError(f"attacks.budget must be one of ['quick', 'standard', 'strong'], but got "
                           f"{config['attacks']['budget']!r}")
@@ -272,14 +273,8 @@ def budget_parts(exp: DetectionExperiment) -> tuple[DetectionData, DetectionData
     """The obfuscator split cut (seeded) into a training part and the validation part on which
     the mAP budget is measured (``utility.validation_fraction`` of it)."""
     data, fraction = exp.splits["obfuscator"], float(exp.config["utility"]["validation_fraction"])
-    order = torch.randperm(len(data), generator=_generator(exp.config, 5))
-    k = int(round(fraction * len(data)))
-    if k < 2 or len(data) - k < 2:
-        raise ConfigError(
-            f"the obfuscator split has {len(data)} images: too few to hold out {fraction:g} of them to "
-            "measure the mAP budget; use more data or --set utility.max_map_loss=null"
-        )
-    return data.subset(order[k:].sort().values), data.subset(order[:k].sort().values)
+    train, val = validation_cut(len(data), fraction, _generator(exp.config, 5), "utility.max_map_loss")
+    return data.subset(train.sort().values), data.subset(val.sort().values)
 
 
 def _within_budget(

@@ -52,6 +52,7 @@ __all__ = [
     "UtilityBudget",
     "distance_correlation_term",
     "train_within_budget",
+    "validation_cut",
     "within_class_information",
 ]
 
@@ -323,6 +324,20 @@ def _moments(dist: torch.distributions.Distribution) -> tuple[Tensor, Tensor]:
 
 
 # -- the budget ----------------------------------------------------------------------------------
+def validation_cut(n: int, fraction: float, generator: torch.Generator, option: str) -> tuple[Tensor, Tensor]:
+    """A seeded cut of ``n`` items into ``(train, validation)`` indices, ``fraction`` of them held
+    out to measure the budget; a clear error when either part would hold fewer than 2 (``option``
+    is the setting that turns the budget off, for the message)."""
+    order = torch.randperm(n, generator=generator)
+    k = int(round(fraction * n))
+    if k < 2 or n - k < 2:
+        raise ConfigError(
+            f"the obfuscator split has {n} images: too few to hold out {fraction:g} of them to "
+            f"measure the budget; use more data or --set {option}=null"
+        )
+    return order[k:], order[:k]
+
+
 @dataclass
 class UtilityBudget:
     """The accuracy a release may lose, measured on a validation split.
