@@ -844,8 +844,9 @@ def load_for_export(
         source: a run folder written by ``scl train``/``scl demo`` (its
             ``checkpoints/obfuscator.safetensors``, with ``gated.safetensors`` for
             ``selection="gated"``), or an obfuscator checkpoint written by ``scl.save``.
-        selection: for a run folder, ``"soft"`` (default) or ``"gated"``; for a checkpoint, the
-            selection it must hold (``None``: whichever it holds).
+        selection: for a run folder, ``"soft"`` or ``"gated"`` (``None``: the gated one when the run
+            has it, the headline label-free release, else soft); for a checkpoint, the selection it
+            must hold (``None``: whichever it holds).
 
     The input shape comes from the run's ``metrics.json`` (also for a checkpoint inside a run's
     ``checkpoints/`` folder); ``None`` when it is not recorded.
@@ -865,6 +866,8 @@ def load_for_export(
                 "folder written by `scl train` or `scl demo`, or an obfuscator checkpoint (.safetensors)"
             )
         obfuscator = _load_obfuscator(path)
+        if selection is None:
+            selection = "gated" if (ckpt / CHECKPOINTS["gated"]).is_file() else "soft"
         if selection == "gated":
             gated_path = ckpt / CHECKPOINTS["gated"]
             if not gated_path.is_file():

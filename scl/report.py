@@ -344,18 +344,21 @@ def gaussian_verdicts(privacy: Mapping[str, Any]) -> list[str]:
     if not isinstance(verdicts, Mapping):
         return []
     lines = []
+    # plain noise is calibrated to one release's accuracy (runs of earlier versions: the soft one)
+    reference = str(privacy.get("reference_release", "soft"))
     for name, title in RELEASE_COLUMNS[:3]:
         verdict = verdicts.get(name)
         if not isinstance(verdict, Mapping) or not verdict:
             continue
+        noise = ("plain Gaussian noise at the same accuracy" if name == reference
+                 else f"plain Gaussian noise at the {reference} release's accuracy")
         lost = [_VERDICT_NAMES.get(str(k), str(k)) for k, won in verdict.items() if not won]
         if lost:
-            lines.append(f"The {title} release does NOT beat plain Gaussian noise at the same accuracy on "
+            lines.append(f"The {title} release does NOT beat {noise} on "
                          f"{', '.join(lost)}: there, an attacker learns as much from it as from noise that needs "
                          "no training, or more.")
         else:
-            lines.append(f"The {title} release leaks less than plain Gaussian noise at the same accuracy on every "
-                         "attack.")
+            lines.append(f"The {title} release leaks less than {noise} on every attack.")
     return lines
 
 
@@ -376,10 +379,13 @@ def _release_section(privacy: Mapping[str, Any]) -> str:
              "k / class size, what knowing the class alone gives. The floor is the label-only attacker (chance "
              "for the attribute), the ceiling the same attacker on clean inputs.")
     if scale is not None:
-        about += f" Plain noise: x + {scale:.3g}·ε, its scale found by bisection to match the soft accuracy"
-        noise_acc, soft_acc = _number(privacy.get("gaussian_accuracy")), _number(privacy.get("soft_accuracy"))
+        # runs of earlier versions calibrated plain noise to the soft release ("soft_accuracy")
+        reference = str(privacy.get("reference_release", "soft"))
+        about += f" Plain noise: x + {scale:.3g}·ε, its scale found by bisection to match the {reference} accuracy"
+        noise_acc = _number(privacy.get("gaussian_accuracy"))
+        soft_acc = _number(privacy.get("reference_accuracy", privacy.get("soft_accuracy")))
         if noise_acc is not None and soft_acc is not None and noise_acc < soft_acc:
-            about += (f" (no scale reaches the soft accuracy {100 * soft_acc:.1f}%: even the smallest keeps "
+            about += (f" (no scale reaches the {reference} accuracy {100 * soft_acc:.1f}%: even the smallest keeps "
                       f"{100 * noise_acc:.1f}%, so plain noise is compared at a lower accuracy)")
         about += "."
     if budget:

@@ -255,10 +255,18 @@ class GatedSelection(nn.Module):
     For label-free inference that adapts to each input: ``Tensor[B, C]``, a softmax over classes
     (so the class layers are mixed by a convex combination). ``features="image"`` expects
     ``Tensor[B, in_channels, H, W]``; ``features="vector"`` expects ``Tensor[B, in_channels]``.
+
+    ``network``: start the gate from a classifier of ``x`` instead of a small network of its own:
+    the gate holds that module (its logits, softmaxed) and trains it from there. The owner holds
+    the task network N to train the layer anyway; a copy of N picks the class as well as N reads
+    it, where a small gate trained on the obfuscator split alone picks it worse. Pass a copy
+    (``copy.deepcopy(network)``): the gate's training changes the module. For checkpoints it must
+    be an scl module (e.g. a network of :mod:`scl.models`).
     """
 
     def __init__(
-        self, num_classes: int, in_channels: int, *, hidden: int = 32, features: str = "image"
+        self, num_classes: int, in_channels: int, *, hidden: int = 32, features: str = "image",
+        network: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.num_classes = check_num_classes(num_classes)
@@ -267,8 +275,15 @@ class GatedSelection(nn.Module):
         if features not in ("image", "vector"):
             raise ConfigError(f"features must be 'image' or 'vector', but got {features!r}")
         self.in_channels, self.hidden, self.features = in_channels, hidden, features
-        if features == "image":
-            self.net: nn.Module = nn.Sequential(
+        if network is not None and not isinstance(network, nn.Module):
+            raise ConfigError(f"network must be an nn.Module (a classifier of x), but got {type(network).__name__}")
+        self.from_network = network is not None
+        if network is not None:
+            self.net: nn.Module = network
+            for parameter in network.parameters():
+                parameter.requires_grad_(True)
+        elif features == "image":
+            self.net = nn.Sequential(
                 nn.Conv2d(in_channels, hidden, 3, padding=1),
                 nn.ReLU(),
                 nn.Conv2d(hidden, hidden, 3, stride=2, padding=1),
@@ -286,12 +301,18 @@ class GatedSelection(nn.Module):
         """``x`` -> ``Tensor[B, C]`` (rows sum to 1)."""
         rank = 4 if self.features == "image" else 2
         check_tensor(x, "x", ndim=rank, channels=self.in_channels)
-        return torch.softmax(self.net(x), dim=-1)
+        logits = self.net(x)
+        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
+            raise ShapeError(
+                f"the gate's network must give logits of shape [B, {self.num_classes}], "
+                f"but gave {tuple(logits.shape)}"
+            )
+        return torch.softmax(logits, dim=-1)
 
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, in_channels={self.in_channels}, "
-            f"features={self.features!r}"
+            f"features={self.features!r}" + (", from a network" if self.from_network else "")
         )
 
     def config(self) -> dict[str, Any]:
@@ -300,4 +321,5 @@ class GatedSelection(nn.Module):
             "in_channels": self.in_channels,
             "hidden": self.hidden,
             "features": self.features,
+            **({"network": self.net} if self.from_network else {}),
         }

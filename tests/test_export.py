@@ -558,14 +558,14 @@ def test_cli_exports_a_checkpoint_file_in_either_noise_mode(tmp_path, mode):
     assert tuple(run(out, torch.rand(3, *SHAPE)).shape) == (3, *SHAPE)
 
 
-@pytest.mark.parametrize("selection", [None, "gated"])
+@pytest.mark.parametrize("selection", [None, "gated", "soft"])
 def test_cli_exports_a_run_folder_with_its_recorded_shape(tmp_path, run_folder, selection):
     out = tmp_path / "obfuscator.onnx"
     extra = ["--selection", selection] if selection else []
     result = runner.invoke(app, ["export", str(run_folder), "--out", str(out), *extra])
     assert result.exit_code == 0, result.output
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
-    assert meta["scl_selection"] == (selection or "soft")
+    assert meta["scl_selection"] == (selection or "gated")  # the run has a gated selection: the default
     assert json.loads(meta["scl_input_shape"]) == list(SHAPE)
 
 

@@ -125,7 +125,8 @@ def _summary(metrics: dict, out: Path) -> None:
     if releases is not None:
         header, rows = releases
         privacy = Table(title=f"privacy on the test split, attack budget {priv.get('budget', '?')} (lower is "
-                        "more private; gaussian = plain noise at the soft accuracy)")
+                        f"more private; gaussian = plain noise at the {priv.get('reference_release', 'soft')} "
+                        "accuracy)")
         for i, title in enumerate(header):
             privacy.add_column(title, justify="right" if i else "left")
         for row in rows:
@@ -227,9 +228,12 @@ def obfuscate(
     run: Annotated[Path, typer.Option("--run", help="A run folder with trained checkpoints.")],
     input_: Annotated[Path, typer.Option("--input", help="An image, a folder of images, or an .npz with x.")],
     out: Annotated[Path, typer.Option("--out", help="A folder for PNGs, or a file ending in .npz.")],
-    selection: Annotated[str, typer.Option("--selection", help="Label-free selection: soft or gated.")] = "soft",
+    selection: Annotated[
+        str | None,
+        typer.Option("--selection", help="Label-free selection: gated (default when the run has it) or soft."),
+    ] = None,
 ) -> None:
-    """Obfuscate images without labels (soft or gated selection), with fresh cipher-stream noise.
+    """Obfuscate images without labels (gated or soft selection), with fresh cipher-stream noise.
 
     Example: `scl obfuscate --run runs/mine --input photos/ --out obfuscated/`
     """
@@ -256,7 +260,8 @@ def export(
         typer.Option("--input-shape", help="One input's shape C,H,W without the batch (default: from the run)."),
     ] = None,
     selection: Annotated[
-        str | None, typer.Option("--selection", help="Label-free selection: soft (default for a run) or gated.")
+        str | None,
+        typer.Option("--selection", help="Label-free selection: gated (default when the run has it) or soft."),
     ] = None,
     opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset, 13 to 20 (default: 20).")] = None,
     noise: Annotated[

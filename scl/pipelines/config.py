@@ -21,7 +21,9 @@ DEFAULTS: dict[str, Any] = {
     "reproducible": True,
     "network": {"epochs": 40, "lr": 2e-3, "width": 32, "checkpoint": None},
     "layer": {
-        "kind": "conv",  # conv | additive
+        # additive: a per-class mean map of the input's shape (spec §1), which can release the
+        # class and nothing else; conv: per-class 3 x 3 kernels, which cannot (see the README)
+        "kind": "additive",  # additive | conv
         "distribution": "gaussian",
         "selection_at": "input",
         "kernel_size": 3,
@@ -29,7 +31,12 @@ DEFAULTS: dict[str, Any] = {
         "init_scale": "auto",
         # additive only: learn a per-class gain on the input (mean g_c * x + m_c), so the layer can
         # turn x down where N does not need it
-        "learn_gain": False,
+        "learn_gain": True,
+        # where stage 1 starts: "class_mean" (gain 0, each class's mean map at the mean image of
+        # its training images: the release starts with the class and nothing else, and the budget
+        # lets x in only where N needs it), "input" (x plus noise), or "auto" (class_mean for the
+        # additive layer with a gain, input otherwise)
+        "start": "auto",
     },
     # privacy term of stage 1: "entropy" raises the mean log noise scale (as Shredder does);
     # "ssim" pushes SSIM(x, h) down; "both" adds them. Weighted by lam.
@@ -44,7 +51,12 @@ DEFAULTS: dict[str, Any] = {
     # soft selection shape: "input" (C_in, H, W) as spec §2.2.1, "spatial" (1, H, W) maps,
     # "channel" (C_in, 1, 1), or "scalar" ()
     "stage2": {"epochs": 80, "lr": 0.1, "soft_shape": "spatial"},
-    "gated": {"epochs": 100, "lr": 3e-3},
+    # the gated selection (ours): "network" starts the gate from a copy of N (the owner holds N to
+    # train the layer), "scratch" from a small network of its own (give it epochs, e.g. 100 at lr
+    # 3e-3). epochs 0: the gate as it starts. Fine-tuning N's copy within the budget did not help:
+    # on the digits no epoch of 100 stayed within the budget (the start was kept), and on 1,200
+    # real photographs the kept epoch lost 2.5 points on test against 0.6 on validation
+    "gated": {"epochs": 0, "lr": 3e-4, "init": "network"},
     "attacks": {
         # quick | standard | strong (scl.attacks.budget): how hard every learned attacker tries;
         # nested, so a stronger budget never scores a lower leak
@@ -63,13 +75,14 @@ QUICK: dict[str, Any] = {
     "network": {"epochs": 6},
     "stage1": {"epochs": 8},
     "stage2": {"epochs": 6},
-    "gated": {"epochs": 6},
     "attacks": {"budget": "quick", "whitebox_images": 32, "whitebox_steps": 30},
     "sweep": {"lams": [0.0, 0.3], "stage1_epochs": 4, "decoder_epochs": 4},
 }
 
 CHOICES = {
-    "layer.kind": ("conv", "additive"),
+    "layer.kind": ("additive", "conv"),
+    "layer.start": ("auto", "class_mean", "input"),
+    "gated.init": ("network", "scratch"),
     "layer.selection_at": ("input", "output"),
     "stage1.privacy": ("within", "dcor", "adversarial", "attribute", "entropy", "ssim", "both"),
     "stage2.soft_shape": ("input", "spatial", "channel", "scalar"),
@@ -167,13 +180,17 @@ def validate(config: Mapping[str, Any]) -> None:
         ("network", "epochs"),
         ("stage1", "epochs"),
         ("stage2", "epochs"),
-        ("gated", "epochs"),
         ("attacks", "whitebox_images"),
         ("attacks", "averaged_copies"),
     ):
         value = config[section][key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{section}.{key} must be a positive integer, but got {value!r}")
+    epochs = config["gated"]["epochs"]
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ConfigError(f"gated.epochs must be an integer >= 0 (0: the gate as it starts), but got {epochs!r}")
+    if epochs == 0 and config["gated"].get("init", "scratch") == "scratch":
+        raise ConfigError("gated.init=scratch needs training: set gated.epochs to 1 or more (e.g. 100)")
     for key in ("batch_size", "image_size"):
         value = config[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -191,6 +208,13 @@ def validate(config: Mapping[str, Any]) -> None:
     check_fraction_and_scale(config)
     if not isinstance(config["layer"]["learn_gain"], bool):
         raise ConfigError(f"layer.learn_gain must be true or false, but got {config['layer']['learn_gain']!r}")
+    if config["layer"]["start"] == "class_mean" and not (
+            config["layer"]["kind"] == "additive" and config["layer"]["learn_gain"]):
+        raise ConfigError(
+            "layer.start=class_mean needs a layer that can turn x off: layer.kind=additive with "
+            f"layer.learn_gain=true (got kind={config['layer']['kind']!r}, learn_gain="
+            f"{config['layer']['learn_gain']!r}); set layer.start=input or auto"
+        )
     cap = config["attacks"]["max_epochs"]
     if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
         raise ConfigError(f"attacks.max_epochs must be null or a positive integer, but got {cap!r}")

@@ -16,13 +16,18 @@ from scl.obfuscator import Obfuscator
 from scl.pipelines.classification import CHECKPOINTS
 
 
-def obfuscate_files(run: Path, source: Path, out: Path, *, selection: str = "soft") -> int:
+def obfuscate_files(run: Path, source: Path, out: Path, *, selection: str | None = None) -> int:
     """Obfuscate every image of ``source``; write PNGs into a folder or one ``.npz``.
+
+    ``selection``: ``"soft"`` or ``"gated"``; ``None``: the gated one when the run has it (the
+    headline label-free release), else soft.
 
     Noise comes from the process's cipher stream (AES-256-CTR keyed from ``os.urandom``, never
     from a seed; :func:`scl.random.describe`): this is what leaves the data owner.
     """
     ckpt = Path(run) / "checkpoints"
+    if selection is None:
+        selection = "gated" if (ckpt / CHECKPOINTS["gated"]).is_file() else "soft"
     if selection not in ("soft", "gated"):
         raise ConfigError(f"--selection must be 'soft' or 'gated', but got {selection!r}")
     path = ckpt / CHECKPOINTS["obfuscator"]

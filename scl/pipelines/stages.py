@@ -483,11 +483,12 @@ class BudgetResult:
 
     def message(self, stage: str) -> str:
         unit = "points" if self.measure == "accuracy" else f"points of {self.measure}"
+        epoch = "the start, epoch 0" if self.epoch == 0 else f"epoch {self.epoch}"
         if self.feasible:
             return (f"{stage}: within the budget, {self.validation_loss:.1f} {unit} lost on validation "
-                    f"(budget {self.budget:g}), epoch {self.epoch}")
+                    f"(budget {self.budget:g}), {epoch}")
         return (f"{stage}: the budget of {self.budget:g} {unit} CANNOT be met: the closest point reached "
-                f"loses {self.validation_loss:.1f} points on validation (epoch {self.epoch}). More data, a "
+                f"loses {self.validation_loss:.1f} points on validation ({epoch}). More data, a "
                 f"larger budget ({self.option}) or a stronger layer would help")
 
 
@@ -543,12 +544,19 @@ def train_within_budget(
     log_mu, smoothed = 0.0, None
     history: dict[str, list[float]] = {}
     kept: tuple[float, int, list[dict[str, Tensor]]] | None = None  # (loss, epoch, states), feasible
-    closest: tuple[float, int, list[dict[str, Tensor]]] | None = None
 
     def set_mode(train: bool) -> None:
         for module in modules:
             module.train(train)
 
+    # the start is a candidate too (epoch 0): a stage that starts within the budget (e.g. a gate
+    # started from N) never returns something that meets it less well
+    set_mode(False)
+    start = budget.loss(evaluate)
+    states0 = [copy.deepcopy(m.state_dict()) for m in modules]
+    closest = (start, 0, states0)
+    if start <= budget.max_loss:
+        kept = (start, 0, states0)
     with task(progress, description, epochs) as advance:
         for epoch in range(1, epochs + 1):
             sums: dict[str, float] = {}
@@ -596,17 +604,16 @@ def train_within_budget(
             states = [copy.deepcopy(m.state_dict()) for m in modules]
             if checked <= budget.max_loss:
                 kept = (checked, epoch, states)
-            if closest is None or checked < closest[0]:
+            if checked < closest[0]:
                 closest = (checked, epoch, states)
             advance(f"val loss={checked:.1f}pt mu={math.exp(log_mu):.3g} privacy={history['privacy'][-1]:.3f}")
     chosen = kept if kept is not None else closest
-    assert chosen is not None
     for module, state in zip(modules, chosen[2], strict=True):
         module.load_state_dict(state)
     set_mode(False)
     result = BudgetResult(
         budget=budget.max_loss, feasible=kept is not None, validation_loss=chosen[0], epoch=chosen[1],
-        multiplier=history["multiplier"], validation=history["validation_loss"],
+        multiplier=history.get("multiplier", []), validation=history.get("validation_loss", []),
         clean_validation=budget.clean, validation_images=int(budget.x.shape[0]),
         measure=budget.measure, option=budget.option,
     )
