@@ -597,3 +597,18 @@ def test_cli_export_has_help_with_an_example():
     assert "Example" in result.output and "--input-shape" in result.output
     text = " ".join(result.output.replace("│", " ").split())
     assert "--noise" in text and "input (default)" in text and "32-bit seed" in text
+
+
+def test_the_demo_default_release_exports_and_matches_torch(tmp_path):
+    """The additive class-mean layer behind a gate that is a copy of N picking one class (argmax)."""
+    from scl.models import SmallCNN
+
+    torch.manual_seed(0)
+    layer = scl.StochasticConditionalAdditive(SHAPE, C, learn_gain=True)
+    gate = scl.GatedSelection(C, 3, network=SmallCNN(3, C, width=8), pick="argmax")
+    obfuscator = scl.Obfuscator(layer, gate).eval()
+    path = export_onnx(obfuscator, tmp_path / "gated.onnx", input_shape=SHAPE)
+    assert meta_of(path)["scl_selection"] == "gated"
+    x = torch.rand(5, *SHAPE)
+    noise = np.random.default_rng(0).standard_normal((5, *SHAPE)).astype(np.float32)
+    assert torch.allclose(run(path, x, noise), torch_sample(obfuscator, x, noise), atol=1e-4)

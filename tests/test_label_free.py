@@ -139,11 +139,29 @@ def test_the_default_gate_is_n_itself_and_the_stage_records_its_budget():
         clf.train_network(exp, None, log)
         obfuscator = clf.train_stage1(exp, None, log)
         clf.train_stage2(exp, obfuscator, None, log=log)
-    gate = exp.gated.selection
-    assert gate.from_network
+    gate = exp.gated.selection.eval()
+    assert gate.from_network and gate.pick == "argmax"
     x = exp.splits["test"].x[:16]
-    with torch.no_grad():
-        assert torch.allclose(gate(x), torch.softmax(exp.network(x), -1), atol=1e-5)
+    with torch.no_grad():  # N's own pick of the class, one-hot
+        assert torch.equal(gate(x), F.one_hot(exp.network(x).argmax(-1), 10).float())
     record = exp.metrics["utility"]["gated"]
     assert record["epoch"] == 0 and record["multiplier"] == [] and "validation_loss" in record
     assert any("gated:" in line for line in log.lines)
+
+
+def test_an_argmax_gate_is_one_hot_at_inference_and_a_softmax_while_training(tmp_path):
+    torch.manual_seed(0)
+    network = SmallCNN(3, 4, width=8).eval()
+    gate = GatedSelection(4, 3, network=copy.deepcopy(network), pick="argmax")
+    x = torch.rand(6, 3, 16, 16)
+    gate.train()
+    assert torch.allclose(gate(x), torch.softmax(network(x), -1), atol=1e-5)  # differentiable
+    gate.eval()
+    with torch.no_grad():
+        assert torch.equal(gate(x), F.one_hot(network(x).argmax(-1), 4).float())
+    loaded = scl.load(scl.save(gate, tmp_path / "gate.safetensors")).eval()
+    assert loaded.pick == "argmax" and "pick='argmax'" in repr(loaded)
+    with pytest.raises(ConfigError, match="pick must be 'softmax' or 'argmax', but got 'max'"):
+        GatedSelection(4, 3, pick="max")
+    with pytest.raises(ConfigError, match="gated.pick must be one of"):
+        cfg.build(assignments=["gated.pick=max"])

@@ -423,7 +423,8 @@ def train_stage2(
         exp.obfuscator = obfuscator
     if gated:
         start = copy.deepcopy(exp.network) if cfg["gated"].get("init", "scratch") == "network" else None
-        gate = GatedSelection(exp.dataset.num_classes, exp.dataset.channels, network=start)
+        gate = GatedSelection(exp.dataset.num_classes, exp.dataset.channels, network=start,
+                              pick=cfg["gated"].get("pick", "softmax"))
         gated_obfuscator = Obfuscator(obfuscator.layer, gate)
         exp.history["stage2 gated"] = _train_selection(
             exp, gated_obfuscator, gate, "gated", progress, "stage 2: gated selection (extension)", log=log
