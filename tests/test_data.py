@@ -454,3 +454,15 @@ def test_missing_path_and_unknown_suffix(tmp_path: Path) -> None:
     csv.write_text("1,2\n")
     with pytest.raises(DataError, match=r"unsupported data file suffix '\.csv'"):
         load_user_data(csv)
+
+
+def test_images_npz_without_x_says_so_once(tmp_path):
+    from scl.data.user import load_images
+
+    path = tmp_path / "digits.npz"
+    np.savez(path, images=np.zeros((2, 8, 8), np.uint8))
+    with pytest.raises(DataError) as info:
+        load_images(path, channels=1, size=(8, 8))
+    message = str(info.value)
+    assert "missing key 'x' (found ['images'])" in message and "np.savez(path, x=images)" in message
+    assert "cannot read" not in message  # not wrapped a second time

@@ -352,8 +352,11 @@ def load_images(
         try:
             with np.load(path, allow_pickle=False) as npz:
                 if "x" not in npz.files:
-                    raise DataError(f"{path}: missing key 'x' (found {sorted(npz.files)}); {_NPZ_HINT}")
+                    raise DataError(f"{path}: missing key 'x' (found {sorted(npz.files)}); save the images "
+                                    "with np.savez(path, x=images)")
                 x = _images(_get(npz, "x", path), path)
+        except DataError:
+            raise  # already says what is wrong (DataError is a ValueError)
         except (ValueError, zipfile.BadZipFile, OSError, EOFError) as e:
             raise DataError(f"{path}: cannot read this .npz file ({e}); {_NPZ_HINT}") from e
         names = [f"{i:05d}" for i in range(x.shape[0])]
