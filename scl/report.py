@@ -30,9 +30,10 @@ CAPTIONS: dict[str, str] = {
     "client_samples": "One client's images (they never leave the client), the same images obfuscated by SL-p "
     "on the client, and with random screening (spec §2.3.1) as N is trained on them.",
     "samples": "Test images: clean, obfuscated with hard selection (label known), obfuscated "
-    "with label-free selections, then what the attacks rebuild: the learned decoder from the soft "
-    "(label-free) release and from the hard release, the label-only floor (the same decoder given "
-    "only the label) and the white-box inversion of the soft release.",
+    "with label-free selections, then what the attacks rebuild: the learned decoder from the "
+    "headline label-free release (gated when the run has one; each row says which) and from the hard "
+    "release, the label-only floor (the same decoder given only the label) and the white-box "
+    "inversion of the headline release.",
     "images": "Test images: clean, obfuscated and reconstructed by the decoder attack.",
     "reconstructions": "Decoder attack: obfuscated activations and the images it reconstructs "
     "from them, beside the originals.",
