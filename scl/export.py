@@ -852,7 +852,7 @@ def load_for_export(
     ``checkpoints/`` folder); ``None`` when it is not recorded.
     """
     import scl
-    from scl.pipelines.classification import CHECKPOINTS
+    from scl.pipelines.classification import CHECKPOINTS, run_selection
 
     if selection not in (None, "soft", "gated"):
         raise ConfigError(f"selection must be 'soft' or 'gated', but got {selection!r}")
@@ -866,8 +866,7 @@ def load_for_export(
                 "folder written by `scl train` or `scl demo`, or an obfuscator checkpoint (.safetensors)"
             )
         obfuscator = _load_obfuscator(path)
-        if selection is None:
-            selection = "gated" if (ckpt / CHECKPOINTS["gated"]).is_file() else "soft"
+        selection = run_selection(ckpt, selection)
         if selection == "gated":
             gated_path = ckpt / CHECKPOINTS["gated"]
             if not gated_path.is_file():

@@ -384,10 +384,10 @@ def _release_section(privacy: Mapping[str, Any]) -> str:
         reference = str(privacy.get("reference_release", "soft"))
         about += f" Plain noise: x + {scale:.3g}·ε, its scale found by bisection to match the {reference} accuracy"
         noise_acc = _number(privacy.get("gaussian_accuracy"))
-        soft_acc = _number(privacy.get("reference_accuracy", privacy.get("soft_accuracy")))
-        if noise_acc is not None and soft_acc is not None and noise_acc < soft_acc:
-            about += (f" (no scale reaches the {reference} accuracy {100 * soft_acc:.1f}%: even the smallest keeps "
-                      f"{100 * noise_acc:.1f}%, so plain noise is compared at a lower accuracy)")
+        reference_acc = _number(privacy.get("reference_accuracy", privacy.get("soft_accuracy")))
+        if noise_acc is not None and reference_acc is not None and noise_acc < reference_acc:
+            about += (f" (no scale reaches the {reference} accuracy {100 * reference_acc:.1f}%: even the smallest "
+                      f"keeps {100 * noise_acc:.1f}%, so plain noise is compared at a lower accuracy)")
         about += "."
     if budget:
         about += f" Attack budget: {_e(budget)}."

@@ -467,6 +467,14 @@ RELEASES = ("soft", "gated", "hard", "gaussian")
 LEAK_KEYS = ("decoder_ssim", "decoder_psnr", "reid_top1", "reid_top5", "attribute_accuracy", "dcor")
 
 
+def run_selection(checkpoints: Path, selection: str | None) -> str:
+    """The label-free selection to load from a run's ``checkpoints`` folder: ``selection`` as
+    given, or (``None``) the gated one when the run has it (:func:`headline_release`), else soft."""
+    if selection is None:
+        return "gated" if (Path(checkpoints) / CHECKPOINTS["gated"]).is_file() else "soft"
+    return selection
+
+
 def headline_release(accuracy: dict[str, Any]) -> str:
     """The label-free release the targets and the plain-noise reference are about: ``gated`` when
     the run has one, else ``soft``. With the default class-mean layer a soft selection (one fixed
@@ -630,8 +638,8 @@ def targets(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """The project's "must" targets for the full demo, on the headline label-free release
     (:func:`headline_release`)."""
     acc, priv = metrics.get("accuracy", {}), metrics.get("privacy", {})
-    name = headline_release(acc)
-    soft = priv.get(name) if isinstance(priv.get(name), dict) else {}
+    release = headline_release(acc)
+    block = priv.get(release) if isinstance(priv.get(release), dict) else {}
     rows = []
 
     def add(name: str, value: float | None, target: float | None, text: str, met: bool | None = None) -> None:
@@ -640,21 +648,21 @@ def targets(metrics: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({"name": name, "value": round(value, 4), "target": text,
                      "met": bool(value <= target) if met is None else met})
 
-    if name in acc and "clean" in acc:
-        add(f"{name} accuracy below clean (points)", 100 * (acc["clean"] - acc[name]), 1.0, "<= 1.0")
-    if "reid_top1" in soft:
-        add(f"{name} re-identification top-1", soft["reid_top1"], 0.30,
-            f"<= 0.30 (floor {soft.get('reid_floor_top1', float('nan')):.3f})")
-    if "decoder_ssim" in soft:
-        add(f"{name} decoder SSIM", soft["decoder_ssim"], 0.60,
-            f"<= 0.60 (floor {soft.get('decoder_ssim_label_floor', float('nan')):.3f})")
-    if "attribute_accuracy" in soft and "attribute_chance" in soft:
-        bound = soft["attribute_chance"] + 0.20
-        add(f"{name} attribute accuracy", soft["attribute_accuracy"], bound, f"<= chance + 0.20 = {bound:.3f}")
-    verdict = priv.get("beats_gaussian", {}).get(name)
+    if release in acc and "clean" in acc:
+        add(f"{release} accuracy below clean (points)", 100 * (acc["clean"] - acc[release]), 1.0, "<= 1.0")
+    if "reid_top1" in block:
+        add(f"{release} re-identification top-1", block["reid_top1"], 0.30,
+            f"<= 0.30 (floor {block.get('reid_floor_top1', float('nan')):.3f})")
+    if "decoder_ssim" in block:
+        add(f"{release} decoder SSIM", block["decoder_ssim"], 0.60,
+            f"<= 0.60 (floor {block.get('decoder_ssim_label_floor', float('nan')):.3f})")
+    if "attribute_accuracy" in block and "attribute_chance" in block:
+        bound = block["attribute_chance"] + 0.20
+        add(f"{release} attribute accuracy", block["attribute_accuracy"], bound, f"<= chance + 0.20 = {bound:.3f}")
+    verdict = priv.get("beats_gaussian", {}).get(release)
     if verdict:
         lost = [k for k, won in verdict.items() if not won]
-        add(f"{name} attacks where plain noise leaks less", float(len(lost)), 0.0,
+        add(f"{release} attacks where plain noise leaks less", float(len(lost)), 0.0,
             "0 (beats plain Gaussian noise on every attack)" + (f"; not on {', '.join(lost)}" if lost else ""))
     return rows
 

@@ -13,7 +13,7 @@ from scl.data import load_images
 from scl.errors import ConfigError
 from scl.io import atomic_write
 from scl.obfuscator import Obfuscator
-from scl.pipelines.classification import CHECKPOINTS
+from scl.pipelines.classification import CHECKPOINTS, run_selection
 
 
 def obfuscate_files(run: Path, source: Path, out: Path, *, selection: str | None = None) -> int:
@@ -26,8 +26,7 @@ def obfuscate_files(run: Path, source: Path, out: Path, *, selection: str | None
     from a seed; :func:`scl.random.describe`): this is what leaves the data owner.
     """
     ckpt = Path(run) / "checkpoints"
-    if selection is None:
-        selection = "gated" if (ckpt / CHECKPOINTS["gated"]).is_file() else "soft"
+    selection = run_selection(ckpt, selection)
     if selection not in ("soft", "gated"):
         raise ConfigError(f"--selection must be 'soft' or 'gated', but got {selection!r}")
     path = ckpt / CHECKPOINTS["obfuscator"]
