@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from scl.attacks import decoder_attack
-from scl.attacks._common import fit, holdout
+from scl.attacks._common import fit, holdout, native_bfloat16
 from scl.attacks.budget import BUDGETS, AttackBudget, Attacker, attackers, get_budget
 from scl.attacks.decoder import UNetDecoder, clean_ceiling_attack, label_floor_attack
 from scl.baselines import GaussianNoise, calibrate_scale
@@ -135,6 +135,55 @@ def test_fit_stops_early_and_keeps_the_best_epoch():
         restored = float(F.mse_loss(model(x[validation]), y[validation]))
     assert len(losses) < 200 * 4
     assert restored <= min(losses) * 10 + 1e-6 or restored < float(F.mse_loss(torch.zeros_like(y), y))
+
+
+def test_fit_with_a_cosine_schedule_anneals_before_it_stops():
+    """On a plateau, a cosine-scheduled attacker anneals to rate 0 over `patience` more epochs
+    (decoders decode best at a low rate); without a schedule it stops at once."""
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    train, validation = holdout(32, 0.25, torch.Generator().manual_seed(0))
+
+    def epochs_run(cosine: bool) -> int:
+        model = torch.nn.Linear(4, 1)
+        steps = []
+
+        def loss_fn(prediction, target):
+            if torch.is_grad_enabled():
+                steps.append(1)
+            return F.mse_loss(prediction, target)
+
+        # lr 0: the validation loss never improves after the first epoch
+        fit(model, lambda i: (x[i], y[i]), train, loss_fn=loss_fn, epochs=30, batch_size=8, lr=0.0,
+            generator=torch.Generator().manual_seed(0), progress=None, description="t",
+            validation=validation, patience=3, cosine=cosine)
+        return len(steps) // 3  # 24 training samples in batches of 8
+
+    assert epochs_run(cosine=False) == 10  # a third of 30 epochs, then the patience has run out
+    assert epochs_run(cosine=True) == 13  # and 3 more epochs of annealing
+
+
+def test_fit_under_bfloat16_trains_a_float32_model_that_decodes():
+    """The standard budget's precision: autocast in training only; weights and outputs float32."""
+    x = make_data(64, 0)[0]
+    decoder = UNetDecoder(x.shape[1], x.shape[1], tuple(x.shape[2:]), width=8)
+    with torch.no_grad():
+        before = float(F.mse_loss(decoder.eval()(x), x))
+    fit(decoder, lambda i: (x[i], x[i]), 64, loss_fn=F.mse_loss, epochs=30, batch_size=16, lr=3e-3,
+        generator=torch.Generator().manual_seed(0), progress=None, description="t", bfloat16=True)
+    assert all(p.dtype == torch.float32 for p in decoder.parameters())
+    with torch.no_grad():
+        out = decoder(x)
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    assert float(F.mse_loss(out, x)) < 0.5 * before
+    assert isinstance(native_bfloat16(torch.device("cpu")), bool)
+    assert native_bfloat16(torch.device("meta")) is False
+
+
+def test_standard_and_strong_attackers_train_in_bfloat16_and_quick_in_float32():
+    assert not any(a.bfloat16 for a in get_budget("quick").decoders + get_budget("quick").embeddings)
+    for name in ("standard", "strong"):
+        own = get_budget(name).decoders[-1], get_budget(name).embeddings[-1]
+        assert all(a.bfloat16 for a in own)
 
 
 def test_calibrate_scale_matches_a_target_accuracy():

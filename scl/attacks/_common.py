@@ -148,6 +148,23 @@ def holdout(n: int, fraction: float, generator: torch.Generator) -> tuple[Tensor
     return order[k:], order[:k]
 
 
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 convolutions and matrix products in hardware.
+
+    On a CPU, oneDNN's check (AVX512-BF16 or AMX); on CUDA, ``torch.cuda.is_bf16_supported``.
+    Elsewhere, and on CPUs that would emulate bfloat16 (slower than float32), ``False``.
+    """
+    if device.type == "cpu":
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return False
+
+
+#: Weight of the past in the exponential average of the validation loss that early stopping reads.
+_SMOOTHING = 0.8
+
+
 def fit(
     model: nn.Module,
     make_batch: Callable[[Tensor], tuple[Tensor, Tensor]],
@@ -163,6 +180,7 @@ def fit(
     validation: Tensor | None = None,
     patience: int | None = None,
     cosine: bool = False,
+    bfloat16: bool = False,
 ) -> int:
     """Train ``model`` with Adam over at most ``epochs`` shuffled passes.
 
@@ -172,23 +190,42 @@ def fit(
     a single sample is dropped (batch norm needs two).
 
     With ``validation`` indices, ``loss_fn(outputs, targets)`` over all of them at once is
-    measured after every epoch; training
-    stops after ``patience`` epochs (default: never) without a better one, but not before a
-    third of ``epochs``, and the weights of the best epoch are restored (early stopping). The
-    loss sees the whole validation part at once, so a loss that depends on the batch (a
-    contrastive one) is measured the same way every epoch. The model is left in eval mode.
+    measured after every epoch, and the weights of the best epoch are restored at the end (early
+    stopping). Once an exponential average of that loss has not improved for ``patience`` epochs
+    (default: never), and not before a third of ``epochs``, training stops; with ``cosine`` it
+    first anneals the rate linearly to 0 over ``patience`` more epochs. The loss sees the whole
+    validation part at once, so a loss that depends on the batch (a contrastive one) is measured
+    the same way every epoch. The model is left in eval mode.
+
+    With ``bfloat16``, the model's forward pass in training runs under bfloat16 autocast where
+    the device computes bfloat16 natively (:func:`native_bfloat16`; float32 elsewhere). The
+    weights, the optimiser, the loss and the validation stay float32. On the demo's 2-core CPU
+    this trains the encoder-decoder 1.7x faster, and the decoders it trains score the same SSIM
+    as float32 ones within their run-to-run spread (``benchmarks/attacker_precision.py``).
 
     Returns:
         the number of epochs of training that the model's final weights hold (the best epoch
         with ``validation``, else the epochs run).
     """
+    device = next(iter(model.parameters())).device
+    use_bf16 = bfloat16 and native_bfloat16(device)
+    if use_bf16 and device.type == "cpu":
+        # oneDNN's bfloat16 convolutions run faster on channels-last tensors (29 -> 24 ms a step)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     train_index = torch.arange(n) if isinstance(n, int) else n
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     steps = epochs * -(-train_index.numel() // batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1)) if cosine else None
+    schedule: torch.optim.lr_scheduler.LRScheduler | None = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1)) if cosine else None)
     best_loss, best_state, stale, best_epochs, ran = float("inf"), None, 0, 0, 0
+    smooth: float | None = None
+    best_smooth = float("inf")
+    per_epoch = -(-train_index.numel() // batch_size)
+    finish_at: int | None = None  # with a cosine schedule: the epoch at which the last anneal ends
     with task(progress, description, epochs) as advance:
         for epoch in range(epochs):
+            if finish_at is not None and epoch >= finish_at:
+                break
             ran = epoch + 1
             model.train()
             order = train_index[torch.randperm(train_index.numel(), generator=generator)]
@@ -197,7 +234,9 @@ def fit(
                 if index.numel() < 2:
                     continue
                 inputs, targets = make_batch(index)
-                loss = loss_fn(model(inputs), targets)
+                # autocast casts the losses (MSE, cross-entropy) back to float32 itself
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    loss = loss_fn(model(inputs), targets).float()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -209,14 +248,28 @@ def fit(
             value = _validation_value(model, make_batch, validation, loss_fn, 4 * batch_size)
             advance(f"val={value:.4f}")
             if value < best_loss:
-                best_loss, stale, best_epochs = value, 0, epoch + 1
+                best_loss, best_epochs = value, epoch + 1
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            # Read the trend, not single epochs: an exponential average of the validation loss
+            # must stop improving. At a high learning rate the raw loss swings by +-50% from one
+            # epoch to the next.
+            smooth = value if smooth is None else _SMOOTHING * smooth + (1 - _SMOOTHING) * value
+            if smooth < best_smooth:
+                best_smooth, stale = smooth, 0
             else:
                 stale += 1
                 # never before a third of the epochs: decoders can sit on a plateau (predicting
                 # the mean image) for several epochs before they start to use their input
-                if patience is not None and stale >= patience and epoch + 1 >= epochs // 3:
-                    break
+                if (patience is not None and stale >= patience and epoch + 1 >= epochs // 3
+                        and finish_at is None):
+                    if schedule is None:
+                        break
+                    # A cosine-annealed model decodes best once its rate is low: rather than stop
+                    # at a high rate, anneal linearly to 0 over `patience` more epochs, then stop
+                    # (plain noise on the digits: SSIM 0.869 when stopped, 0.962 annealed).
+                    finish_at = epoch + 1 + patience
+                    schedule = torch.optim.lr_scheduler.LinearLR(
+                        optimizer, start_factor=1.0, end_factor=0.0, total_iters=patience * per_epoch)
     if best_state is not None:
         model.load_state_dict(best_state)
         ran = best_epochs

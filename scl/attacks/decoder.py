@@ -359,13 +359,14 @@ def _train_and_score(
             best_epochs = fit(decoder, make_batch, train_index, loss_fn=F.mse_loss, epochs=spec.epochs,
                               batch_size=spec_batch, lr=lr, generator=generator, progress=progress,
                               description=name, validation=validation,
-                              patience=spec.patience if validation is not None else None, cosine=spec.cosine)
+                              patience=spec.patience if validation is not None else None, cosine=spec.cosine,
+                              bfloat16=spec.bfloat16)
             if spec.refit and validation is not None:
                 # the epoch count found on the validation part, then all of the attacker's data
                 decoder = build_decoder(spec, probe.shape[1], xa.shape[1], (xa.shape[2], xa.shape[3])).to(device)
                 fit(decoder, make_batch, xa.shape[0], loss_fn=F.mse_loss, epochs=best_epochs, batch_size=spec_batch,
                     lr=lr, generator=generator, progress=progress, description=f"{name}, refit on all",
-                    cosine=spec.cosine)
+                    cosine=spec.cosine, bfloat16=spec.bfloat16)
             decoded = predict(decoder, lambda i: inputs(xt_d[i], yt_d[i]), xt.shape[0], eval_batch).cpu()
             score = ssim(decoded, target)
             if best is None or score > best[0]:

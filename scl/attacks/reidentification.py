@@ -547,7 +547,8 @@ def _embedding_matchers(
             fit(matcher, make_batch, train_index, loss_fn=matcher.loss, epochs=spec.epochs,
                 batch_size=batch_size, lr=lr, generator=generator, progress=progress,
                 description=f"re-identification matcher ({spec.architecture} {spec.width})",
-                validation=validation, patience=spec.patience if validation is not None else None)
+                validation=validation, patience=spec.patience if validation is not None else None,
+                bfloat16=spec.bfloat16)
             with torch.no_grad(), seeded(seed + 1, device):
                 queries = torch.cat([
                     matcher.release(release(xt_d[i : i + eval_batch], yt_d[i : i + eval_batch]))
