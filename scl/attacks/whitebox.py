@@ -37,16 +37,23 @@ def invert(
     steps: int = 100,
     lr: float = 0.1,
     tv_weight: float = 0.05,
+    pre: torch.nn.Module | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Invert observed samples ``Tensor[N, ...]``; returns ``(x_hat: Tensor[N, *image_shape],
-    best_class: Tensor[N])``. The layer's parameters are not changed."""
+    best_class: Tensor[N])``. The layer's parameters are not changed. With pre-layers ``pre``
+    (spec §5.1, ``h = S(L(x))``), the attacker inverts them too: it knows their weights."""
     if observed.dim() < 2:
         raise ShapeError(f"observed must be a batch [N, ...], but got shape {tuple(observed.shape)}")
     n, c = observed.shape[0], layer.num_classes
     was_training = layer.training
     layer.eval()
-    requires = [p.requires_grad for p in layer.parameters()]
-    for p in layer.parameters():
+    modules = [layer] if pre is None else [layer, pre]
+    pre_training = pre.training if pre is not None else False
+    if pre is not None:
+        pre.eval()
+    params = [p for m in modules for p in m.parameters()]
+    requires = [p.requires_grad for p in params]
+    for p in params:
         p.requires_grad_(False)
     try:
         # one candidate input per (image, class); all optimised together
@@ -55,30 +62,33 @@ def invert(
         optimiser = torch.optim.Adam([logits], lr=lr)
         for _ in range(steps):
             optimiser.zero_grad()
-            _objective(layer, logits, target, tv_weight).sum().backward()
+            _objective(layer, logits, target, tv_weight, pre).sum().backward()
             optimiser.step()
         with torch.no_grad():
-            best = _objective(layer, logits, target, tv_weight).argmin(1)
+            best = _objective(layer, logits, target, tv_weight, pre).argmin(1)
             x_hat = torch.sigmoid(logits)[torch.arange(n), best]
     finally:
-        for p, r in zip(layer.parameters(), requires, strict=False):
+        for p, r in zip(params, requires, strict=True):
             p.requires_grad_(r)
         layer.train(was_training)
+        if pre is not None:
+            pre.train(pre_training)
     return x_hat, best
 
 
 def _objective(
-    layer: StochasticConditionalLayer, logits: Tensor, target: Tensor, tv_weight: float
+    layer: StochasticConditionalLayer, logits: Tensor, target: Tensor, tv_weight: float,
+    pre: torch.nn.Module | None = None,
 ) -> Tensor:
     """``Tensor[N, C]``: mean negative log-likelihood of the observation plus the TV prior."""
     n, c = logits.shape[:2]
     x_hat = torch.sigmoid(logits)
     per_class = getattr(layer, "params_per_class", None)
-    if per_class is not None:  # conv / linear: every class's kernels on its candidate, one op
+    if per_class is not None and pre is None:  # conv / linear: every class's kernels at once
         dist = layer.noise.build(per_class(x_hat))
         log_p = dist.log_prob(target.expand(n, c, *target.shape[2:]))
     else:
-        flat = x_hat.flatten(0, 1)
+        flat = x_hat.flatten(0, 1) if pre is None else pre(x_hat.flatten(0, 1))
         classes = torch.arange(c, device=logits.device).repeat(n)
         dist = layer.distribution(flat, ClassIndex(classes, c))
         log_p = dist.log_prob(target.expand(n, c, *target.shape[2:]).flatten(0, 1))
@@ -95,6 +105,7 @@ def whitebox_attack(
     lr: float = 0.1,
     tv_weight: float = 0.05,
     observe: Any = None,
+    pre: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
     """Obfuscate ``x`` with hard selection (or ``observe(x, y)``), invert, and score.
 
@@ -103,10 +114,12 @@ def whitebox_attack(
     """
     with torch.no_grad():
         if observe is None:
-            observed = layer(x, ClassIndex(y, layer.num_classes))
+            features = x if pre is None else pre(x)
+            observed = layer(features, ClassIndex(y, layer.num_classes))
         else:
             observed = observe(x, y)
-    x_hat, best = invert(layer, observed, tuple(x.shape[1:]), steps=steps, lr=lr, tv_weight=tv_weight)
+    x_hat, best = invert(layer, observed, tuple(x.shape[1:]), steps=steps, lr=lr, tv_weight=tv_weight,
+                         pre=pre)
     return {
         "whitebox_ssim": ssim(x_hat, x),
         "whitebox_psnr": psnr(x_hat, x),

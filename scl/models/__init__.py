@@ -2,5 +2,6 @@
 
 from scl.models.classifier import SmallCNN
 from scl.models.detector import CenterNet
+from scl.models.prelayers import ResidualPreLayers
 
-__all__ = ["CenterNet", "SmallCNN"]
+__all__ = ["CenterNet", "ResidualPreLayers", "SmallCNN"]

@@ -198,6 +198,18 @@ def build_layer(config: dict[str, Any], dataset: Dataset) -> scl.StochasticCondi
     return layer
 
 
+def build_pre(config: dict[str, Any], dataset: Dataset) -> nn.Module | None:
+    """The trainable pre-layers L of ``layer.pre`` (spec §5.1), or ``None`` for ``"none"``."""
+    kind = config["layer"].get("pre", "none")
+    if kind == "none":
+        return None
+    if kind == "residual":
+        from scl.models import ResidualPreLayers
+
+        return ResidualPreLayers(dataset.channels)
+    raise ConfigError(f"layer.pre must be 'none' or 'residual', but got {kind!r}")
+
+
 def identity_init(layer: StochasticConditionalConv2d) -> None:
     """Start every class's mean kernels at the identity and its scale kernels at 0: the first
     release is ``x`` plus noise of the initial scale, constant over the input (as the ``within``
@@ -288,17 +300,21 @@ def train_stage1(
         raise SCLError("train the task network first")
     torch.manual_seed(cfg["seed"] + 1)
     layer = build_layer(cfg, exp.dataset)
-    obfuscator = Obfuscator(layer)
+    pre = build_pre(cfg, exp.dataset)
+    obfuscator = Obfuscator(layer, pre=pre)
+    trained = [layer] if pre is None else [pre, layer]
+    parameters = [p for module in trained for p in module.parameters()]
     data = exp.splits["obfuscator"]
     kind = cfg["stage1"]["privacy"]
     train, (xv, yv) = budget_splits(exp) if budget is not None else ((data.x, data.y), (data.x, data.y))
     if layer_start(cfg) == "class_mean":
+        # L starts as the identity, so the class means of L(x) are those of x
         class_mean_init(cast(StochasticConditionalAdditive, layer), train[0], train[1])
     if budget is not None:
         objective = _objective(exp, exp.dataset.image_shape)
         history, result = train_within_budget(
-            list(layer.parameters()), [layer],
-            lambda x, y: layer.sample_with_distribution(x, ClassIndex(y, layer.num_classes)),
+            parameters, trained,
+            lambda x, y: layer.sample_with_distribution(obfuscator.features(x), ClassIndex(y, layer.num_classes)),
             objective, UtilityBudget(budget, network, xv, yv), train,
             epochs=epochs or cfg["stage1"]["epochs"], lr=cfg["stage1"]["lr"], batch_size=cfg["batch_size"],
             generator=_generator(cfg, 2), evaluate=lambda x, y: obfuscator(x, y), progress=progress,
@@ -313,7 +329,7 @@ def train_stage1(
     with_attribute = objective.kind == "attribute"
 
     def loss_fn(x: Tensor, y: Tensor, attribute: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-        h, dist = layer.sample_with_distribution(x, ClassIndex(y, layer.num_classes))
+        h, dist = layer.sample_with_distribution(obfuscator.features(x), ClassIndex(y, layer.num_classes))
         logits = network(h)
         task = F.cross_entropy(logits, y)
         privacy, stats = objective.term(x, y, h, dist, attribute)
@@ -321,10 +337,11 @@ def train_stage1(
         acc = float((logits.argmax(-1) == y).float().mean())
         return task + lam * privacy, {"task_loss": task.item(), "accuracy": acc, **stats}
 
-    layer.train()
+    for module in trained:
+        module.train()
     history = engine.train(
         loss_fn,
-        list(layer.parameters()),
+        parameters,
         (data.x, data.y, data.attribute) if with_attribute and data.attribute is not None else (data.x, data.y),
         epochs=epochs or cfg["stage1"]["epochs"],
         lr=cfg["stage1"]["lr"],
@@ -425,7 +442,7 @@ def train_stage2(
         start = copy.deepcopy(exp.network) if cfg["gated"].get("init", "scratch") == "network" else None
         gate = GatedSelection(exp.dataset.num_classes, exp.dataset.channels, network=start,
                               pick=cfg["gated"].get("pick", "softmax"))
-        gated_obfuscator = Obfuscator(obfuscator.layer, gate)
+        gated_obfuscator = Obfuscator(obfuscator.layer, gate, obfuscator.pre)
         exp.history["stage2 gated"] = _train_selection(
             exp, gated_obfuscator, gate, "gated", progress, "stage 2: gated selection (extension)", log=log
         )
@@ -589,7 +606,7 @@ def run_attacks(exp: Experiment, progress: Progress | None, log: RunLog) -> dict
         block.update(reid.metrics)
         if name != "gaussian":  # the white-box attacker inverts scl's layer; plain noise has none
             wb = whitebox_attack(obf.layer, test.x[:n_wb], test.y[:n_wb], steps=acfg["whitebox_steps"],
-                                 observe=release)
+                                 observe=release, pre=obf.pre)
             figures[f"whitebox_{name}"] = wb.pop("reconstructions")
             block.update(wb)
         if has_attribute:
@@ -763,7 +780,8 @@ def load_run(run: Path) -> Experiment:
     exp.network = freeze(scl.load(ckpt / CHECKPOINTS["network"])).eval()
     exp.obfuscator = scl.load(ckpt / CHECKPOINTS["obfuscator"]).eval()
     if (ckpt / CHECKPOINTS["gated"]).is_file():
-        exp.gated = Obfuscator(exp.obfuscator.layer, scl.load(ckpt / CHECKPOINTS["gated"])).eval()
+        exp.gated = Obfuscator(exp.obfuscator.layer, scl.load(ckpt / CHECKPOINTS["gated"]),
+                               exp.obfuscator.pre).eval()
     metrics_path = run / "metrics.json"
     if metrics_path.is_file():
         exp.metrics = json.loads(metrics_path.read_text())

@@ -37,6 +37,9 @@ DEFAULTS: dict[str, Any] = {
         # lets x in only where N needs it), "input" (x plus noise), or "auto" (class_mean for the
         # additive layer with a gain, input otherwise)
         "start": "auto",
+        # trainable pre-layers L before the layer (spec §5.1: x -> L -> S -> N): "none", or
+        # "residual" (x + two 3 x 3 convolutions, started at the identity; scl.models.ResidualPreLayers)
+        "pre": "none",
     },
     # privacy term of stage 1: "entropy" raises the mean log noise scale (as Shredder does);
     # "ssim" pushes SSIM(x, h) down; "both" adds them. Weighted by lam.
@@ -83,6 +86,7 @@ QUICK: dict[str, Any] = {
 CHOICES = {
     "layer.kind": ("additive", "conv"),
     "layer.start": ("auto", "class_mean", "input"),
+    "layer.pre": ("none", "residual"),
     "gated.init": ("network", "scratch"),
     "gated.pick": ("argmax", "softmax"),
     "layer.selection_at": ("input", "output"),

@@ -1,0 +1,87 @@
+"""Trainable pre-layers L before the layer (spec §5.1, config ``layer.pre``): start, training,
+checkpoints, the label-free releases that share them, and a white-box attacker who inverts them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import scl
+import scl.pipelines.classification as clf
+from scl.attacks.whitebox import whitebox_attack
+from scl.errors import ConfigError
+from scl.layers import StochasticConditionalAdditive
+from scl.models import ResidualPreLayers
+from scl.pipelines import config as cfg
+
+
+def test_residual_pre_layers_start_as_the_identity_train_and_round_trip(tmp_path):
+    torch.manual_seed(0)
+    pre = ResidualPreLayers(3, width=4)
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.equal(pre(x), x)
+    pre(x).pow(2).sum().backward()
+    assert all(p.grad is not None for p in pre.parameters())
+    with torch.no_grad():
+        for p in pre.parameters():
+            p.add_(0.1)
+    loaded = scl.load(scl.save(pre, tmp_path / "pre.safetensors"))
+    assert isinstance(loaded, ResidualPreLayers) and loaded.width == 4
+    assert torch.allclose(loaded(x), pre(x)) and not torch.allclose(pre(x), x)
+
+
+def test_bad_pre_layers_are_refused_with_what_to_do():
+    with pytest.raises(ConfigError, match="channels must be a positive int, but got 0"):
+        ResidualPreLayers(0)
+    with pytest.raises(ConfigError, match="layer.pre must be one of"):
+        cfg.build(assignments=["layer.pre=mlp"])
+    with pytest.raises(scl.ShapeError):
+        ResidualPreLayers(3)(torch.rand(2, 1, 8, 8))
+
+
+def test_a_run_with_pre_layers_trains_them_and_every_release_uses_them(tmp_path):
+    config = cfg.build(quick=True, assignments=[
+        "layer.pre=residual", "network.epochs=2", "stage1.epochs=3", "stage2.epochs=1",
+    ])
+    exp = clf.prepare(config)
+    log = clf.RunLog()
+    with clf._noise(config):
+        clf.train_network(exp, None, log)
+        obfuscator = clf.train_stage1(exp, None, log)
+        clf.train_stage2(exp, obfuscator, None, log=log)
+    pre = exp.obfuscator.pre
+    assert isinstance(pre, ResidualPreLayers)
+    assert float(pre.path[-1].weight.detach().abs().max()) > 0  # stage 1 moved L off the identity
+    assert exp.gated.pre is pre  # the gated release is S(L(x)) too
+    frozen = [p.requires_grad for p in pre.parameters()]
+    assert not any(frozen)  # stage 2 trains the selection only
+    clf.save_checkpoints(exp, tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = clf.load_run(tmp_path)
+    x, y = exp.splits["test"].x[:4], exp.splits["test"].y[:4]
+    with torch.no_grad():
+        assert torch.allclose(loaded.obfuscator.pre(x), pre(x), atol=1e-6)
+        assert loaded.gated.pre is not None
+        for obf in (exp.obfuscator, loaded.obfuscator):
+            h = obf.layer.distribution(obf.features(x), scl.ClassIndex(y, 10)).loc
+            assert torch.allclose(h, exp.obfuscator.layer.distribution(pre(x), scl.ClassIndex(y, 10)).loc,
+                                  atol=1e-5)
+
+
+def test_the_white_box_attacker_inverts_the_pre_layers_too():
+    torch.manual_seed(0)
+    x, y = torch.rand(6, 1, 8, 8), torch.tensor([0, 1] * 3)
+    layer = StochasticConditionalAdditive((1, 8, 8), 2, distribution_options={"init_scale": 0.01})
+    pre = ResidualPreLayers(1, width=4)
+    with torch.no_grad():  # L(x) = x - 0.5: an attacker who ignored L would rebuild x - 0.5
+        pre.path[-1].bias.fill_(-0.5)
+
+    def observe(a, b):
+        return layer(pre(a), scl.ClassIndex(b, 2))
+
+    blind = whitebox_attack(layer, x, y, steps=150, observe=observe)
+    informed = whitebox_attack(layer, x, y, steps=150, observe=observe, pre=pre)
+    assert informed["whitebox_ssim"] > 0.6
+    assert informed["whitebox_ssim"] > blind["whitebox_ssim"] + 0.2
