@@ -85,3 +85,18 @@ def test_the_white_box_attacker_inverts_the_pre_layers_too():
     informed = whitebox_attack(layer, x, y, steps=150, observe=observe, pre=pre)
     assert informed["whitebox_ssim"] > 0.6
     assert informed["whitebox_ssim"] > blind["whitebox_ssim"] + 0.2
+
+
+def test_a_label_free_obfuscator_with_pre_layers_exports_to_onnx(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from scl.export import export_onnx
+    from scl.selection import SoftSelection
+
+    torch.manual_seed(0)
+    pre = ResidualPreLayers(3, width=4)
+    with torch.no_grad():
+        pre.path[-1].weight.normal_()  # off the identity, so the graph must carry L
+    obfuscator = scl.Obfuscator(StochasticConditionalAdditive((3, 8, 8), 4, learn_gain=True),
+                                SoftSelection(4, (1, 8, 8)), pre).eval()
+    path = export_onnx(obfuscator, tmp_path / "obf.onnx", input_shape=(3, 8, 8))
+    assert path.is_file() and path.stat().st_size > 0  # export_onnx checks the graph against torch
