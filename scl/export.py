@@ -183,7 +183,7 @@ class _LabelFreeObfuscation(nn.Module):
 
     def forward(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
         features = self.obfuscator.features(x)
-        pi = self.obfuscator.select(features)
+        pi = self.obfuscator.select(features, inputs=x)
         dist = self.obfuscator.layer.distribution(features, pi)
         return self.sampler.apply(dist, self.sampler.draw_in_graph(dist) if noise is None else noise)
 

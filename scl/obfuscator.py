@@ -38,7 +38,9 @@ class Obfuscator(nn.Module):
         layer: a stochastic conditional layer (S).
         selection: the label-free selection used when no labels or boxes are given: a
             :class:`SoftSelection` (spec §2.1.1) or a :class:`GatedSelection`.
-        pre: optional regular layers L applied before S (spec §5.1).
+        pre: optional regular layers L applied before S (spec §5.1). A gated selection reads the
+            input x, not L(x): it predicts the class of what the owner holds (a gate started
+            from the task network N reads images, and L(x) is not one N was trained on).
         box_background: with ``boxes``, the class whose selection is 1 outside every box
             (``None``: those pixels go through no class; see :class:`HardSelection`).
 
@@ -87,8 +89,10 @@ class Obfuscator(nn.Module):
         boxes: Any = None,
         *,
         image_size: tuple[int, int] | None = None,
+        inputs: Tensor | None = None,
     ) -> Selection:
-        """The selection for ``features`` (the layer's input): hard, soft or gated."""
+        """The selection for ``features`` (the layer's input): hard, soft or gated. A gated
+        selection reads ``inputs`` (x before the pre-layers) when given, else ``features``."""
         if labels is not None and boxes is not None:
             raise LabelError("pass either labels (classification) or boxes (detection), not both")
         if labels is not None:
@@ -106,7 +110,7 @@ class Obfuscator(nn.Module):
         if isinstance(self.selection, SoftSelection):
             return self.selection()
         if isinstance(self.selection, GatedSelection):
-            return self.selection(features)
+            return self.selection(features if inputs is None else inputs)
         raise ConfigError(
             "no labels or boxes were given and the obfuscator has no soft or gated selection: "
             "pass labels= for a hard selection, or train a selection (stage 2) and attach it "
@@ -121,9 +125,10 @@ class Obfuscator(nn.Module):
         *,
         image_size: tuple[int, int] | None = None,
         generator: torch.Generator | CipherStream | None = None,
+        inputs: Tensor | None = None,
     ) -> Tensor:
-        """Apply S (without L) to ``features``."""
-        pi = self.select(features, labels, boxes, image_size=image_size)
+        """Apply S (without L) to ``features``; a gated selection reads ``inputs`` when given."""
+        pi = self.select(features, labels, boxes, image_size=image_size, inputs=inputs)
         return self.layer(features, pi, generator=generator)
 
     def features(self, x: Tensor) -> Tensor:
@@ -141,7 +146,8 @@ class Obfuscator(nn.Module):
     ) -> Tensor:
         """An obfuscated sample of ``x`` (noise: the cipher stream in eval mode, see :mod:`scl.random`)."""
         image_size = (x.shape[-2], x.shape[-1]) if x.dim() >= 3 else None
-        return self.sample(self.features(x), labels, boxes, image_size=image_size, generator=generator)
+        return self.sample(self.features(x), labels, boxes, image_size=image_size, generator=generator,
+                           inputs=x)
 
     def sample_with_distribution(
         self, x: Tensor, labels: Tensor | None = None, boxes: Any = None
@@ -149,13 +155,14 @@ class Obfuscator(nn.Module):
         """``(sample, distribution)`` from one computation (for losses that need both)."""
         h = self.features(x)
         image_size = (x.shape[-2], x.shape[-1]) if x.dim() >= 3 else None
-        return self.layer.sample_with_distribution(h, self.select(h, labels, boxes, image_size=image_size))
+        return self.layer.sample_with_distribution(
+            h, self.select(h, labels, boxes, image_size=image_size, inputs=x))
 
     def distribution(self, x: Tensor, labels: Tensor | None = None, boxes: Any = None) -> Distribution:
         """The distribution the obfuscated sample is drawn from."""
         h = self.features(x)
         image_size = (x.shape[-2], x.shape[-1]) if x.dim() >= 3 else None
-        return self.layer.distribution(h, self.select(h, labels, boxes, image_size=image_size))
+        return self.layer.distribution(h, self.select(h, labels, boxes, image_size=image_size, inputs=x))
 
     def freeze_layer(self) -> Obfuscator:
         """Freeze L and S so that only the selection trains (spec §3.1.2); returns ``self``."""

@@ -100,3 +100,22 @@ def test_a_label_free_obfuscator_with_pre_layers_exports_to_onnx(tmp_path):
                                 SoftSelection(4, (1, 8, 8)), pre).eval()
     path = export_onnx(obfuscator, tmp_path / "obf.onnx", input_shape=(3, 8, 8))
     assert path.is_file() and path.stat().st_size > 0  # export_onnx checks the graph against torch
+
+
+def test_a_gated_selection_reads_x_and_not_the_pre_layers_output():
+    """A gate started from N reads images; L(x) is not one, so the gate sees x."""
+    from scl.selection import GatedSelection
+
+    torch.manual_seed(0)
+    pre = ResidualPreLayers(3, width=4)
+    with torch.no_grad():
+        pre.path[-1].bias.fill_(5.0)  # L(x) far from any image
+    gate = GatedSelection(4, 3).eval()
+    obfuscator = scl.Obfuscator(StochasticConditionalAdditive((3, 8, 8), 4), gate, pre).eval()
+    x = torch.rand(5, 3, 8, 8)
+    with torch.no_grad():
+        picked = obfuscator.select(obfuscator.features(x), inputs=x)
+        assert torch.allclose(picked, gate(x))
+        assert not torch.allclose(picked, gate(pre(x)))
+        expected = obfuscator.layer.distribution(pre(x), gate(x)).loc
+        assert torch.allclose(obfuscator.distribution(x).loc, expected, atol=1e-6)
