@@ -73,6 +73,8 @@ def test_invalid_config_values_are_explained() -> None:
         federated.build_config(assignments=["federated.screening.share=1.5"])
     with pytest.raises(ConfigError, match="federated.max_share"):
         federated.build_config(overrides={"federated": {"start": 0.2, "max_share": 0.1}})
+    with pytest.raises(ConfigError, match="layer.pre='residual' is not supported by the federated"):
+        federated.build_config(assignments=["layer.pre=residual"])
 
 
 # -- random screening (§2.3.1) ------------------------------------------------------------------------

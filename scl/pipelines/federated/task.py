@@ -125,6 +125,13 @@ def validate_config(config: Mapping[str, Any]) -> None:
     shared = {**defaults(), **config}
     shared.update({k: copy.deepcopy(DEFAULTS[k]) for k in DEFAULTS if k not in SHARED_SECTIONS})
     validate(shared)
+    if config.get("layer", {}).get("pre", "none") != "none":
+        # the clients rebuild the layer from its arrays alone (build_obfuscator); pre-layers would
+        # be trained in stage 1 and then missing on every client
+        raise ConfigError(
+            f"layer.pre={config['layer']['pre']!r} is not supported by the federated procedure "
+            "(clients receive the layer's parameters only); set layer.pre=none"
+        )
     f = config["federated"]
     if f["engine"] not in ENGINES:
         raise ConfigError(f"federated.engine must be one of {list(ENGINES)}, but got {f['engine']!r}")
