@@ -50,12 +50,16 @@ def _new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
 
 
-def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    """Render ``fig`` to PNG in memory, then write it atomically to ``path``."""
+def _save(fig: Figure, path: str | os.PathLike[str], *, tight: bool = False) -> Path:
+    """Render ``fig`` to PNG in memory, then write it atomically to ``path``. ``tight``: grow or
+    crop the canvas to what is drawn (labels that overflow the figure are kept)."""
     path = Path(path)
     buffer = io.BytesIO()
     try:
-        fig.savefig(buffer, format="png", dpi=_DPI)
+        if tight:
+            fig.savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight", pad_inches=0.1)
+        else:
+            fig.savefig(buffer, format="png", dpi=_DPI)
     finally:
         fig.clear()
     with atomic_write(path, "wb") as handle:
@@ -174,7 +178,8 @@ def image_grid(
         spine.set_visible(False)
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    # the equal-aspect grid can leave long row labels ("white-box, from gated") outside the figure
+    return _save(fig, path, tight=True)
 
 
 # --------------------------------------------------------------------------------------------
