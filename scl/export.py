@@ -871,7 +871,7 @@ def load_for_export(
             gated_path = ckpt / CHECKPOINTS["gated"]
             if not gated_path.is_file():
                 raise ConfigError(f"{str(source)!r} has no checkpoints/{CHECKPOINTS['gated']}; use --selection soft")
-            obfuscator = Obfuscator(obfuscator.layer, scl.load(gated_path), obfuscator.pre)
+            obfuscator = obfuscator.with_selection(scl.load(gated_path))
         return obfuscator, _recorded_shape(source)
     if not source.is_file():
         raise CheckpointError(

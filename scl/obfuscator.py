@@ -164,6 +164,11 @@ class Obfuscator(nn.Module):
         image_size = (x.shape[-2], x.shape[-1]) if x.dim() >= 3 else None
         return self.layer.distribution(h, self.select(h, labels, boxes, image_size=image_size, inputs=x))
 
+    def with_selection(self, selection: SoftSelection | GatedSelection | None) -> Obfuscator:
+        """An obfuscator with this one's layer and pre-layers (shared, not copied) and another
+        label-free selection, e.g. a gated selection beside the soft one."""
+        return Obfuscator(self.layer, selection, self.pre, box_background=self.hard.background)
+
     def freeze_layer(self) -> Obfuscator:
         """Freeze L and S so that only the selection trains (spec §3.1.2); returns ``self``."""
         freeze(self.layer)

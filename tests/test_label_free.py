@@ -136,9 +136,7 @@ def test_the_default_gate_is_n_itself_and_the_stage_records_its_budget():
     exp = clf.prepare(config)
     log = clf.RunLog()
     with clf._noise(config):
-        clf.train_network(exp, None, log)
-        obfuscator = clf.train_stage1(exp, None, log)
-        clf.train_stage2(exp, obfuscator, None, log=log)
+        clf.run_training(exp, None, log)
     gate = exp.gated.selection.eval()
     assert gate.from_network and gate.pick == "argmax"
     x = exp.splits["test"].x[:16]

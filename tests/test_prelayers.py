@@ -48,9 +48,7 @@ def test_a_run_with_pre_layers_trains_them_and_every_release_uses_them(tmp_path)
     exp = clf.prepare(config)
     log = clf.RunLog()
     with clf._noise(config):
-        clf.train_network(exp, None, log)
-        obfuscator = clf.train_stage1(exp, None, log)
-        clf.train_stage2(exp, obfuscator, None, log=log)
+        clf.run_training(exp, None, log)
     pre = exp.obfuscator.pre
     assert isinstance(pre, ResidualPreLayers)
     assert float(pre.path[-1].weight.detach().abs().max()) > 0  # stage 1 moved L off the identity

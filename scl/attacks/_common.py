@@ -214,13 +214,12 @@ def fit(
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     train_index = torch.arange(n) if isinstance(n, int) else n
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    steps = epochs * -(-train_index.numel() // batch_size)
+    per_epoch = -(-train_index.numel() // batch_size)
     schedule: torch.optim.lr_scheduler.LRScheduler | None = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1)) if cosine else None)
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(epochs * per_epoch, 1)) if cosine else None)
     best_loss, best_state, stale, best_epochs, ran = float("inf"), None, 0, 0, 0
     smooth: float | None = None
     best_smooth = float("inf")
-    per_epoch = -(-train_index.numel() // batch_size)
     finish_at: int | None = None  # with a cosine schedule: the epoch at which the last anneal ends
     with task(progress, description, epochs) as advance:
         for epoch in range(epochs):

@@ -45,12 +45,10 @@ def invert(
     if observed.dim() < 2:
         raise ShapeError(f"observed must be a batch [N, ...], but got shape {tuple(observed.shape)}")
     n, c = observed.shape[0], layer.num_classes
-    was_training = layer.training
-    layer.eval()
     modules = [layer] if pre is None else [layer, pre]
-    pre_training = pre.training if pre is not None else False
-    if pre is not None:
-        pre.eval()
+    training = [m.training for m in modules]
+    for m in modules:
+        m.eval()
     params = [p for m in modules for p in m.parameters()]
     requires = [p.requires_grad for p in params]
     for p in params:
@@ -70,9 +68,8 @@ def invert(
     finally:
         for p, r in zip(params, requires, strict=True):
             p.requires_grad_(r)
-        layer.train(was_training)
-        if pre is not None:
-            pre.train(pre_training)
+        for m, mode in zip(modules, training, strict=True):
+            m.train(mode)
     return x_hat, best
 
 

@@ -43,7 +43,7 @@ from scl.pipelines import engine
 from scl.pipelines.stages import BudgetResult, PrivacyObjective, UtilityBudget, train_within_budget, validation_cut
 from scl.pipelines.stages import privacy_term as privacy_term  # re-exported for detection
 from scl.progress import make_progress
-from scl.selection import ClassIndex, GatedSelection, SoftSelection
+from scl.selection import GatedSelection, SoftSelection
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -314,7 +314,7 @@ def train_stage1(
         objective = _objective(exp, exp.dataset.image_shape)
         history, result = train_within_budget(
             parameters, trained,
-            lambda x, y: layer.sample_with_distribution(obfuscator.features(x), ClassIndex(y, layer.num_classes)),
+            obfuscator.sample_with_distribution,
             objective, UtilityBudget(budget, network, xv, yv), train,
             epochs=epochs or cfg["stage1"]["epochs"], lr=cfg["stage1"]["lr"], batch_size=cfg["batch_size"],
             generator=_generator(cfg, 2), evaluate=lambda x, y: obfuscator(x, y), progress=progress,
@@ -329,7 +329,7 @@ def train_stage1(
     with_attribute = objective.kind == "attribute"
 
     def loss_fn(x: Tensor, y: Tensor, attribute: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-        h, dist = layer.sample_with_distribution(obfuscator.features(x), ClassIndex(y, layer.num_classes))
+        h, dist = obfuscator.sample_with_distribution(x, y)
         logits = network(h)
         task = F.cross_entropy(logits, y)
         privacy, stats = objective.term(x, y, h, dist, attribute)
@@ -442,7 +442,7 @@ def train_stage2(
         start = copy.deepcopy(exp.network) if cfg["gated"].get("init", "scratch") == "network" else None
         gate = GatedSelection(exp.dataset.num_classes, exp.dataset.channels, network=start,
                               pick=cfg["gated"].get("pick", "softmax"))
-        gated_obfuscator = Obfuscator(obfuscator.layer, gate, obfuscator.pre)
+        gated_obfuscator = obfuscator.with_selection(gate)
         exp.history["stage2 gated"] = _train_selection(
             exp, gated_obfuscator, gate, "gated", progress, "stage 2: gated selection (extension)", log=log
         )
@@ -780,8 +780,7 @@ def load_run(run: Path) -> Experiment:
     exp.network = freeze(scl.load(ckpt / CHECKPOINTS["network"])).eval()
     exp.obfuscator = scl.load(ckpt / CHECKPOINTS["obfuscator"]).eval()
     if (ckpt / CHECKPOINTS["gated"]).is_file():
-        exp.gated = Obfuscator(exp.obfuscator.layer, scl.load(ckpt / CHECKPOINTS["gated"]),
-                               exp.obfuscator.pre).eval()
+        exp.gated = exp.obfuscator.with_selection(scl.load(ckpt / CHECKPOINTS["gated"])).eval()
     metrics_path = run / "metrics.json"
     if metrics_path.is_file():
         exp.metrics = json.loads(metrics_path.read_text())

@@ -37,7 +37,7 @@ def obfuscate_files(run: Path, source: Path, out: Path, *, selection: str | None
         gated_path = ckpt / CHECKPOINTS["gated"]
         if not gated_path.is_file():
             raise ConfigError(f"{str(run)!r} has no gated selection checkpoint; use --selection soft")
-        obfuscator = Obfuscator(obfuscator.layer, scl.load(gated_path), obfuscator.pre).eval()
+        obfuscator = obfuscator.with_selection(scl.load(gated_path)).eval()
     if obfuscator.selection is None:
         raise ConfigError(f"{str(run)!r}: the obfuscator has no trained selection; run stage 2 first")
     shape = _input_shape(Path(run))
