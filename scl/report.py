@@ -463,6 +463,7 @@ def budget_test_losses(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 def budget_lines(metrics: Mapping[str, Any]) -> list[tuple[str, bool]]:
     """One sentence per constrained stage (``metrics["utility"]``) and whether its budget was met."""
+    from scl.pipelines.stages import gave_up
     utility = metrics.get("utility")
     if not isinstance(utility, Mapping):
         return []
@@ -488,7 +489,7 @@ def budget_lines(metrics: Mapping[str, Any]) -> list[tuple[str, bool]]:
         else:
             text = (f"budget {budget:g} {unit}, {release} release: CANNOT be met; the closest point reached loses "
                     f"{val:.1f} points on validation{test_text}. More data, a larger {option} or a "
-                    "stronger layer would help")
+                    f"stronger layer would help{gave_up(record)}")
         lines.append((text, bool(record["feasible"]) and not over))
     return lines
 

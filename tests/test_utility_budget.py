@@ -155,6 +155,52 @@ def test_an_unreachable_budget_is_said_plainly():
     assert result.as_dict()["feasible"] is False
 
 
+def test_patience_gives_up_on_an_out_of_reach_budget_and_keeps_the_closest_point():
+    network = _Brightness()
+    x, y = _two_class_data(100, 0)
+    xv, yv = _two_class_data(100, 1)
+    layer = StochasticConditionalAdditive((1, 6, 6), 2)
+    objective = PrivacyObjective("within", num_classes=2, image_shape=(1, 6, 6))
+
+    def blank(xb, yb):  # a release N reads as one class, whatever the layer does
+        return torch.zeros_like(xb)
+
+    def run(patience):
+        return train_within_budget(
+            list(layer.parameters()), [layer], lambda xb, yb: layer.sample_with_distribution(xb, ClassIndex(yb, 2)),
+            objective, UtilityBudget(1.0, network, xv, yv), (x, y), epochs=12, lr=0.01, batch_size=50,
+            generator=torch.Generator().manual_seed(0), evaluate=blank, patience=patience,
+        )
+
+    history, result = run(3)
+    assert not result.feasible and result.epochs_run == 3 and len(history["validation_loss"]) == 3
+    assert result.epoch == 0 and result.as_dict()["epochs_run"] == 3  # no epoch came closer than the start
+    assert "CANNOT be met" in result.message("soft")
+    assert "gave up after 3 of 12 epochs" in result.message("soft")
+    from scl.report import budget_lines
+
+    (line, met), = budget_lines({"utility": {"soft": result.as_dict()}})
+    assert not met and "CANNOT be met" in line and "gave up after 3 of 12 epochs" in line
+    every = run(None)[1]
+    assert every.epochs_run == 12 and "gave up" not in every.message("soft")
+
+
+def test_patience_never_stops_a_stage_within_the_budget():
+    network = _Brightness()
+    x, y = _two_class_data(100, 0)
+    xv, yv = _two_class_data(100, 1)
+    torch.manual_seed(0)
+    layer = StochasticConditionalAdditive((1, 6, 6), 2, learn_gain=True, distribution_options={"init_scale": 0.02})
+    objective = PrivacyObjective("within", num_classes=2, image_shape=(1, 6, 6))
+    # lr 0: nothing moves, so no epoch comes closer than the start; but every epoch is feasible
+    _, result = train_within_budget(
+        list(layer.parameters()), [layer], lambda xb, yb: layer.sample_with_distribution(xb, ClassIndex(yb, 2)),
+        objective, UtilityBudget(5.0, network, xv, yv), (x, y), epochs=8, lr=0.0, batch_size=50,
+        generator=torch.Generator().manual_seed(0), evaluate=lambda xb, yb: layer(xb, yb), patience=2,
+    )
+    assert result.feasible and result.epochs_run == 8
+
+
 def test_budget_validation():
     network = _Brightness()
     x, y = _two_class_data(10, 0)
@@ -170,6 +216,8 @@ def test_budget_validation():
     ("utility.max_accuracy_loss", "one", "max_accuracy_loss"),
     ("utility.validation_fraction", 1.5, "validation_fraction"),
     ("layer.init_scale", "big", "init_scale"),
+    ("utility.patience", 0, "utility.patience"),
+    ("utility.patience", 2.5, "utility.patience"),
     ("layer.learn_gain", "yes", "learn_gain"),
     ("stage1.privacy", "magic", "stage1.privacy"),
 ])

@@ -40,6 +40,7 @@ from scl.layers import StochasticConditionalAdditive, StochasticConditionalConv2
 from scl.models import SmallCNN
 from scl.obfuscator import Obfuscator, freeze
 from scl.pipelines import engine
+from scl.pipelines.config import stage_patience
 from scl.pipelines.stages import BudgetResult, PrivacyObjective, UtilityBudget, train_within_budget, validation_cut
 from scl.pipelines.stages import privacy_term as privacy_term  # re-exported for detection
 from scl.progress import make_progress
@@ -319,6 +320,7 @@ def train_stage1(
             epochs=epochs or cfg["stage1"]["epochs"], lr=cfg["stage1"]["lr"], batch_size=cfg["batch_size"],
             generator=_generator(cfg, 2), evaluate=lambda x, y: obfuscator(x, y), progress=progress,
             description=f"stage 1: layer, hard selection ({kind}, budget {budget:g} pt)",
+            patience=stage_patience(cfg),
         )
         if epochs is None:
             exp.history["stage1"] = history
@@ -400,6 +402,7 @@ def _train_selection(
             epochs=cfg[section]["epochs"], lr=cfg[section]["lr"], batch_size=cfg["batch_size"],
             generator=_generator(cfg, 3), evaluate=lambda x, y: obfuscator(x), progress=progress,
             description=f"{description} (budget {budget:g} pt)", supervised=supervised,
+            patience=stage_patience(cfg),
         )
         _record_budget(exp, "soft" if section == "stage2" else "gated", result, log)
         obfuscator.eval()
