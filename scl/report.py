@@ -495,6 +495,8 @@ def budget_lines(metrics: Mapping[str, Any]) -> list[tuple[str, bool]]:
 
 
 def _budget_section(metrics: Mapping[str, Any]) -> str:
+    from scl.pipelines.stages import gave_up
+
     utility = metrics.get("utility")
     if not isinstance(utility, Mapping) or not utility:
         return ""
@@ -508,6 +510,9 @@ def _budget_section(metrics: Mapping[str, Any]) -> str:
         multiplier = record.get("multiplier") or [None]
         verdict = ('<span class="met">met on validation</span>' if record["feasible"]
                    else '<span class="notmet">budget cannot be met: closest point shown</span>')
+        stopped = gave_up(record)
+        if stopped and not record["feasible"]:
+            verdict += f"<br>{_e(stopped.strip(' ()'))}"
         test, budget = tests.get(stage), _number(_budget_of(record))
         if test is not None and budget is not None and test > budget + 1.5:
             verdict += (f'<br><span class="notmet">the test split loses {test - budget:.1f} points more than '

@@ -181,6 +181,9 @@ def test_patience_gives_up_on_an_out_of_reach_budget_and_keeps_the_closest_point
 
     (line, met), = budget_lines({"utility": {"soft": result.as_dict()}})
     assert not met and "CANNOT be met" in line and "gave up after 3 of 12 epochs" in line
+    from scl.report import _budget_section
+
+    assert "it gave up after 3 of 12 epochs" in _budget_section({"utility": {"soft": result.as_dict()}})
     every = run(None)[1]
     assert every.epochs_run == 12 and "gave up" not in every.message("soft")
 
