@@ -464,6 +464,7 @@ def budget_test_losses(metrics: Mapping[str, Any]) -> dict[str, float]:
 def budget_lines(metrics: Mapping[str, Any]) -> list[tuple[str, bool]]:
     """One sentence per constrained stage (``metrics["utility"]``) and whether its budget was met."""
     from scl.pipelines.stages import gave_up
+
     utility = metrics.get("utility")
     if not isinstance(utility, Mapping):
         return []
@@ -489,7 +490,9 @@ def budget_lines(metrics: Mapping[str, Any]) -> list[tuple[str, bool]]:
         else:
             text = (f"budget {budget:g} {unit}, {release} release: CANNOT be met; the closest point reached loses "
                     f"{val:.1f} points on validation{test_text}. More data, a larger {option} or a "
-                    f"stronger layer would help{gave_up(record)}")
+                    "stronger layer would help")
+            stopped = gave_up(record)
+            text += f" ({stopped})" if stopped else ""
         lines.append((text, bool(record["feasible"]) and not over))
     return lines
 
@@ -510,9 +513,9 @@ def _budget_section(metrics: Mapping[str, Any]) -> str:
         multiplier = record.get("multiplier") or [None]
         verdict = ('<span class="met">met on validation</span>' if record["feasible"]
                    else '<span class="notmet">budget cannot be met: closest point shown</span>')
-        stopped = gave_up(record)
-        if stopped and not record["feasible"]:
-            verdict += f"<br>{_e(stopped.strip(' ()'))}"
+        stopped = gave_up(record)  # only a stage that never met the budget gives up
+        if stopped:
+            verdict += f"<br>{_e(stopped)}"
         test, budget = tests.get(stage), _number(_budget_of(record))
         if test is not None and budget is not None and test > budget + 1.5:
             verdict += (f'<br><span class="notmet">the test split loses {test - budget:.1f} points more than '

@@ -134,21 +134,26 @@ def test_the_budget_holds_on_a_tiny_problem_and_privacy_rises():
     assert after < 0.5 * before  # the release carries much less of x beyond the class
 
 
-def test_an_unreachable_budget_is_said_plainly():
+def _unreachable_stage(epochs, patience=None):
+    """A stage whose budget no epoch can meet: the release destroys everything, N guesses one class."""
     network = _Brightness()
     x, y = _two_class_data(100, 0)
     xv, yv = _two_class_data(100, 1)
     layer = StochasticConditionalAdditive((1, 6, 6), 2)
     objective = PrivacyObjective("within", num_classes=2, image_shape=(1, 6, 6))
 
-    def blank(xb, yb):  # a release that destroys everything: N guesses one class
+    def blank(xb, yb):
         return torch.zeros_like(xb)
 
-    _, result = train_within_budget(
+    return train_within_budget(
         list(layer.parameters()), [layer], lambda xb, yb: layer.sample_with_distribution(xb, ClassIndex(yb, 2)),
-        objective, UtilityBudget(1.0, network, xv, yv), (x, y), epochs=2, lr=0.01, batch_size=50,
-        generator=torch.Generator().manual_seed(0), evaluate=blank,
+        objective, UtilityBudget(1.0, network, xv, yv), (x, y), epochs=epochs, lr=0.01, batch_size=50,
+        generator=torch.Generator().manual_seed(0), evaluate=blank, patience=patience,
     )
+
+
+def test_an_unreachable_budget_is_said_plainly():
+    _, result = _unreachable_stage(2)
     assert not result.feasible and result.validation_loss > 1.0
     message = result.message("stage1")
     assert "CANNOT be met" in message and "closest point" in message and "--max-accuracy-loss" in message
@@ -156,35 +161,17 @@ def test_an_unreachable_budget_is_said_plainly():
 
 
 def test_patience_gives_up_on_an_out_of_reach_budget_and_keeps_the_closest_point():
-    network = _Brightness()
-    x, y = _two_class_data(100, 0)
-    xv, yv = _two_class_data(100, 1)
-    layer = StochasticConditionalAdditive((1, 6, 6), 2)
-    objective = PrivacyObjective("within", num_classes=2, image_shape=(1, 6, 6))
-
-    def blank(xb, yb):  # a release N reads as one class, whatever the layer does
-        return torch.zeros_like(xb)
-
-    def run(patience):
-        return train_within_budget(
-            list(layer.parameters()), [layer], lambda xb, yb: layer.sample_with_distribution(xb, ClassIndex(yb, 2)),
-            objective, UtilityBudget(1.0, network, xv, yv), (x, y), epochs=12, lr=0.01, batch_size=50,
-            generator=torch.Generator().manual_seed(0), evaluate=blank, patience=patience,
-        )
-
-    history, result = run(3)
+    history, result = _unreachable_stage(12, patience=3)
     assert not result.feasible and result.epochs_run == 3 and len(history["validation_loss"]) == 3
     assert result.epoch == 0 and result.as_dict()["epochs_run"] == 3  # no epoch came closer than the start
     assert "CANNOT be met" in result.message("soft")
     assert "gave up after 3 of 12 epochs" in result.message("soft")
-    from scl.report import budget_lines
+    from scl.report import _budget_section, budget_lines
 
     (line, met), = budget_lines({"utility": {"soft": result.as_dict()}})
     assert not met and "CANNOT be met" in line and "gave up after 3 of 12 epochs" in line
-    from scl.report import _budget_section
-
     assert "it gave up after 3 of 12 epochs" in _budget_section({"utility": {"soft": result.as_dict()}})
-    every = run(None)[1]
+    every = _unreachable_stage(12)[1]
     assert every.epochs_run == 12 and "gave up" not in every.message("soft")
 
 

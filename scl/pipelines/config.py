@@ -49,7 +49,7 @@ DEFAULTS: dict[str, Any] = {
     # lr 0.03: the layer's parameters live on the pixels' scale and stage 1 takes few steps (2-3 per
     # epoch on a few hundred images). At 3e-3 a class-mean start never opened far enough on 1,200
     # real photographs (18 points lost on validation after 100 epochs); at 0.03 it met the budget
-    # by epoch 20 there and by epoch 1 on the digits, at the same release
+    # by epoch 13 there and by epoch 1 on the digits, at the same release
     "stage1": {"epochs": 100, "lr": 0.03, "privacy": "within", "lam": 0.1},
     # the utility budget: the most test accuracy a release may lose against clean images, in points
     # (--max-accuracy-loss); measured on validation_fraction of the obfuscator split. null: no

@@ -465,10 +465,13 @@ class BudgetResult:
     validation_images: int
     measure: str = "accuracy"
     option: str = "--max-accuracy-loss"
-    #: the epochs trained: fewer than asked when the stage gave up on an out-of-reach budget
-    epochs_run: int = 0
-    #: the epochs the stage was given
+    #: the epochs the stage was given (it ran fewer when it gave up on an out-of-reach budget)
     epochs_asked: int = 0
+
+    @property
+    def epochs_run(self) -> int:
+        """The epochs the stage trained: one validation loss each."""
+        return len(self.validation)
 
     def as_dict(self) -> dict[str, Any]:
         key = "max_accuracy_loss" if self.measure == "accuracy" else "max_map_loss"
@@ -493,19 +496,21 @@ class BudgetResult:
         if self.feasible:
             return (f"{stage}: within the budget, {self.validation_loss:.1f} {unit} lost on validation "
                     f"(budget {self.budget:g}), {epoch}")
+        stopped = gave_up(self.as_dict())
         return (f"{stage}: the budget of {self.budget:g} {unit} CANNOT be met: the closest point reached "
                 f"loses {self.validation_loss:.1f} points on validation ({epoch}). More data, a "
-                f"larger budget ({self.option}) or a stronger layer would help{gave_up(self.as_dict())}")
+                f"larger budget ({self.option}) or a stronger layer would help"
+                + (f" ({stopped})" if stopped else ""))
 
 
 def gave_up(record: Mapping[str, Any]) -> str:
-    """``" (it gave up after 22 of 80 epochs ...)"`` for a stage that stopped early on an
+    """``"it gave up after 22 of 80 epochs ..."`` for a stage that stopped early on an
     out-of-reach budget (``utility.patience``), else ``""``; ``record`` is
     :meth:`BudgetResult.as_dict`'s (also as read back from ``metrics.json``)."""
     run, asked = record.get("epochs_run"), record.get("epochs_asked")
     if not isinstance(run, int) or not isinstance(asked, int) or not 0 < run < asked:
         return ""
-    return f" (it gave up after {run} of {asked} epochs, none of the last ones closer: utility.patience)"
+    return f"it gave up after {run} of {asked} epochs, none of the last ones closer: utility.patience"
 
 
 def train_within_budget(
@@ -642,8 +647,7 @@ def train_within_budget(
         budget=budget.max_loss, feasible=kept is not None, validation_loss=chosen[0], epoch=chosen[1],
         multiplier=history.get("multiplier", []), validation=history.get("validation_loss", []),
         clean_validation=budget.clean, validation_images=int(budget.x.shape[0]),
-        measure=budget.measure, option=budget.option, epochs_run=len(history.get("validation_loss", [])),
-        epochs_asked=epochs,
+        measure=budget.measure, option=budget.option, epochs_asked=epochs,
     )
     return history, result
 
