@@ -16,12 +16,32 @@ DESIGN_PRIVACY_KEYS = {
 }
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "quick"
-    result = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--no-progress"])
+#: `--quick` with every attacker capped at two epochs: the attacks' code paths at a quarter of
+#: their cost (the uncapped quick demo is the slow test below, and `make demo` before a release).
+CAPPED_ATTACKS = ["--set", "attacks.max_epochs=2"]
+#: The smallest settings that still train and attack every release.
+TINY = ["--set", "network.epochs=2", "--set", "stage1.epochs=2", "--set", "stage2.epochs=1",
+        "--set", "gated.epochs=1", "--set", "attacks.max_epochs=1", "--set", "attacks.whitebox_images=4",
+        "--set", "attacks.whitebox_steps=2"]
+
+
+def _demo_quick(out, *extra):
+    result = runner.invoke(app, ["demo", "--quick", "--out", str(out), "--no-progress", *extra])
     assert result.exit_code == 0, result.output
     return out, result.output
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    return _demo_quick(tmp_path_factory.mktemp("runs") / "quick", *CAPPED_ATTACKS)
+
+
+@pytest.mark.slow
+def test_demo_quick_uncapped_writes_every_privacy_key(tmp_path):
+    out, output = _demo_quick(tmp_path / "quick")
+    assert json.loads((out / "config.json").read_text())["attacks"]["max_epochs"] is None
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert DESIGN_PRIVACY_KEYS <= set(metrics["privacy"]) and "label-only floor" in output
 
 
 def test_demo_quick_writes_the_whole_run_folder(quick_run):
@@ -57,9 +77,8 @@ def test_evaluate_updates_the_run(quick_run):
 
 def test_train_then_attack_fills_the_privacy_block(tmp_path):
     out = tmp_path / "trained"
-    tiny = ["--set", "network.epochs=2", "--set", "stage1.epochs=2", "--set", "stage2.epochs=1",
-            "--set", "gated.epochs=1"]
-    result = runner.invoke(app, ["train", "--quick", "--out", str(out), "--no-progress", *tiny])
+    # the attack command reads its settings from the run's config.json, TINY's caps included
+    result = runner.invoke(app, ["train", "--quick", "--out", str(out), "--no-progress", *TINY])
     assert result.exit_code == 0, result.output
     assert "privacy" not in json.loads((out / "metrics.json").read_text())
     result = runner.invoke(app, ["attack", str(out), "--no-progress"])
