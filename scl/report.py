@@ -339,8 +339,9 @@ def release_table(
     return header, rows
 
 
-def gaussian_verdicts(privacy: Mapping[str, Any]) -> list[str]:
-    """One plain sentence per scl release on whether it beats plain noise at the same accuracy."""
+def gaussian_verdicts(privacy: Mapping[str, Any], measure: str = "accuracy") -> list[str]:
+    """One plain sentence per scl release on whether it beats plain noise at the same accuracy
+    (``measure``: what the noise was matched on, e.g. ``"mAP@.5"`` for detection)."""
     verdicts = privacy.get("beats_gaussian")
     if not isinstance(verdicts, Mapping):
         return []
@@ -351,8 +352,8 @@ def gaussian_verdicts(privacy: Mapping[str, Any]) -> list[str]:
         verdict = verdicts.get(name)
         if not isinstance(verdict, Mapping) or not verdict:
             continue
-        noise = ("plain Gaussian noise at the same accuracy" if name == reference
-                 else f"plain Gaussian noise at the {reference} release's accuracy")
+        noise = (f"plain Gaussian noise at the same {measure}" if name == reference
+                 else f"plain Gaussian noise at the {reference} release's {measure}")
         lost = [_VERDICT_NAMES.get(str(k), str(k)) for k, won in verdict.items() if not won]
         if lost:
             lines.append(f"The {title} release does NOT beat {noise} on "
@@ -423,7 +424,7 @@ def _privacy_section(metrics: Mapping[str, Any]) -> str:
             (gap, "num"),
             (_e(direction), "desc"),
         ])
-    extra = [k for k in privacy if k not in used]
+    extra = [k for k in privacy if k not in used and k != "beats_gaussian"]  # the verdicts are sentences below
     for key in extra:
         rows.append([(_label(key), ""), (_fmt(privacy[key]), "num"), (DASH, "num"),
                      (DASH, "num"), (DASH, "num"), ("", "desc")])
@@ -431,6 +432,8 @@ def _privacy_section(metrics: Mapping[str, Any]) -> str:
               ("Floor (label only / chance)", True), ("Ceiling (clean input)", True),
               ("Above floor", True), ("Reading", False)]
     explanation = _EXPLANATION
+    notes = "".join(f'<p class="note">{_e(line)}</p>'
+                    for line in gaussian_verdicts(privacy, "mAP@.5" if "map" in metrics else "accuracy"))
     if "map" in metrics:  # detection: the floor decoder is given the class masks, not a label
         explanation = explanation.replace("who knows only the label", "who knows only the class masks (where each "
                                           "category's objects are)").replace("label-only floor", "mask-only floor")
@@ -438,6 +441,7 @@ def _privacy_section(metrics: Mapping[str, Any]) -> str:
     return (
         "<h2>Privacy</h2>"
         + _table(header, rows)
+        + notes
         + f'<p class="note">{explanation}</p>'
     )
 

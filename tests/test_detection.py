@@ -227,6 +227,10 @@ def test_detect_cli_reports_bad_data_in_one_red_line(tmp_path):
 
 
 # -- the command --------------------------------------------------------------------------------------
+def html_text(out):
+    return " ".join((out / "report.html").read_text().split())
+
+
 def test_detect_quick_writes_the_run_folder(tmp_path):
     out = tmp_path / "det"
     tiny = ["num_images=120", "detector.epochs=1", "stage1.epochs=2", "stage2.epochs=1",
@@ -256,6 +260,15 @@ def test_detect_quick_writes_the_run_folder(tmp_path):
     assert set(metrics["map"]) == set(metrics["map50"]) == {"clean", "hard", "soft"}
     assert all(0 <= v <= 1 for v in metrics["map50"].values())
     assert {"decoder_ssim", "decoder_ssim_label_floor", "decoder_ssim_clean", "decoder_psnr"} <= set(metrics["privacy"])
+    # plain noise at the hard release's mAP@.5, attacked by the same decoder, with a verdict in words
+    privacy = metrics["privacy"]
+    assert privacy["reference_release"] == "hard" and privacy["reference_map50"] == metrics["map50"]["hard"]
+    assert privacy["gaussian_scale"] > 0 and 0 <= privacy["gaussian_map50"] <= 1
+    assert {"decoder_ssim_gaussian", "decoder_psnr_gaussian"} <= set(privacy)
+    assert set(privacy["beats_gaussian"]["hard"]) == {"decoder_ssim", "decoder_psnr"}
+    verdict = "plain Gaussian noise at the same mAP@.5"
+    assert verdict in " ".join(result.output.split()) and verdict in html_text(out)
+    assert any(t["target"].startswith("< plain noise at the same mAP@.5") for t in metrics["targets"])
     assert metrics["dataset"] == "scenes" and metrics["num_classes"] == 3
     assert {"base", "stage1", "stage2", "attacks"} <= set(metrics["seconds"])
     assert metrics["targets"][0]["name"].startswith("clean - soft mAP@.5")

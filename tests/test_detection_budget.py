@@ -172,6 +172,7 @@ def test_per_epoch_dual_ascent_with_a_custom_task_loss_holds_the_budget():
     ("layer.init_scale=0", "init_scale"),
     ("attacks.budget=huge", "attacks.budget"),
     ("attacks.max_epochs=0", "max_epochs"),
+    ("layer.start=zero", "layer.start"),
 ])
 def test_detection_config_rejects_bad_budget_settings(setting, match):
     with pytest.raises(ConfigError, match=match):
@@ -183,3 +184,49 @@ def test_within_without_a_budget_says_what_to_choose():
         detection.build_config(assignments=["utility.max_map_loss=null"])
     config = detection.build_config(assignments=["utility.max_map_loss=null", "stage1.privacy=entropy"])
     assert config["utility"]["max_map_loss"] is None
+
+
+def _conv_layer(classes: int, channels: int = 2):
+    from scl.layers import StochasticConditionalConv2d
+    from scl.pipelines.classification import identity_init
+
+    torch.manual_seed(0)
+    layer = StochasticConditionalConv2d(channels, channels, 3, classes, padding="same", selection_at="input",
+                                        distribution_options={"init_scale": 0.1})
+    identity_init(layer)
+    return layer
+
+
+def test_class_mean_start_releases_each_pixel_classes_mean_colour_and_nothing_of_x():
+    from scl.pipelines.classification import conv_class_mean_init
+
+    classes = _pixel_classes()
+    masks = _masks(classes, 2)
+    x = torch.rand(6, 2, 8, 8) + 2.0 * classes[:, None].float()  # the box is brighter by 2
+    layer = _conv_layer(2).eval()
+    conv_class_mean_init(layer, x, masks)
+    _, dist = layer.sample_with_distribution(x, masks)
+    inside = classes[:, None].expand(-1, 2, -1, -1).bool()
+    for c, where in ((1, inside), (0, ~inside)):
+        expected = x.transpose(0, 1)[where.transpose(0, 1)].reshape(2, -1).mean(1)  # per channel
+        got = dist.mean.transpose(0, 1)[where.transpose(0, 1)].reshape(2, -1)
+        assert torch.allclose(got, expected[:, None].expand_as(got), atol=1e-5), c
+    # the scale is untouched by the start: still the initial 0.1 everywhere
+    assert torch.allclose(dist.stddev, torch.full_like(dist.stddev, 0.1), atol=1e-4)
+    # nothing of x: another image with the same boxes gets the same mean
+    _, again = layer.sample_with_distribution(torch.rand(6, 2, 8, 8), masks)
+    assert torch.allclose(again.mean, dist.mean, atol=1e-5)
+
+
+def test_class_mean_start_with_one_class_per_image_and_a_missing_class():
+    from scl.pipelines.classification import conv_class_mean_init
+
+    x = torch.rand(4, 2, 8, 8)
+    labels = torch.tensor([0, 1, 1, 0])
+    layer = _conv_layer(3)
+    with pytest.raises(ConfigError, match=r"classes \[2\] are not; use more data or set layer.start=input"):
+        conv_class_mean_init(layer, x, F.one_hot(labels, 3).float())
+    layer = _conv_layer(2).eval()
+    conv_class_mean_init(layer, x, F.one_hot(labels, 2).float())
+    _, dist = layer.sample_with_distribution(x, labels)
+    assert torch.allclose(dist.mean[1], x[labels == 1].mean(dim=(0, 2, 3))[:, None, None].expand(2, 8, 8), atol=1e-5)

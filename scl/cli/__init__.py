@@ -433,6 +433,10 @@ def detect(
         folder, metrics = detection.run(cfg, out, console=_console(), show_progress=not no_progress)
     console = _console()
     console.print(detection.summary_table(metrics))
+    from scl.report import gaussian_verdicts
+
+    for line in gaussian_verdicts(metrics.get("privacy", {}), "mAP@.5"):
+        console.print(f"  {line}", style="red" if "NOT" in line else "green")
     for line, met in budget_lines(metrics):
         console.print(f"  {line}", style="green" if met else "bold red")
     for target in metrics.get("targets", []):

@@ -225,6 +225,34 @@ def identity_init(layer: StochasticConditionalConv2d) -> None:
     layer._mixed = None
 
 
+def conv_class_mean_init(layer: StochasticConditionalConv2d, x: Tensor, weights: Tensor) -> None:
+    """Start a convolutional layer at the release that carries the selection and nothing else:
+    every mean kernel at 0 and class c's mean bias at the mean of x over what c selects, per
+    channel. ``weights``: the hard selection, ``[N, C]`` (one class per image) or
+    ``[N, C, 1, *spatial]`` (per pixel, e.g. box masks). The scale kernels and biases are kept.
+    The budget then lets x in where the task needs it (see :func:`class_mean_init`)."""
+    if weights.dim() == 2:  # one class per image: each of its pixels
+        weights = weights.reshape(*weights.shape, *([1] * (x.dim() - 1))).expand(*weights.shape, 1, *x.shape[2:])
+    mass = weights.sum(dim=(0, *range(2, weights.dim()))).flatten()  # [C]
+    if bool((mass == 0).any()):
+        missing = [int(c) for c in torch.nonzero(mass == 0).flatten()]
+        raise ConfigError(
+            f"layer.start=class_mean needs every class selected somewhere in the obfuscator split, but "
+            f"classes {missing} are not; use more data or set layer.start=input"
+        )
+    spatial = tuple(range(2, x.dim()))
+    # [N, C, 1, *S] x [N, 1, ch, *S] summed over N and S: each class's per-channel pixel sum
+    sums = (weights * x.unsqueeze(1)).sum(dim=(0, *(d + 1 for d in spatial)))  # [C, ch]
+    out = layer.out_channels
+    if sums.shape[1] != out:
+        raise ConfigError(f"layer.start=class_mean needs as many output channels as input channels "
+                          f"({sums.shape[1]}), but the layer has {out}")
+    with torch.no_grad():
+        layer.weight[:, :out] = 0.0
+        layer.bias[:, :out] = sums / mass[:, None]
+    layer._mixed = None
+
+
 def layer_start(config: dict[str, Any]) -> str:
     """``layer.start`` resolved: ``"class_mean"`` or ``"input"`` (``auto``: class_mean where the
     layer can turn x off, the additive layer with a gain; configs of earlier versions: input)."""

@@ -46,7 +46,15 @@ from scl.layers import StochasticConditionalConv2d
 from scl.models.detector import CenterNet
 from scl.obfuscator import Obfuscator, freeze
 from scl.pipelines import engine
-from scl.pipelines.classification import RunLog, _noise, identity_init, init_scale, privacy_term, run_folder
+from scl.pipelines.classification import (
+    RunLog,
+    _noise,
+    conv_class_mean_init,
+    identity_init,
+    init_scale,
+    privacy_term,
+    run_folder,
+)
 from scl.pipelines.coco import coco_map
 from scl.pipelines.config import build, check_fraction_and_scale
 from scl.pipelines.stages import (
@@ -79,7 +87,10 @@ DEFAULTS: dict[str, Any] = {
     "threads": 1,
     "detector": {"epochs": 30, "lr": 3e-3, "width": 16, "checkpoint": None},
     # init_scale: a number, or "auto" (the pixels' standard deviation, as in classification)
-    "layer": {"distribution": "gaussian", "kernel_size": 3, "init_scale": "auto"},
+    # start: "input" (x plus noise: every class's mean kernels at the identity) or "class_mean"
+    # (mean kernels at 0 and each class's bias at its mean colour inside its boxes, the background's
+    # outside them: the release starts as the box masks plus noise, and the budget lets x in)
+    "layer": {"distribution": "gaussian", "kernel_size": 3, "init_scale": "auto", "start": "input"},
     # the layer is tiny (C + 1 pairs of 3x3 kernels), so a large learning rate is safe and needed.
     # privacy: "within" (what the release carries beyond the box masks), "entropy", "ssim" or
     # "both"; lam weighs it only without a budget (utility.max_map_loss = null)
@@ -132,6 +143,8 @@ def validate(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"image_size must be a multiple of 4 and at least 16, but got {config['image_size']}")
     if config["layer"]["kernel_size"] % 2 == 0:
         raise ConfigError(f"layer.kernel_size must be odd (padding 'same'), but got {config['layer']['kernel_size']}")
+    if config["layer"]["start"] not in ("input", "class_mean"):
+        raise ConfigError(f"layer.start must be 'input' or 'class_mean', but got {config['layer']['start']!r}")
     if config["stage1"]["privacy"] not in PRIVACY:
         raise ConfigError(f"stage1.privacy must be one of {list(PRIVACY)} (the objectives that take per-pixel "
                           f"classes), but got {config['stage1']['privacy']!r}")
@@ -320,6 +333,9 @@ def train_stage1(exp: DetectionExperiment, progress: Progress | None, log: RunLo
     obfuscator = Obfuscator(layer, box_background=exp.background)
     data = exp.splits["obfuscator"]
     kind, lam = cfg["stage1"]["privacy"], float(cfg["stage1"]["lam"])
+    if cfg["layer"]["start"] == "class_mean":
+        part = budget_parts(exp)[0] if max_map_loss(cfg) is not None else data
+        conv_class_mean_init(layer, part.images, box_masks(exp, part))
     if max_map_loss(cfg) is not None:
         exp.history["stage1"] = _within_budget(
             exp, "stage1", list(layer.parameters()), layer, layer.sample_with_distribution,
@@ -424,6 +440,27 @@ def evaluate(exp: DetectionExperiment) -> dict[str, dict[str, float]]:
 
 
 # -- attacks ------------------------------------------------------------------------------------------
+def gaussian_reference(exp: DetectionExperiment, target: float) -> tuple[float, float]:
+    """The plain-noise scale at which N's test mAP@.5 matches ``target``: ``(scale, mAP@.5)``.
+
+    Bisection (:func:`scl.baselines.calibrate_scale`) on one fixed noise draw (seeded), so mAP is a
+    deterministic function of the scale, as classification's reference does with accuracy.
+    """
+    from dataclasses import replace
+
+    from scl.baselines import calibrate_scale
+
+    test = exp.splits["test"]
+    eps = torch.randn(test.images.shape, generator=_generator(exp.config, 7))
+
+    def map50_at(scale: float) -> float:
+        noisy = replace(test, images=test.images + scale * eps)
+        return float(coco_map(test.targets(), predict(exp, noisy), num_classes=exp.dataset.num_classes,
+                              image_size=test.image_size)["map50"])
+
+    return calibrate_scale(map50_at, target, steps=10)
+
+
 def run_attacks(exp: DetectionExperiment, progress: Progress | None, log: RunLog) -> dict[str, float]:
     """Decoder inversion of the hard release, its class-mask floor and clean ceiling.
 
@@ -473,6 +510,25 @@ def run_attacks(exp: DetectionExperiment, progress: Progress | None, log: RunLog
     clean = clean_ceiling_attack(split_a, split_t, **common)
     privacy.update(clean.metrics)
     exp.figures["ceiling"] = clean.reconstructions
+    if "hard" not in exp.metrics.get("map50", {}):
+        evaluate(exp)
+    reference = float(exp.metrics["map50"]["hard"])
+    scale, noise_map50 = gaussian_reference(exp, reference)
+    privacy.update(gaussian_scale=scale, gaussian_map50=noise_map50, reference_release="hard",
+                   reference_map50=reference)
+    log(f"attack: the same decoder on plain Gaussian noise of scale {scale:.3g} (mAP@.5 {100 * noise_map50:.1f}%, "
+        f"hard release {100 * reference:.1f}%)")
+    from scl.baselines import GaussianNoise
+
+    noise = GaussianNoise(scale)
+    plain = decoder_attack(lambda x, index: noise(x), split_a, split_t, averaged_copies=acfg["averaged_copies"],
+                           **common)
+    privacy["decoder_ssim_gaussian"] = plain.metrics["decoder_ssim"]
+    privacy["decoder_psnr_gaussian"] = plain.metrics["decoder_psnr"]
+    exp.figures["gaussian"] = plain.reconstructions
+    # as in classification: does the hard release leak less than plain noise at the same mAP@.5
+    privacy["beats_gaussian"] = {"hard": {key: bool(privacy[key] < privacy[f"{key}_gaussian"])
+                                          for key in ("decoder_ssim", "decoder_psnr")}}
     if acfg["soft"]:
         log("attack: learned decoder on the box-free (soft) release")
         soft_result = decoder_attack(soft, split_a, split_t, averaged_copies=1, **common)
@@ -495,6 +551,10 @@ def targets(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
         rows.append({"name": "decoder SSIM (hard release)", "value": round(priv["decoder_ssim"], 4),
                      "target": f"<= mask-only floor + 0.05 = {floor + 0.05:.3f}",
                      "met": bool(priv["decoder_ssim"] <= floor + 0.05)})
+    if "decoder_ssim" in priv and "decoder_ssim_gaussian" in priv:
+        rows.append({"name": "decoder SSIM (hard release)", "value": round(priv["decoder_ssim"], 4),
+                     "target": f"< plain noise at the same mAP@.5 = {priv['decoder_ssim_gaussian']:.3f}",
+                     "met": bool(priv["decoder_ssim"] < priv["decoder_ssim_gaussian"])})
     return rows
 
 
@@ -553,7 +613,7 @@ def write_outputs(exp: DetectionExperiment, folder: Path, log: RunLog, name: str
     figures.boxes_overlay(view.images, view.boxes, view.labels, fig / "detections_truth.png", class_names=names,
                           title="ground truth")
     for key, label in (("decoder", "decoder reconstruction"), ("floor", "mask-only floor"),
-                       ("ceiling", "clean ceiling")):
+                       ("ceiling", "clean ceiling"), ("gaussian", "decoded plain noise")):
         if key in exp.figures:
             rows[label] = exp.figures[key]
     figures.image_grid(rows, fig / "samples.png", title="Test scenes and what leaves the data owner")
@@ -648,6 +708,8 @@ def summary_table(metrics: Mapping[str, Any]) -> Any:
         ("decoder SSIM, 8 copies averaged", "decoder_ssim_avg8", "decoder_ssim_clean", "clean ceiling {:.3f}"),
         ("decoder SSIM, soft release", "decoder_ssim_soft", "decoder_ssim_label_floor", "mask-only floor {:.3f}"),
         ("decoder PSNR (dB), hard release", "decoder_psnr", "decoder_psnr_label_floor", "mask-only floor {:.2f}"),
+        ("decoder SSIM, plain noise (same mAP@.5)", "decoder_ssim_gaussian", "gaussian_scale", "scale {:.3g}"),
+        ("decoder PSNR (dB), plain noise", "decoder_psnr_gaussian", "gaussian_map50", "its mAP@.5 {:.1%}"),
     ):
         if key in priv:
             table.add_row(label, f"{priv[key]:.3f}", text.format(priv[other]) if other in priv else "")
