@@ -275,6 +275,15 @@ _PRIVACY_ROWS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...], str, str]
      "lower is more private"),
     ("Distance correlation dCor(input, obfuscated)", "dcor", ("dcor_label_floor",),
      ("dcor_clean",), "float", "0 = independent, 1 = fully dependent"),
+    # detection: the box-free release, and plain noise at the hard release's mAP@.5
+    ("Soft (box-free) release: decoder SSIM", "decoder_ssim_soft", ("decoder_ssim_label_floor",),
+     ("decoder_ssim_clean",), "float", "lower is more private"),
+    ("Soft (box-free) release: decoder PSNR", "decoder_psnr_soft", ("decoder_psnr_label_floor",),
+     ("decoder_psnr_clean",), "db", "lower is more private"),
+    ("Plain noise at the same mAP@.5: decoder SSIM", "decoder_ssim_gaussian", ("decoder_ssim_label_floor",),
+     ("decoder_ssim_clean",), "float", "the reference the release must beat"),
+    ("Plain noise at the same mAP@.5: decoder PSNR", "decoder_psnr_gaussian", ("decoder_psnr_label_floor",),
+     ("decoder_psnr_clean",), "db", "the reference the release must beat"),
 )
 
 

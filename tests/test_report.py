@@ -264,6 +264,18 @@ def test_report_detection_and_federated_sections(tmp_path: Path) -> None:
     assert "2025-01-02 03:04" in text
 
 
+def test_report_detection_privacy_shows_plain_noise_beside_the_release_and_says_who_wins(tmp_path: Path) -> None:
+    privacy = {"decoder_ssim": 0.84, "decoder_ssim_label_floor": 0.68, "decoder_ssim_clean": 0.9,
+               "decoder_ssim_gaussian": 0.82, "decoder_psnr": 30.0, "decoder_psnr_gaussian": 31.0,
+               "decoder_ssim_soft": 0.8, "reference_release": "hard",
+               "beats_gaussian": {"hard": {"decoder_ssim": False, "decoder_psnr": True}}}
+    run = _run_folder(tmp_path, metrics={"map": {"clean": 0.6}, "map50": {"clean": 0.9}, "privacy": privacy})
+    text = " ".join(write_report(run).read_text(encoding="utf-8").split())
+    assert "Plain noise at the same mAP@.5: decoder SSIM" in text and "Soft (box-free) release: decoder SSIM" in text
+    assert ("release does NOT beat plain Gaussian noise at the same mAP@.5 on decoder SSIM" in text)
+    assert "Beats gaussian" not in text  # the verdicts are sentences, not a raw row
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
