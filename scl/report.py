@@ -265,6 +265,9 @@ _PRIVACY_ROWS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...], str, str]
     ("Decoder inversion, SSIM of 8 noisy copies averaged", "decoder_ssim_avg8",
      ("decoder_ssim_avg8_label_floor", "decoder_ssim_label_floor"),
      ("decoder_ssim_avg8_clean", "decoder_ssim_clean"), "float", "lower is more private"),
+    ("Decoder inversion, PSNR of 8 noisy copies averaged", "decoder_psnr_avg8",
+     ("decoder_psnr_avg8_label_floor", "decoder_psnr_label_floor"),
+     ("decoder_psnr_avg8_clean", "decoder_psnr_clean"), "db", "lower is more private"),
     ("Decoder inversion, SSIM of luminance", "decoder_ssim_luma", ("decoder_ssim_luma_label_floor",),
      ("decoder_ssim_luma_clean",), "float", "lower is more private"),
     ("White-box inversion, SSIM", "whitebox_ssim",
@@ -433,7 +436,9 @@ def _privacy_section(metrics: Mapping[str, Any]) -> str:
             (gap, "num"),
             (_e(direction), "desc"),
         ])
-    extra = [k for k in privacy if k not in used and k != "beats_gaussian"]  # the verdicts are sentences below
+    # the verdicts and the reference's calibration are sentences below, not raw rows
+    context = ("beats_gaussian", "budget", "gaussian_scale", "gaussian_map50", "reference_release", "reference_map50")
+    extra = [k for k in privacy if k not in used and k not in context]
     for key in extra:
         rows.append([(_label(key), ""), (_fmt(privacy[key]), "num"), (DASH, "num"),
                      (DASH, "num"), (DASH, "num"), ("", "desc")])
@@ -443,6 +448,18 @@ def _privacy_section(metrics: Mapping[str, Any]) -> str:
     explanation = _EXPLANATION
     notes = "".join(f'<p class="note">{_e(line)}</p>'
                     for line in gaussian_verdicts(privacy, "mAP@.5" if "map" in metrics else "accuracy"))
+    scale, matched = _number(privacy.get("gaussian_scale")), _number(privacy.get("reference_map50"))
+    about = ""
+    if scale is not None and matched is not None:  # detection's plain-noise reference
+        noise_map = _number(privacy.get("gaussian_map50"))
+        about = (f"Plain noise: x + {scale:.3g}·ε, its scale found by bisection to match the "
+                 f"{privacy.get('reference_release', 'hard')} release's mAP@.5 ({100 * matched:.1f}%)"
+                 + (f"; it keeps {100 * noise_map:.1f}%" if noise_map is not None else "") + ". ")
+    if privacy.get("budget"):
+        about += f"Attack budget: {privacy['budget']}."
+    if about:
+        notes += f'<p class="note">{_e(about)}</p>'
+
     if "map" in metrics:  # detection: the floor decoder is given the class masks, not a label
         explanation = explanation.replace("who knows only the label", "who knows only the class masks (where each "
                                           "category's objects are)").replace("label-only floor", "mask-only floor")

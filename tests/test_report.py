@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -267,13 +268,19 @@ def test_report_detection_and_federated_sections(tmp_path: Path) -> None:
 def test_report_detection_privacy_shows_plain_noise_beside_the_release_and_says_who_wins(tmp_path: Path) -> None:
     privacy = {"decoder_ssim": 0.84, "decoder_ssim_label_floor": 0.68, "decoder_ssim_clean": 0.9,
                "decoder_ssim_gaussian": 0.82, "decoder_psnr": 30.0, "decoder_psnr_gaussian": 31.0,
-               "decoder_ssim_soft": 0.8, "reference_release": "hard",
+               "decoder_ssim_soft": 0.8, "decoder_psnr_avg8": 31.25, "reference_release": "hard",
+               "reference_map50": 0.969,
+               "gaussian_scale": 0.0653, "gaussian_map50": 0.97, "budget": "standard",
                "beats_gaussian": {"hard": {"decoder_ssim": False, "decoder_psnr": True}}}
     run = _run_folder(tmp_path, metrics={"map": {"clean": 0.6}, "map50": {"clean": 0.9}, "privacy": privacy})
-    text = " ".join(write_report(run).read_text(encoding="utf-8").split())
+    text = html.unescape(" ".join(write_report(run).read_text(encoding="utf-8").split()))
     assert "Plain noise at the same mAP@.5: decoder SSIM" in text and "Soft (box-free) release: decoder SSIM" in text
     assert ("release does NOT beat plain Gaussian noise at the same mAP@.5 on decoder SSIM" in text)
-    assert "Beats gaussian" not in text  # the verdicts are sentences, not a raw row
+    assert "Plain noise: x + 0.0653·ε, its scale found by bisection to match the hard release's mAP@.5 (96.9%)" in text
+    assert "Attack budget: standard." in text
+    assert "PSNR of 8 noisy copies averaged" in text
+    for raw in ("Beats gaussian", "Gaussian scale", "Reference map50", "decoder psnr avg8"):  # sentences, not raw rows
+        assert raw.lower() not in text.lower(), raw
 
 
 @pytest.mark.parametrize(
