@@ -8,6 +8,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from scl.cli import app
+from tests.test_commands import TINY_DEMO  # the smallest settings that still run every stage
 
 runner = CliRunner()
 DESIGN_PRIVACY_KEYS = {
@@ -19,10 +20,6 @@ DESIGN_PRIVACY_KEYS = {
 #: `--quick` with every attacker capped at two epochs: the attacks' code paths at a quarter of
 #: their cost (the uncapped quick demo is the slow test below, and `make demo` before a release).
 CAPPED_ATTACKS = ["--set", "attacks.max_epochs=2"]
-#: The smallest settings that still train and attack every release.
-TINY = ["--set", "network.epochs=2", "--set", "stage1.epochs=2", "--set", "stage2.epochs=1",
-        "--set", "gated.epochs=1", "--set", "attacks.max_epochs=1", "--set", "attacks.whitebox_images=4",
-        "--set", "attacks.whitebox_steps=2"]
 
 
 def _demo_quick(out, *extra):
@@ -77,8 +74,8 @@ def test_evaluate_updates_the_run(quick_run):
 
 def test_train_then_attack_fills_the_privacy_block(tmp_path):
     out = tmp_path / "trained"
-    # the attack command reads its settings from the run's config.json, TINY's caps included
-    result = runner.invoke(app, ["train", "--quick", "--out", str(out), "--no-progress", *TINY])
+    # the attack command reads its settings from the run's config.json, TINY_DEMO's caps included
+    result = runner.invoke(app, ["train", "--quick", "--out", str(out), "--no-progress", *TINY_DEMO])
     assert result.exit_code == 0, result.output
     assert "privacy" not in json.loads((out / "metrics.json").read_text())
     result = runner.invoke(app, ["attack", str(out), "--no-progress"])

@@ -137,10 +137,8 @@ def demo_run(request, tmp_path_factory) -> tuple[str, Path, str]:
     out = tmp_path_factory.mktemp(f"demo-{mode}") / "run"
     args = ["--quick", "--out", str(out), *TINY_DEMO]
     if mode == "pipe" and _make_is_ready():
-        done = subprocess.run(["make", "demo", f"DEMO_ARGS={' '.join(args)}"], cwd=REPO, env=_env(),
-                              stdin=subprocess.DEVNULL, capture_output=True, timeout=TIMEOUT_S, check=False)
-        output = (done.stdout + done.stderr).decode(errors="replace")
-        assert done.returncode == 0, output[-4000:]
+        code, output = _run_piped(["make", "demo", f"DEMO_ARGS={' '.join(args)}"], REPO)
+        assert code == 0, f"`make demo` exited {code}:\n{output[-4000:]}"
         assert "Traceback" not in output, output[-4000:]
         return "make", out, output
     return mode, out, run_command(["demo", *args], mode, out.parent)
