@@ -54,6 +54,9 @@ def test_demo_quick_writes_the_whole_run_folder(quick_run):
             assert image.size[0] > 100 and image.size[1] > 100
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dataset"] == "digits-tinted" and metrics["num_classes"] == 10
+    # images per split, which the budget's test check reads (a small test split widens its margin)
+    assert set(metrics["splits"]) == {"task", "obfuscator", "attacker", "test"}
+    assert sum(metrics["splits"].values()) == 1797
     assert set(metrics["accuracy"]) == {"clean", "hard", "soft", "gated"}
     assert DESIGN_PRIVACY_KEYS <= set(metrics["privacy"])
     assert {"base", "stage1", "stage2", "attacks"} <= set(metrics["seconds"])

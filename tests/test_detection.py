@@ -270,6 +270,7 @@ def test_detect_quick_writes_the_run_folder(tmp_path):
     assert verdict in " ".join(result.output.split()) and verdict in html_text(out)
     assert any(t["target"].startswith("< plain noise at the same mAP@.5") for t in metrics["targets"])
     assert metrics["dataset"] == "scenes" and metrics["num_classes"] == 3
+    assert set(metrics["splits"]) == {"train", "obfuscator", "attacker", "test"} and min(metrics["splits"].values()) > 0
     assert {"base", "stage1", "stage2", "attacks"} <= set(metrics["seconds"])
     assert metrics["targets"][0]["name"].startswith("clean - soft mAP@.5")
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]

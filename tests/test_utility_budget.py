@@ -263,3 +263,41 @@ def test_the_report_and_summary_say_where_the_budget_failed(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     page = write_report(tmp_path).read_text()
     assert "Utility budget" in page and "budget cannot be met" in page and "more than the budget" in page
+
+
+def test_a_small_test_split_widens_the_test_margin_and_says_so(tmp_path):
+    import json
+    import math
+
+    from scl.report import MIN_TEST_IMAGES, TEST_MARGIN, budget_lines, budget_test_margin, write_report
+
+    record = {"max_accuracy_loss": 1.0, "feasible": True, "validation_loss": 0.5, "epoch": 3, "multiplier": [1.0],
+              "validation_losses": [0.5], "clean_validation_accuracy": 0.9, "validation_images": 60}
+    # soft loses 3.5 points on test: 2.5 over a budget of 1
+    metrics = {"accuracy": {"clean": 0.95, "soft": 0.915}, "utility": {"soft": record}}
+    assert budget_test_margin(metrics, "soft") == (TEST_MARGIN, "")  # split sizes unknown: as before
+    (line, met), = budget_lines({**metrics, "splits": {"test": MIN_TEST_IMAGES}})
+    assert not met and "2.5 points more than the budget" in line and "fewer than" not in line
+
+    small = {**metrics, "splits": {"test": 120}}
+    margin, caveat = budget_test_margin(small, "soft")
+    error = 100 * math.sqrt(2 * 0.915 * 0.085 / 120)  # binomial, in points
+    assert margin == pytest.approx(2 * error) and margin > 2.5
+    assert "120 images, fewer than 300" in caveat and f"±{error:.1f} points" in caveat
+    (line, met), = budget_lines(small)
+    assert met, "2.5 points over is within two standard errors on 120 images"
+    assert "more than the budget" not in line and "120 images" in line and f"{margin:.1f} points" in line
+
+    # beyond two standard errors it is flagged again, with the caveat beside it
+    (line, met), = budget_lines({**small, "accuracy": {"clean": 0.95, "soft": 0.80}})
+    assert not met and "more than the budget" in line and "120 images" in line
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "metrics.json").write_text(json.dumps(small))
+    page = write_report(tmp_path).read_text()
+    assert "The test split holds 120 images" in page and "more than the budget" not in page
+
+    # detection measures mAP: the split size is said, the margin stays as it is
+    detection = {"map50": {"clean": 0.99, "hard": 0.96}, "splits": {"test": 100}, "utility": {"stage1": record}}
+    margin, caveat = budget_test_margin(detection, "stage1")
+    assert margin == TEST_MARGIN and "100 images" in caveat and "rough check" in caveat

@@ -863,6 +863,7 @@ def write_outputs(exp: Experiment, folder: Path, log: RunLog, name: str | None =
     exp.metrics["dataset"] = exp.dataset.name
     exp.metrics["num_classes"] = exp.dataset.num_classes
     exp.metrics["input_shape"] = list(exp.dataset.image_shape)
+    exp.metrics["splits"] = {name: len(part) for name, part in exp.splits.items()}  # images per split
     exp.metrics["targets"] = targets(exp.metrics)
     write_json(folder / "metrics.json", exp.metrics)
     write_json(folder / "config.json", exp.config)

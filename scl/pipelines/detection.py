@@ -627,6 +627,7 @@ def write_outputs(exp: DetectionExperiment, folder: Path, log: RunLog, name: str
     exp.metrics["num_classes"] = exp.dataset.num_classes
     exp.metrics["class_names"] = list(names)
     exp.metrics["input_shape"] = [exp.dataset.channels, *exp.dataset.image_size]
+    exp.metrics["splits"] = {name: len(part) for name, part in exp.splits.items()}  # images per split
     exp.metrics["objects"] = {k: v.num_objects for k, v in exp.splits.items()}
     exp.metrics["targets"] = targets(exp.metrics)
     write_json(folder / "metrics.json", exp.metrics)

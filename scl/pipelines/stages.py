@@ -376,12 +376,6 @@ class UtilityBudget:
             correct += float((self.network(release(self.x, self.y)).argmax(-1) == self.y).float().mean())
         return 100.0 * (self.clean - correct / count)
 
-    def standard_error(self, loss: float) -> float:
-        """A rough standard error of a measured loss in points (binomial on the validation size)."""
-        n = self.x.shape[0]
-        p = min(max(self.clean - loss / 100, 1 / n), 1 - 1 / n)
-        return 100.0 * math.sqrt(2 * p * (1 - p) / n)
-
 
 def _check_budget(value: Any, measure: str, x: Tensor) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 100:
