@@ -533,7 +533,7 @@ def budget_test_margin(metrics: Mapping[str, Any], stage: str) -> tuple[float, s
 
 def budget_lines(metrics: Mapping[str, Any]) -> list[tuple[str, bool]]:
     """One sentence per constrained stage (``metrics["utility"]``) and whether its budget was met."""
-    from scl.pipelines.stages import gave_up
+    from scl.pipelines.stages import gave_up, points
 
     utility = metrics.get("utility")
     if not isinstance(utility, Mapping):
@@ -560,7 +560,7 @@ def budget_lines(metrics: Mapping[str, Any]) -> list[tuple[str, bool]]:
                 text += f"; the test split loses {test - limit:.1f} points more than the budget"
         else:
             text = (f"budget {budget:g} {unit}, {release} release: CANNOT be met; the closest point reached loses "
-                    f"{val:.1f} points on validation{test_text}. More data, a larger {option} or a "
+                    f"{points(val, limit)} points on validation{test_text}. More data, a larger {option} or a "
                     "stronger layer would help")
             stopped = gave_up(record)
             text += f" ({stopped})" if stopped else ""

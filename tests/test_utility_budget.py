@@ -301,3 +301,16 @@ def test_a_small_test_split_widens_the_test_margin_and_says_so(tmp_path):
     detection = {"map50": {"clean": 0.99, "hard": 0.96}, "splits": {"test": 100}, "utility": {"stage1": record}}
     margin, caveat = budget_test_margin(detection, "stage1")
     assert margin == TEST_MARGIN and "100 images" in caveat and "rough check" in caveat
+
+
+def test_a_loss_just_over_the_budget_does_not_read_as_the_budget():
+    from scl.pipelines.stages import points
+    from scl.report import budget_lines
+
+    assert points(1.0416, 1.0) == "1.04" and points(0.996, 1.0) == "0.996" and points(1.0, 1.0) == "1.0"
+    assert points(5.83, 1.0) == "5.8" and points(2.0) == "2.0"
+    record = {"max_accuracy_loss": 1.0, "feasible": False, "validation_loss": 1.0416, "epoch": 37,
+              "multiplier": [1.0], "validation_losses": [1.0416], "clean_validation_accuracy": 0.9,
+              "validation_images": 180}
+    (line, met), = budget_lines({"utility": {"stage1": record}})
+    assert not met and "CANNOT be met" in line and "loses 1.04 points on validation" in line

@@ -492,9 +492,18 @@ class BudgetResult:
                     f"(budget {self.budget:g}), {epoch}")
         stopped = gave_up(self.as_dict())
         return (f"{stage}: the budget of {self.budget:g} {unit} CANNOT be met: the closest point reached "
-                f"loses {self.validation_loss:.1f} points on validation ({epoch}). More data, a "
+                f"loses {points(self.validation_loss, self.budget)} points on validation ({epoch}). More data, a "
                 f"larger budget ({self.option}) or a stronger layer would help"
                 + (f" ({stopped})" if stopped else ""))
+
+
+def points(value: float, budget: float | None = None) -> str:
+    """``value`` points to one decimal, or to as many more (at most 3) as it takes not to read as
+    the budget itself: a loss of 1.04 against a budget of 1 is ``"1.04"``, not ``"1.0"``."""
+    digits = 1
+    while budget is not None and digits < 3 and value != budget and round(value, digits) == round(budget, digits):
+        digits += 1
+    return f"{value:.{digits}f}"
 
 
 def gave_up(record: Mapping[str, Any]) -> str:
