@@ -560,7 +560,7 @@ def budget_lines(metrics: Mapping[str, Any]) -> list[tuple[str, bool]]:
                 text += f"; the test split loses {test - limit:.1f} points more than the budget"
         else:
             text = (f"budget {budget:g} {unit}, {release} release: CANNOT be met; the closest point reached loses "
-                    f"{points(float(val), limit)} points on validation{test_text}. More data, a larger {option} or a "
+                    f"{points(float(val or 0.0), limit)} points on validation{test_text}. More data, a larger {option} or a "
                     "stronger layer would help")
             stopped = gave_up(record)
             text += f" ({stopped})" if stopped else ""
