@@ -500,35 +500,47 @@ MIN_TEST_IMAGES = 300
 TEST_MARGIN = 1.5
 
 
-def budget_test_margin(metrics: Mapping[str, Any], stage: str) -> tuple[float, str]:
-    """How many points over its budget ``stage``'s release may lose on the test split before the
-    run flags it, and a sentence saying why when that is not :data:`TEST_MARGIN`.
+def budget_test_check(metrics: Mapping[str, Any], stage: str, budget: float | None,
+                      test: float | None) -> tuple[bool, str]:
+    """Whether ``stage``'s release lost too much on the test split (``test`` points against a
+    budget of ``budget``), and what to say about it (``""``: nothing).
 
     With at least :data:`MIN_TEST_IMAGES` test images (or when the run does not record its split
-    sizes), the margin is :data:`TEST_MARGIN`. A smaller test split measures the loss too coarsely
-    for that: the margin is then two standard errors of the measured loss, at least
-    :data:`TEST_MARGIN`, and the sentence gives the split size and the standard error. For accuracy
-    the standard error is binomial, ``sqrt(2 p (1 - p) / n)`` for a release of test accuracy ``p``
-    on ``n`` images (clean and release counted as independent, an upper bound for the paired
-    difference); mAP has no closed form, so detection states only the split size.
+    sizes), a release is flagged beyond :data:`TEST_MARGIN` points over the budget. A smaller test
+    split measures the loss too coarsely for that margin: it is flagged only beyond two standard
+    errors of the measured loss (at least :data:`TEST_MARGIN`), and the sentence gives the split
+    size and the standard error. For accuracy the standard error is binomial,
+    ``sqrt(2 p (1 - p) / n)`` for a release of test accuracy ``p`` on ``n`` images (clean and
+    release counted as independent: an upper bound for their paired difference); mAP has no
+    closed form, so for detection the sentence states the split size and the margin stays.
     """
+    if test is None or budget is None:
+        return False, ""
     splits = metrics.get("splits")
     images = _number(splits.get("test")) if isinstance(splits, Mapping) else None
+    over_by = test - budget
     if images is None or images >= MIN_TEST_IMAGES:
-        return TEST_MARGIN, ""
-    n = int(images)
+        over = over_by > TEST_MARGIN
+        return over, f"the test split loses {over_by:.1f} points more than the budget" if over else ""
+    n = max(int(images), 1)
+    small = f"a test split of {n} images, fewer than {MIN_TEST_IMAGES}"
     accuracy = metrics.get("accuracy")
-    release = _BUDGET_RELEASES.get(stage, stage)
-    p = _number(accuracy.get(release)) if isinstance(accuracy, Mapping) and "map50" not in metrics else None
-    if p is None or n < 1:
-        return TEST_MARGIN, (f"the test split holds {n} images, fewer than {MIN_TEST_IMAGES}: its loss is a rough "
-                             "check of the budget")
+    p = _number(accuracy.get(_BUDGET_RELEASES.get(stage, stage))) \
+        if isinstance(accuracy, Mapping) and "map50" not in metrics else None
+    if p is None:
+        over = over_by > TEST_MARGIN
+        if over:
+            return True, f"the test split loses {over_by:.1f} points more than the budget ({small})"
+        return False, f"{small}: its loss is a rough check of the budget"
     p = min(max(p, 1 / (n + 1)), 1 - 1 / (n + 1))
     error = 100.0 * math.sqrt(2 * p * (1 - p) / n)
-    margin = max(TEST_MARGIN, 2 * error)
-    return margin, (f"the test split holds {n} images, fewer than {MIN_TEST_IMAGES}: its loss is measured to "
-                    f"about ±{error:.1f} points (one standard error), so the run flags it only beyond "
-                    f"{margin:.1f} points over the budget")
+    if over_by > max(TEST_MARGIN, 2 * error):
+        return True, (f"the test split loses {over_by:.1f} points more than the budget, beyond two standard "
+                      f"errors (±{error:.1f} points) of {small}")
+    if over_by > TEST_MARGIN:
+        return False, (f"the test split loses {over_by:.1f} points more than the budget, within two standard "
+                       f"errors (±{error:.1f} points) of {small}")
+    return False, f"{small}: its loss is measured to about ±{error:.1f} points (one standard error)"
 
 
 def budget_lines(metrics: Mapping[str, Any]) -> list[tuple[str, bool]]:
@@ -548,24 +560,20 @@ def budget_lines(metrics: Mapping[str, Any]) -> list[tuple[str, bool]]:
         test = tests.get(stage)
         test_text = "" if test is None else f", {test:.1f} on the test split"
         limit = _number(budget)
-        margin, caveat = budget_test_margin(metrics, stage)
-        over = test is not None and limit is not None and test > limit + margin
+        over, check = budget_test_check(metrics, stage, limit, test)
         measure = record.get("measure", "accuracy")
-        unit = "points" if measure == "accuracy" else f"points of {measure}"
+        unit = ("point" if _number(budget) == 1 else "points") + ("" if measure == "accuracy" else f" of {measure}")
         option = "--max-accuracy-loss" if measure == "accuracy" else "--max-map-loss"
         if record["feasible"]:
             text = (f"budget {budget:g} {unit}, {release} release: met on validation ({val:.1f} points lost on "
                     f"{record.get('validation_images', '?')} validation images{test_text})")
-            if over and test is not None and limit is not None:
-                text += f"; the test split loses {test - limit:.1f} points more than the budget"
+            text += f"; {check}" if check else ""
         else:
             text = (f"budget {budget:g} {unit}, {release} release: CANNOT be met; the closest point reached loses "
-                    f"{points(float(val or 0.0), limit)} points on validation{test_text}. More data, a larger {option} or a "
-                    "stronger layer would help")
+                    f"{points(float(val or 0.0), limit)} points on validation{test_text}. More data, a larger "
+                    f"{option} or a stronger layer would help")
             stopped = gave_up(record)
             text += f" ({stopped})" if stopped else ""
-        if caveat and test is not None:
-            text += f"; {caveat}"
         lines.append((text, bool(record["feasible"]) and not over))
     return lines
 
@@ -590,12 +598,10 @@ def _budget_section(metrics: Mapping[str, Any]) -> str:
         if stopped:
             verdict += f"<br>{_e(stopped)}"
         test, budget = tests.get(stage), _number(_budget_of(record))
-        margin, caveat = budget_test_margin(metrics, stage)
-        if test is not None and budget is not None and test > budget + margin:
-            verdict += (f'<br><span class="notmet">the test split loses {test - budget:.1f} points more than '
-                        "the budget</span>")
-        if caveat and test is not None:
-            verdict += f"<br>{_e(caveat[0].upper() + caveat[1:])}."
+        over, check = budget_test_check(metrics, stage, budget, test)
+        if record["feasible"] and check:
+            check = _e(check[0].upper() + check[1:]) + "."
+            verdict += f'<br><span class="notmet">{check}</span>' if over else f"<br>{check}"
         rows.append([(_e(stage), ""), (_e(_BUDGET_RELEASES.get(stage, stage)), ""),
                      (_fmt(_budget_of(record)), "num"), (_fmt(record.get("validation_loss")), "num"),
                      (_fmt(tests.get(stage)), "num"), (_fmt(record.get("epoch"), "int"), "num"),

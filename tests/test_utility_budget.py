@@ -269,38 +269,43 @@ def test_a_small_test_split_widens_the_test_margin_and_says_so(tmp_path):
     import json
     import math
 
-    from scl.report import MIN_TEST_IMAGES, TEST_MARGIN, budget_lines, budget_test_margin, write_report
+    from scl.report import MIN_TEST_IMAGES, budget_lines, budget_test_check, write_report
 
     record = {"max_accuracy_loss": 1.0, "feasible": True, "validation_loss": 0.5, "epoch": 3, "multiplier": [1.0],
               "validation_losses": [0.5], "clean_validation_accuracy": 0.9, "validation_images": 60}
     # soft loses 3.5 points on test: 2.5 over a budget of 1
     metrics = {"accuracy": {"clean": 0.95, "soft": 0.915}, "utility": {"soft": record}}
-    assert budget_test_margin(metrics, "soft") == (TEST_MARGIN, "")  # split sizes unknown: as before
+    over, text = budget_test_check(metrics, "soft", 1.0, 3.5)  # split sizes unknown: the 1.5-point margin
+    assert over and text == "the test split loses 2.5 points more than the budget"
     (line, met), = budget_lines({**metrics, "splits": {"test": MIN_TEST_IMAGES}})
     assert not met and "2.5 points more than the budget" in line and "fewer than" not in line
+    assert budget_test_check(metrics, "soft", 1.0, 0.4) == (False, "")
 
     small = {**metrics, "splits": {"test": 120}}
-    margin, caveat = budget_test_margin(small, "soft")
-    error = 100 * math.sqrt(2 * 0.915 * 0.085 / 120)  # binomial, in points
-    assert margin == pytest.approx(2 * error) and margin > 2.5
-    assert "120 images, fewer than 300" in caveat and f"±{error:.1f} points" in caveat
+    error = 100 * math.sqrt(2 * 0.915 * 0.085 / 120)  # binomial, in points: 3.6
     (line, met), = budget_lines(small)
     assert met, "2.5 points over is within two standard errors on 120 images"
-    assert "more than the budget" not in line and "120 images" in line and f"{margin:.1f} points" in line
+    assert "2.5 points more than the budget, within two standard errors" in line
+    assert f"±{error:.1f} points" in line and "120 images, fewer than 300" in line
+    over, text = budget_test_check(small, "soft", 1.0, 0.4)  # within the budget: the precision is still said
+    assert not over and text == ("a test split of 120 images, fewer than 300: its loss is measured to about "
+                                 f"±{error:.1f} points (one standard error)")
 
-    # beyond two standard errors it is flagged again, with the caveat beside it
+    # beyond two standard errors it is flagged again, with the reason beside it
     (line, met), = budget_lines({**small, "accuracy": {"clean": 0.95, "soft": 0.80}})
-    assert not met and "more than the budget" in line and "120 images" in line
+    assert not met and "more than the budget, beyond two standard errors" in line and "120 images" in line
 
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "metrics.json").write_text(json.dumps(small))
     page = write_report(tmp_path).read_text()
-    assert "The test split holds 120 images" in page and "more than the budget" not in page
+    assert "The test split loses 2.5 points more than the budget, within two standard errors" in page
 
-    # detection measures mAP: the split size is said, the margin stays as it is
-    detection = {"map50": {"clean": 0.99, "hard": 0.96}, "splits": {"test": 100}, "utility": {"stage1": record}}
-    margin, caveat = budget_test_margin(detection, "stage1")
-    assert margin == TEST_MARGIN and "100 images" in caveat and "rough check" in caveat
+    # detection measures mAP: the split size is said, the margin stays at 1.5 points
+    detection = {"map50": {"clean": 0.99, "hard": 0.96}, "splits": {"test": 100}}
+    assert budget_test_check(detection, "stage1", 3.0, 2.0) == (
+        False, "a test split of 100 images, fewer than 300: its loss is a rough check of the budget")
+    over, text = budget_test_check(detection, "stage1", 3.0, 5.0)
+    assert over and "2.0 points more than the budget (a test split of 100 images" in text
 
 
 def test_a_loss_just_over_the_budget_does_not_read_as_the_budget():
