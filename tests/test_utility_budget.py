@@ -157,6 +157,7 @@ def test_an_unreachable_budget_is_said_plainly():
     assert not result.feasible and result.validation_loss > 1.0
     message = result.message("stage1")
     assert "CANNOT be met" in message and "closest point" in message and "--max-accuracy-loss" in message
+    assert "the budget of 1 point CANNOT be met" in message
     assert result.as_dict()["feasible"] is False
 
 

@@ -485,13 +485,15 @@ class BudgetResult:
         }
 
     def message(self, stage: str) -> str:
-        unit = "points" if self.measure == "accuracy" else f"points of {self.measure}"
+        of = "" if self.measure == "accuracy" else f" of {self.measure}"
+        unit = f"points{of}"
         epoch = "the start, epoch 0" if self.epoch == 0 else f"epoch {self.epoch}"
         if self.feasible:
             return (f"{stage}: within the budget, {self.validation_loss:.1f} {unit} lost on validation "
                     f"(budget {self.budget:g}), {epoch}")
         stopped = gave_up(self.as_dict())
-        return (f"{stage}: the budget of {self.budget:g} {unit} CANNOT be met: the closest point reached "
+        budget_unit = f"point{of}" if self.budget == 1 else unit
+        return (f"{stage}: the budget of {self.budget:g} {budget_unit} CANNOT be met: the closest point reached "
                 f"loses {points(self.validation_loss, self.budget)} points on validation ({epoch}). More data, a "
                 f"larger budget ({self.option}) or a stronger layer would help"
                 + (f" ({stopped})" if stopped else ""))
