@@ -591,7 +591,8 @@ def budget_curves(
             right.plot([kept], [test], "x", color=colour, ms=9, mew=2, label=f"{label}, test (kept epoch)")
         budget = _finite(record.get("max_loss", record.get("max_accuracy_loss")))
     if budget is not None:
-        right.axhline(budget, ls="--", color="#c44e52", lw=1.2, label=f"budget ({budget:g} points)")
+        unit = "point" if budget == 1 else "points"
+        right.axhline(budget, ls="--", color="#c44e52", lw=1.2, label=f"budget ({budget:g} {unit})")
     left.set_yscale("log")
     left.set_xlabel("epoch")
     left.set_ylabel("multiplier μ on the task loss")
