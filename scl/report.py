@@ -545,7 +545,7 @@ def budget_test_check(metrics: Mapping[str, Any], stage: str, budget: float | No
 
 def budget_lines(metrics: Mapping[str, Any]) -> list[tuple[str, bool]]:
     """One sentence per constrained stage (``metrics["utility"]``) and whether its budget was met."""
-    from scl.pipelines.stages import gave_up, points
+    from scl.pipelines.stages import budget_words, gave_up, points
 
     utility = metrics.get("utility")
     if not isinstance(utility, Mapping):
@@ -562,14 +562,14 @@ def budget_lines(metrics: Mapping[str, Any]) -> list[tuple[str, bool]]:
         limit = _number(budget)
         over, check = budget_test_check(metrics, stage, limit, test)
         measure = record.get("measure", "accuracy")
-        unit = ("point" if _number(budget) == 1 else "points") + ("" if measure == "accuracy" else f" of {measure}")
         option = "--max-accuracy-loss" if measure == "accuracy" else "--max-map-loss"
+        words = budget_words(budget, measure)
         if record["feasible"]:
-            text = (f"budget {budget:g} {unit}, {release} release: met on validation ({val:.1f} points lost on "
+            text = (f"budget {words}, {release} release: met on validation ({val:.1f} points lost on "
                     f"{record.get('validation_images', '?')} validation images{test_text})")
             text += f"; {check}" if check else ""
         else:
-            text = (f"budget {budget:g} {unit}, {release} release: CANNOT be met; the closest point reached loses "
+            text = (f"budget {words}, {release} release: CANNOT be met; the closest point reached loses "
                     f"{points(float(val or 0.0), limit)} points on validation{test_text}. More data, a larger "
                     f"{option} or a stronger layer would help")
             stopped = gave_up(record)
@@ -599,7 +599,7 @@ def _budget_section(metrics: Mapping[str, Any]) -> str:
             verdict += f"<br>{_e(stopped)}"
         test, budget = tests.get(stage), _number(_budget_of(record))
         over, check = budget_test_check(metrics, stage, budget, test)
-        if record["feasible"] and check:
+        if check and (record["feasible"] or over):  # a stage out of reach: only a test loss over the margin
             check = _e(check[0].upper() + check[1:]) + "."
             verdict += f'<br><span class="notmet">{check}</span>' if over else f"<br>{check}"
         rows.append([(_e(stage), ""), (_e(_BUDGET_RELEASES.get(stage, stage)), ""),

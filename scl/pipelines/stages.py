@@ -485,18 +485,22 @@ class BudgetResult:
         }
 
     def message(self, stage: str) -> str:
-        of = "" if self.measure == "accuracy" else f" of {self.measure}"
-        unit = f"points{of}"
+        unit = "points" if self.measure == "accuracy" else f"points of {self.measure}"
         epoch = "the start, epoch 0" if self.epoch == 0 else f"epoch {self.epoch}"
         if self.feasible:
             return (f"{stage}: within the budget, {self.validation_loss:.1f} {unit} lost on validation "
                     f"(budget {self.budget:g}), {epoch}")
         stopped = gave_up(self.as_dict())
-        budget_unit = f"point{of}" if self.budget == 1 else unit
-        return (f"{stage}: the budget of {self.budget:g} {budget_unit} CANNOT be met: the closest point reached "
-                f"loses {points(self.validation_loss, self.budget)} points on validation ({epoch}). More data, a "
-                f"larger budget ({self.option}) or a stronger layer would help"
+        return (f"{stage}: the budget of {budget_words(self.budget, self.measure)} CANNOT be met: the closest "
+                f"point reached loses {points(self.validation_loss, self.budget)} points on validation ({epoch}). "
+                f"More data, a larger budget ({self.option}) or a stronger layer would help"
                 + (f" ({stopped})" if stopped else ""))
+
+
+def budget_words(budget: float, measure: str = "accuracy") -> str:
+    """A budget as words: ``"1 point"``, ``"2.5 points"``, ``"3 points of mAP@.5"``."""
+    of = "" if measure == "accuracy" else f" of {measure}"
+    return f"{budget:g} {'point' if budget == 1 else 'points'}{of}"
 
 
 def points(value: float, budget: float | None = None) -> str:
