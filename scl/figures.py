@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "accuracy_vs_share",
     "boxes_overlay",
+    "frontier",
     "image_grid",
     "selection_maps",
     "tradeoff_curve",
@@ -605,3 +606,87 @@ def budget_curves(
     left.legend(fontsize=7)
     right.legend(fontsize=7)
     return _save(fig, path)
+
+
+#: The frontier's method styles: scl's releases solid and bold, the baselines dashed.
+_FRONTIER_STYLE = {
+    "identity": ("#000000", "*"),
+    "gaussian": ("#8c8c8c", "o"),
+    "laplace": ("#b07aa1", "o"),
+    "shredder": ("#937860", "s"),
+    "cloak": ("#dd8452", "D"),
+    "nopeek": ("#8172b3", "^"),
+    "scl-hard": ("#4c72b0", "v"),
+    "scl-soft": ("#64b5cd", "P"),
+    "scl-gated": ("#55a868", "X"),
+}
+_FRONTIER_LABELS = {"decoder_ssim": "decoder SSIM", "reid_top1": "re-identification top-1"}
+
+
+def frontier(
+    methods: Mapping[str, Sequence[Mapping[str, Any]]],
+    key: str,
+    path: str | os.PathLike[str],
+    *,
+    clean_accuracy: float,
+    floor: float | None = None,
+    budgets: Sequence[float] = (),
+) -> Path:
+    """The privacy-utility frontier: test accuracy (x) against one privacy figure (y), one curve per
+    method through its points at each budget (``scl bench privacy``).
+
+    Args:
+        methods: ``metrics["methods"]``: per method, entries with ``budget``, ``accuracy``
+            (fraction), ``feasible`` (within the budget on validation) and ``key``.
+        key: the figure on the y axis (``decoder_ssim`` or ``reid_top1``); lower is more private.
+        path: where the PNG goes.
+        clean_accuracy: N's clean test accuracy, drawn as a vertical line (the ceiling of utility).
+        floor: the figure's label-only floor, drawn as a horizontal line.
+        budgets: the budgets of the run; the x axis spans them (a release far below the largest
+            budget is listed under the axes instead of squeezing the others into a corner).
+    """
+    fig = _new_figure(8.6, 4.8)
+    ax = fig.subplots()
+    widest = max([*budgets, 1.0])
+    left = clean_accuracy - (widest + 3.0) / 100.0
+    right = clean_accuracy + 0.01
+    off_axis = []
+    for name, entries in methods.items():
+        points = sorted((float(e["accuracy"]), float(e[key]), bool(e.get("feasible", True))) for e in entries
+                        if _finite(e.get(key)) is not None and _finite(e.get("accuracy")) is not None)
+        if not points:
+            continue
+        colour, marker = _FRONTIER_STYLE.get(name, ("#4c72b0", "o"))
+        shown = [p for p in points if p[0] >= left]
+        right = max([right, *(p[0] + 0.005 for p in shown)])
+        off_axis += [f"{name} {100 * a:.1f}%: {v:.3f}" for a, v, _ in points if a < left]
+        scl_release = name.startswith("scl-")
+        if shown:
+            ax.plot([p[0] for p in shown], [p[1] for p in shown], ls="-" if scl_release else "--", marker=marker,
+                    color=colour, lw=2.2 if scl_release else 1.2, ms=9 if name == "identity" else 6,
+                    label=name if name != "identity" else "identity (no privacy)")
+            hollow = [p for p in shown if not p[2]]
+            if hollow:
+                ax.plot([p[0] for p in hollow], [p[1] for p in hollow], "o", ms=12, mfc="none", mec="#c44e52",
+                        mew=1.2)
+    if floor is not None and _finite(floor) is not None:
+        ax.axhline(float(floor), ls=":", color="#c44e52", lw=1.4, label=f"label-only floor ({float(floor):.3f})")
+    ax.axvline(clean_accuracy, ls=":", color="#55a868", lw=1.4, label=f"clean accuracy ({clean_accuracy:.1%})")
+    ax.plot([], [], "o", ms=12, mfc="none", mec="#c44e52", mew=1.2, label="not within its budget (validation)")
+    ax.set_xlim(left, min(1.0, right) + 0.005)
+    _percent_axis(ax.xaxis)
+    if key.startswith("reid"):
+        _percent_axis(ax.yaxis)
+    label = _FRONTIER_LABELS.get(key, key)
+    ax.set_xlabel("test accuracy of the task network on the release (right = more useful)")
+    ax.set_ylabel(f"{label} (lower = more private)")
+    ax.set_title(f"accuracy against {label}, one point per budget")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if off_axis:
+        import textwrap
+
+        note = "left of the axis (accuracy: value): " + ", ".join(off_axis)
+        ax.text(0.0, -0.13, "\n".join(textwrap.wrap(note, 150)), transform=ax.transAxes, va="top", fontsize=7,
+                color="#555555")
+    return _save(fig, path, tight=True)

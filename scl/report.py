@@ -55,6 +55,11 @@ CAPTIONS: dict[str, str] = {
     "and the test loss of the release kept (cross).",
     "accuracy_vs_share": "Federated learning: test accuracy against the share p of clients that "
     "send clean data.",
+    "frontier_ssim": "The privacy-utility frontier (scl bench privacy): test accuracy against the decoder's SSIM, "
+    "one point per budget and method; lower is more private, right is more useful. The dotted lines are the "
+    "label-only floor and the clean accuracy; a red ring marks a release that was not within its budget.",
+    "frontier_reid": "The same frontier for re-identification top-1 (the share of test images matched to "
+    "their source among all clean test images).",
     "detections": "Detections on test images (boxes: x1, y1, x2, y2).",
     "boxes": "Detections on test images (boxes: x1, y1, x2, y2).",
 }
@@ -618,6 +623,77 @@ def _budget_section(metrics: Mapping[str, Any]) -> str:
     return "<h2>Utility budget</h2>" + _table(header, rows) + note
 
 
+def verdict_lines(metrics: Mapping[str, Any]) -> list[tuple[str, bool]]:
+    """``scl bench privacy``: one sentence per budget of ``metrics["verdict"]``, and whether it meets
+    the targets (for the terminal, ``table.md`` and the report)."""
+    lines = []
+    for row in metrics.get("verdict", []):
+        budget = f"{row['budget']:g} {'point' if row['budget'] == 1 else 'points'}"
+        if row.get("release") is None:
+            lines.append((f"budget {budget}: {row.get('reason', 'no label-free scl release')}", False))
+            continue
+        parts = [f"budget {budget}: {row['release']} re-identification {100 * row['reid_top1']:.1f}%, "
+                 f"decoder SSIM {row['decoder_ssim']:.3f}"]
+        for label, key, scale in (("re-identification", "reid", 100.0), ("SSIM", "ssim", 1.0)):
+            rival = row.get(f"best_other_{key}")
+            if rival is not None:
+                value = rival["value"] * scale
+                text = f"{value:.1f}%" if key == "reid" else f"{value:.3f}"
+                word = "lowest" if row[f"lowest_{key}"] else "NOT the lowest"
+                parts.append(f"{word} {label} (next best {rival['method']} {text})")
+        if row.get("beats_cloak_reid") is None:
+            parts.append("cloak (scl without classes) was not within the budget")
+        else:
+            word = "beats" if row["beats_cloak_reid"] else "does NOT clearly beat"
+            parts.append(f"{word} cloak on re-identification ({100 * row['cloak_reid_top1']:.1f}%, "
+                         f"margin 2 se = {100 * row['cloak_margin']:.1f} points)")
+        if not row.get("target"):
+            parts.append("(beyond the targets' 2 points)")
+        lines.append(("; ".join(parts), bool(row["met"])))
+    return lines
+
+
+def _frontier_section(metrics: Mapping[str, Any]) -> str:
+    """``scl bench privacy``: the verdict per budget, every method's entries and the references."""
+    methods = metrics.get("methods")
+    if not isinstance(methods, Mapping) or not methods:
+        return ""
+    verdict = "".join(f'<li class="{"met" if met else "notmet"}">{_e(text)}</li>'
+                      for text, met in verdict_lines(metrics))
+    rows = []
+    for name, entries in methods.items():
+        for entry in entries if isinstance(entries, Sequence) else ():
+            rows.append([
+                (_e(name), ""),
+                (_e(f"{entry['budget']:g}") if _number(entry.get("budget")) is not None else DASH, "num"),
+                (_fmt(entry.get("accuracy"), "pct"), "num"),
+                ("yes" if entry.get("feasible") else '<span class="notmet">NO</span>', "num"),
+                (_fmt(entry.get("decoder_ssim")), "num"), (_fmt(entry.get("decoder_psnr"), "db"), "num"),
+                (_fmt(entry.get("reid_top1"), "pct"), "num"), (_fmt(entry.get("reid_top5"), "pct"), "num"),
+                (_fmt(entry.get("attribute_accuracy"), "pct"), "num"), (_fmt(entry.get("dcor")), "num"),
+            ])
+    header = [("method", False), ("budget (points)", True), ("test accuracy", True), ("within (val)", True),
+              ("decoder SSIM", True), ("decoder PSNR", True), ("re-id top-1", True), ("re-id top-5", True),
+              ("attribute", True), ("dCor", True)]
+    refs = metrics.get("references", {}) if isinstance(metrics.get("references"), Mapping) else {}
+    first: Mapping[str, Any] = next((e for entries in methods.values() for e in entries), {})
+    floors = (f"Label-only floors: decoder SSIM {_fmt(refs.get('decoder_ssim_label_floor'))}, re-identification "
+              f"top-1 {_fmt(first.get('reid_floor'), 'pct')}, attribute "
+              f"{_fmt(refs.get('attribute_label_floor'), 'pct')} "
+              f"(chance {_fmt(refs.get('attribute_chance'), 'pct')}), dCor {_fmt(refs.get('dcor_label_floor'))}. "
+              f"Clean ceilings: decoder SSIM {_fmt(refs.get('decoder_ssim_clean'))}, attribute "
+              f"{_fmt(refs.get('attribute_clean'), 'pct')}; the identity row is the release of the clean image.")
+    return (
+        "<h2>Privacy–utility frontier</h2>"
+        f'<p class="note">Clean test accuracy {_fmt(metrics.get("accuracy_clean"), "pct")}; attack budget '
+        f'{_e(metrics.get("attack_budget", "?"))}. Every method is trained within each budget (or, for plain noise, '
+        "calibrated to it) on the same validation split, and scored by the same attackers on the same test "
+        "split. Lower is more private. The verdict compares scl's label-free release with every method that is "
+        "not scl's and was within the budget on validation.</p>"
+        f"<ul>{verdict}</ul>" + _table(header, rows) + f'<p class="note">{_e(floors)}</p>'
+    )
+
+
 def _targets_section(metrics: Mapping[str, Any]) -> str:
     targets = metrics.get("targets")
     if not isinstance(targets, Sequence) or isinstance(targets, (str, bytes)) or not targets:
@@ -733,7 +809,8 @@ def _federated_section(metrics: Mapping[str, Any]) -> str:
 
 
 _SHOWN_KEYS = {"dataset", "num_classes", "accuracy", "accuracy_mean8", "privacy", "targets", "utility",
-               "seconds", "map", "map50", "map75", "engine", "stages", "date"}
+               "seconds", "map", "map50", "map75", "engine", "stages", "date", "methods", "verdict",
+               "references", "accuracy_clean", "attack_budget", "budgets", "pipeline"}
 
 
 def _flatten(prefix: str, value: Any, out: list[tuple[str, Any]]) -> None:
@@ -875,6 +952,7 @@ def write_report(
         _federated_section(metrics),
         _budget_section(metrics),
         _privacy_section(metrics),
+        _frontier_section(metrics),
         _targets_section(metrics),
         _time_section(metrics),
         _noise_section(config),

@@ -1,8 +1,21 @@
-"""Reference obfuscators that scl's releases are measured against.
+"""Reference obfuscators that scl's releases are measured against (``scl bench privacy``).
 
-- :class:`GaussianNoise`: plain noise ``x + scale * eps`` with one fixed scale, no training and no
-  classes; :func:`calibrate_scale` finds the scale at which the task network keeps a given accuracy,
-  so a learned release can be compared with plain noise at equal utility.
+Every baseline is an ``nn.Module`` with scl's obfuscator interface, ``forward(x, labels=None) -> h``
+of ``x``'s shape; none of them knows a class, so ``labels`` is accepted and ignored. Each has one
+strength knob, or is trained under the same utility budget as scl's stages:
+
+- :class:`Identity`: ``h = x``; no privacy, the ceilings of every attack.
+- :class:`GaussianNoise` and :class:`LaplaceNoise`: plain noise ``x + scale * eps`` of one fixed
+  scale (the knob); :func:`calibrate_scale` finds the scale at which the task network keeps a given
+  accuracy, so a learned release can be compared with plain noise at equal utility.
+- :class:`Shredder`: learned additive noise, one distribution for all inputs, trained with
+  Shredder's objective (the task loss plus the noise's magnitude).
+- :class:`Cloak`: a learned per-feature gain, mean and scale that do not depend on the class:
+  scl's additive layer with a single class, so it is also the ablation of the conditioning.
+- :class:`NoPeek`: a learned transform regularised by the distance correlation to the input.
+
+The learned ones are trained by :func:`scl.pipelines.bench_privacy.train_baseline` (the budget's
+dual ascent of :mod:`scl.pipelines.stages`), with the objective each names in ``objective``.
 """
 
 from __future__ import annotations
@@ -13,17 +26,36 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from scl.baselines.learned import Cloak, LearnedBaseline, NoPeek, Shredder
 from scl.errors import ConfigError
 
-__all__ = ["GaussianNoise", "calibrate_scale"]
+__all__ = [
+    "Cloak",
+    "GaussianNoise",
+    "Identity",
+    "LaplaceNoise",
+    "LearnedBaseline",
+    "NoPeek",
+    "PlainNoise",
+    "Shredder",
+    "calibrate_scale",
+]
 
 
-class GaussianNoise(nn.Module):
-    """Plain Gaussian noise: ``h = x + scale * eps``, ``eps ~ N(0, 1)`` fresh on every call.
+class Identity(nn.Module):
+    """No obfuscation: ``h = x`` (labels ignored). What every attack's ceiling is measured on."""
 
-    The same interface as :class:`scl.Obfuscator`: ``forward(x, labels=None)``; labels are
-    ignored (the noise knows no class). Noise comes from torch's global generator: this is a
-    reference for measurements, not a release to deploy.
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        return x
+
+
+class PlainNoise(nn.Module):
+    """Plain noise of one fixed scale: ``h = x + scale * eps``, ``eps`` of unit scale, fresh on every
+    call (subclasses say which distribution). ``scale`` is the strength knob.
+
+    The same interface as :class:`scl.Obfuscator`: ``forward(x, labels=None)``; labels are ignored
+    (the noise knows no class). Noise comes from torch's global generator, or ``generator``: this is
+    a reference for measurements, not a release to deploy.
 
     Shape:
         ``Tensor[N, ...] -> Tensor[N, ...]``.
@@ -31,15 +63,40 @@ class GaussianNoise(nn.Module):
 
     def __init__(self, scale: float) -> None:
         super().__init__()
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 0:
-            raise ConfigError(f"scale must be a number >= 0, but got {scale!r}")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale >= 0 or math.isinf(scale):
+            raise ConfigError(f"scale must be a finite number >= 0, but got {scale!r}")
         self.scale = float(scale)
 
+    @staticmethod
+    def unit_noise(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """A draw of ``eps`` of ``x``'s shape (scale 1)."""
+        raise NotImplementedError
+
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
-        return x + self.scale * torch.randn_like(x)
+        return x + self.scale * self.unit_noise(x)
 
     def extra_repr(self) -> str:
         return f"scale={self.scale:.4g}"
+
+
+class GaussianNoise(PlainNoise):
+    """Plain Gaussian noise: ``h = x + scale * eps``, ``eps ~ N(0, 1)`` (see :class:`PlainNoise`)."""
+
+    @staticmethod
+    def unit_noise(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+class LaplaceNoise(PlainNoise):
+    """Plain Laplace noise: ``h = x + scale * eps``, ``eps ~ Laplace(0, 1)`` (see :class:`PlainNoise`);
+    the noise of the Laplace mechanism of differential privacy."""
+
+    @staticmethod
+    def unit_noise(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        # the inverse CDF of Laplace(0, 1) on a uniform draw in (-1/2, 1/2): torch.distributions'
+        # Laplace.sample takes no generator, and the bench needs one fixed draw
+        u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device) - 0.5
+        return -torch.sign(u) * torch.log((1.0 - 2.0 * u.abs()).clamp_min(torch.finfo(x.dtype).tiny))
 
 
 def calibrate_scale(

@@ -299,14 +299,22 @@ def export(
     )
 
 
-@app.command()
+bench_app = typer.Typer(rich_markup_mode="markdown")  # its help: the callback's docstring
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.callback(invoke_without_command=True)
 def bench(
+    ctx: typer.Context,
     repeats: Annotated[int, typer.Option(help="Interleaved repetitions per case.")] = 30,
 ) -> None:
-    """Measure layer speed as ratios against a plain convolution, side by side.
+    """Benchmarks: layer speed as ratios against a plain convolution, side by side; `scl bench privacy`: the
+    privacy-utility frontier against published baselines.
 
-    Example: `scl bench --repeats 10`
+    Example: `scl bench --repeats 10`; `scl bench privacy --quick`
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from scl.bench import layer_cases, measure, noise_floor, ratios, table
 
     cases = layer_cases()
@@ -318,6 +326,45 @@ def bench(
             f"floor for any Gaussian layer's soft inference on this machine (conv + noise draw + softplus): "
             f"{floor:.2f}x the plain conv"
         )
+
+
+@bench_app.command("privacy")
+def bench_privacy(
+    quick: QuickOpt = False,
+    budgets: Annotated[
+        str | None,
+        typer.Option("--budgets", help="Accuracy budgets in points, comma-separated (default 0.5,1,2,5; "
+                     "with --quick 1,2)."),
+    ] = None,
+    out: OutOpt = None,
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    no_progress: NoProgressOpt = False,
+) -> None:
+    """The privacy-utility frontier: scl against plain noise, Shredder, Cloak (scl without classes) and NoPeek.
+
+    Every method is trained (or calibrated) at each accuracy budget and attacked by the same attackers on
+    the same splits; writes metrics.json, table.md, figures/frontier_*.png and report.html.
+
+    Example: `scl bench privacy --quick --budgets 1,2 --out runs/frontier`
+    """
+    from scl.pipelines import bench_privacy as job
+
+    with _user_errors():
+        chosen = job.parse_budgets(budgets, quick=quick)
+        cfg = job.build_config(quick=quick, config_file=config, assignments=set_ or (), data=data)
+        out = out or _default_out("bench-privacy")
+        folder, metrics = job.run(cfg, out, budgets=chosen, console=_console(), show_progress=not no_progress)
+    from rich.markup import escape
+
+    from scl.report import verdict_lines
+
+    console = _console()
+    console.print(escape(job.markdown_table(metrics).split("\n\n- ")[0]), highlight=False, soft_wrap=True)
+    for line, met in verdict_lines(metrics):
+        console.print(f"  {escape(line)}", style="green" if met else "bold red", highlight=False)
+    console.print(f"\nrun folder: [bold]{escape(str(folder))}[/bold]  (open {escape(str(folder / 'report.html'))})")
 
 
 @app.command()

@@ -570,6 +570,73 @@ def releases(exp: Experiment) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
     return found
 
 
+def attack_settings(exp: Experiment, progress: Progress | None) -> dict[str, Any]:
+    """The keyword arguments every attack of the run takes: classes, seed, the attack budget
+    (``attacks.budget``, capped by ``attacks.max_epochs``) and the progress display."""
+    from scl.attacks.budget import get_budget
+
+    acfg = exp.config["attacks"]
+    return dict(num_classes=exp.dataset.num_classes, seed=exp.config["seed"],
+                budget=get_budget(acfg["budget"]).capped(acfg["max_epochs"]), progress=progress)
+
+
+def reference_attacks(exp: Experiment, common: dict[str, Any]) -> tuple[dict[str, float], Tensor]:
+    """What every release is read against, with the same attackers: the decoder's label-only floor
+    and clean ceiling, a black image's SSIM and the label's dCor. Returns ``(figures,
+    the floor's reconstructions)``."""
+    from scl.attacks import distance_correlation
+    from scl.attacks.decoder import clean_ceiling_attack, label_floor_attack
+    from scl.attacks.metrics import ssim
+
+    attacker, test = exp.splits["attacker"], exp.splits["test"]
+    floor = label_floor_attack(attacker, test, **common)
+    clean = clean_ceiling_attack(attacker, test, **common)
+    shared: dict[str, float] = {**floor.metrics, **clean.metrics}
+    # A black image knows nothing; on images with empty channels (tinted digits) SSIM still
+    # rewards it, so its score is recorded to read the others against.
+    shared["ssim_blank"] = ssim(torch.zeros_like(test.x), test.x)
+    with torch.no_grad():
+        onehot = F.one_hot(test.y, exp.dataset.num_classes).float()
+        shared["dcor_label_floor"] = distance_correlation(test.x, onehot, bias_corrected=True)
+    return shared, floor.reconstructions
+
+
+def attack_release(
+    exp: Experiment, release: Callable[[Tensor, Tensor], Tensor], common: dict[str, Any], *, references: bool
+) -> tuple[dict[str, Any], dict[str, float], Tensor]:
+    """The black-box attacks on one release ``release(x, y) -> h``: the decoder, re-identification
+    (from the release and from the decoder's reconstructions), the attribute (when the data has
+    one) and dCor, each trained on the attacker split and scored on the test split.
+
+    ``references``: also train the attribute attack's label-only and clean classifiers (once per
+    run: they do not depend on the release). Returns ``(the release's figures, the attribute's
+    references (empty without), the decoder's reconstructions for the figures)``.
+    """
+    from scl.attacks import attribute_attack, distance_correlation
+    from scl.attacks.decoder import decoder_attack
+    from scl.attacks.reidentification import reidentification_attack
+
+    attacker, test = exp.splits["attacker"], exp.splits["test"]
+    block: dict[str, Any] = {}
+    shared: dict[str, float] = {}
+    decoded = decoder_attack(release, attacker, test, averaged_copies=exp.config["attacks"]["averaged_copies"],
+                             **common)
+    block.update(decoded.metrics)
+    block["decoder_attacker"] = decoded.attacker
+    reid = reidentification_attack(release, attacker, test, reconstructions=decoded.test_reconstructions, **common)
+    block.update(reid.metrics)
+    if test.attribute is not None and attacker.attribute is not None:
+        result = attribute_attack(release, attacker, test, num_attributes=cast(int, exp.dataset.num_attributes),
+                                  references=references, **common)
+        shared.update({k: v for k, v in result.items() if k != "attribute_accuracy"})
+        block["attribute_accuracy"] = result["attribute_accuracy"]
+    with torch.no_grad(), scl.deterministic(exp.config["seed"] + 11):
+        h = release(test.x, test.y)
+        block["dcor"] = distance_correlation(test.x, h, bias_corrected=True)
+        block["dcor_vstatistic"] = distance_correlation(test.x, h)
+    return block, shared, decoded.reconstructions
+
+
 def run_attacks(exp: Experiment, progress: Progress | None, log: RunLog) -> dict[str, Any]:
     """Every attack on every release (soft, gated, hard, plain noise), beside floors and ceilings.
 
@@ -579,20 +646,13 @@ def run_attacks(exp: Experiment, progress: Progress | None, log: RunLog) -> dict
     block, so that each block reads on its own. ``privacy.<release>.*`` holds one block per
     release; the flat ``privacy.*`` keys are the hard release's (the names of earlier versions).
     """
-    from scl.attacks import attribute_attack, distance_correlation
-    from scl.attacks.budget import get_budget
-    from scl.attacks.decoder import clean_ceiling_attack, decoder_attack, label_floor_attack
-    from scl.attacks.metrics import ssim
-    from scl.attacks.reidentification import reidentification_attack
     from scl.attacks.whitebox import whitebox_attack
 
     cfg, obf = exp.config, exp.obfuscator
     if obf is None or exp.network is None:
         raise SCLError("nothing to attack: train the obfuscator first")
-    attacker, test = exp.splits["attacker"], exp.splits["test"]
+    test = exp.splits["test"]
     acfg = cfg["attacks"]
-    budget = get_budget(acfg["budget"]).capped(acfg["max_epochs"])
-    num_classes = exp.dataset.num_classes
     seconds: dict[str, float] = {}
     privacy: dict[str, Any] = {"budget": acfg["budget"]}
     exp.metrics["privacy"] = privacy
@@ -607,50 +667,25 @@ def run_attacks(exp: Experiment, progress: Progress | None, log: RunLog) -> dict
     log(f"reference: plain Gaussian noise of scale {scale:.3g} keeps {100 * noise_accuracy:.1f}% "
         f"({reference} release {100 * reference_accuracy:.1f}%)")
 
-    common = dict(num_classes=num_classes, seed=cfg["seed"], budget=budget, progress=progress)
+    common = attack_settings(exp, progress)
     start = time.perf_counter()
     log(f"attack budget {acfg['budget']}: label-only floor and clean ceiling of the decoder")
-    floor = label_floor_attack(attacker, test, **common)
-    clean = clean_ceiling_attack(attacker, test, **common)
-    shared: dict[str, float] = {**floor.metrics, **clean.metrics}
-    # A black image knows nothing; on images with empty channels (tinted digits) SSIM still
-    # rewards it, so its score is recorded to read the others against.
-    shared["ssim_blank"] = ssim(torch.zeros_like(test.x), test.x)
-    has_attribute = test.attribute is not None and attacker.attribute is not None
-    with torch.no_grad():
-        onehot = F.one_hot(test.y, num_classes).float()
-        shared["dcor_label_floor"] = distance_correlation(test.x, onehot, bias_corrected=True)
+    shared, floor_images = reference_attacks(exp, common)
+    has_attribute = test.attribute is not None and exp.splits["attacker"].attribute is not None
     seconds["references"] = time.perf_counter() - start
     n_wb = min(acfg["whitebox_images"], len(test))
-    figures: dict[str, Tensor] = {"decoder_label_floor": floor.reconstructions}
+    figures: dict[str, Tensor] = {"decoder_label_floor": floor_images}
     for index, (name, release) in enumerate(releases(exp).items()):
         start = time.perf_counter()
         log(f"attacks on the {name} release: decoder, re-identification, "
             + ("white-box, " if name != "gaussian" else "") + ("attribute, " if has_attribute else "") + "dCor")
-        block: dict[str, Any] = {}
-        decoded = decoder_attack(release, attacker, test, averaged_copies=acfg["averaged_copies"], **common)
-        block.update(decoded.metrics)
-        block["decoder_attacker"] = decoded.attacker
-        figures[f"decoder_{name}"] = decoded.reconstructions
-        reid = reidentification_attack(release, attacker, test, reconstructions=decoded.test_reconstructions,
-                                       **common)
-        block.update(reid.metrics)
+        block, extra, figures[f"decoder_{name}"] = attack_release(exp, release, common, references=index == 0)
+        shared.update(extra)
         if name != "gaussian":  # the white-box attacker inverts scl's layer; plain noise has none
             wb = whitebox_attack(obf.layer, test.x[:n_wb], test.y[:n_wb], steps=acfg["whitebox_steps"],
                                  observe=release, pre=obf.pre)
             figures[f"whitebox_{name}"] = wb.pop("reconstructions")
             block.update(wb)
-        if has_attribute:
-            result = attribute_attack(
-                release, attacker, test, num_attributes=cast(int, exp.dataset.num_attributes),
-                references=index == 0, **common,
-            )
-            shared.update({k: v for k, v in result.items() if k != "attribute_accuracy"})
-            block["attribute_accuracy"] = result["attribute_accuracy"]
-        with torch.no_grad(), scl.deterministic(cfg["seed"] + 11):
-            h = release(test.x, test.y)
-            block["dcor"] = distance_correlation(test.x, h, bias_corrected=True)
-            block["dcor_vstatistic"] = distance_correlation(test.x, h)
         privacy[name] = block
         seconds[name] = time.perf_counter() - start
     for name in RELEASES:

@@ -1,0 +1,116 @@
+"""`scl bench privacy`: the budgets' parsing, the verdict, and a tiny sweep as a user runs it (a
+subprocess with its progress display on) that writes every file the issue promises."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from scl.errors import ConfigError
+from scl.pipelines.bench_privacy import METHODS, markdown_table, parse_budgets, verdicts
+from scl.report import verdict_lines
+from tests.test_commands import assert_run_folder, run_command
+
+# the smallest settings that still train and attack every method: one budget
+TINY_BENCH = [
+    "--quick", "--budgets", "2", "--set", "network.epochs=2", "--set", "stage1.epochs=2",
+    "--set", "stage2.epochs=1", "--set", "attacks.max_epochs=1",
+]
+ENTRY_KEYS = {"budget", "accuracy", "decoder_ssim", "decoder_ssim_label_floor", "reid_top1", "reid_floor",
+              "attribute_accuracy", "dcor", "decoder_psnr", "reid_top5", "feasible", "validation_loss"}
+
+
+def test_budgets_parse_sorted_and_unique():
+    assert parse_budgets("2,0.5, 1,2") == [0.5, 1.0, 2.0]
+    assert parse_budgets(None) == [0.5, 1.0, 2.0, 5.0]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("1,two", "separated by commas, e.g. 0.5,1,2,5, but got 'two'"),
+    ("-1", "in [0, 100), but got '-1'"),
+    ("100", "in [0, 100)"),
+    ("nan", "in [0, 100)"),
+    ([], "at least one budget"),
+])
+def test_bad_budgets_are_errors_for_people(text, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        parse_budgets(text)
+
+
+def _entry(budget, reid, ssim, feasible=True, accuracy=0.95):
+    return {"budget": budget, "accuracy": accuracy, "feasible": feasible, "reid_top1": reid, "decoder_ssim": ssim}
+
+
+def _methods(**changes):
+    methods = {
+        "identity": [_entry(0.0, 1.0, 0.95)],
+        "gaussian": [_entry(1.0, 0.9, 0.9)],
+        "cloak": [_entry(1.0, 0.5, 0.5)],
+        "scl-soft": [_entry(1.0, 0.01, 0.1, feasible=False, accuracy=0.1)],
+        "scl-gated": [_entry(1.0, 0.03, 0.2)],
+    }
+    methods.update(changes)
+    return methods
+
+
+def test_verdict_scl_wins_only_within_the_budget_and_clearly_over_cloak():
+    (row,) = verdicts(_methods(), [1.0], test_images=300)
+    # the soft release leaks less but is not within the budget: the gated one is compared
+    assert row["release"] == "scl-gated" and row["met"] and row["target"]
+    assert row["best_other_reid"] == {"method": "cloak", "value": 0.5}
+    assert row["beats_cloak_reid"] and row["cloak_margin"] == pytest.approx(
+        2 * math.sqrt((0.03 * 0.97 + 0.5 * 0.5) / 300))
+    (text, met), = verdict_lines({"verdict": [row]})
+    assert met and "lowest re-identification (next best cloak 50.0%)" in text and "beats cloak" in text
+
+
+def test_verdict_says_plainly_when_scl_does_not_win():
+    close = _methods(cloak=[_entry(1.0, 0.04, 0.15)])  # cloak leaks as little: no clear win, SSIM lower
+    (row,) = verdicts(close, [1.0], test_images=300)
+    assert not row["met"] and not row["beats_cloak_reid"] and not row["lowest_ssim"] and row["lowest_reid"]
+    (text, met), = verdict_lines({"verdict": [row]})
+    assert not met and "NOT the lowest SSIM (next best cloak 0.150)" in text and "does NOT clearly beat" in text
+    nothing = _methods(**{"scl-gated": [_entry(1.0, 0.03, 0.2, feasible=False)]})
+    (row,) = verdicts(nothing, [1.0], test_images=300)
+    assert row["release"] is None and not row["met"] and "no label-free scl release" in row["reason"]
+    (row,) = verdicts(_methods(), [5.0], test_images=300)  # no entry at that budget
+    assert not row["met"] and not row["target"]
+
+
+def test_verdict_counts_a_baseline_only_within_its_budget():
+    out_of_budget = _methods(cloak=[_entry(1.0, 0.0, 0.0, feasible=False, accuracy=0.1)])
+    (row,) = verdicts(out_of_budget, [1.0], test_images=300)
+    assert row["met"] and row["beats_cloak_reid"] is None  # a useless cloak does not count
+    assert "cloak (scl without classes) was not within the budget" in verdict_lines({"verdict": [row]})[0][0]
+
+
+@pytest.fixture(scope="module")
+def tiny_bench(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    out = root / "frontier"
+    output = run_command(["bench", "privacy", *TINY_BENCH, "--out", str(out)], "pipe", root)
+    return out, output
+
+
+def test_tiny_sweep_writes_every_file(tiny_bench):
+    out, output = tiny_bench
+    metrics = assert_run_folder(out, {"network.safetensors"}, {"frontier_ssim.png", "frontier_reid.png"})
+    assert (out / "table.md").is_file()
+    assert metrics["pipeline"] == "bench_privacy" and 0 < metrics["accuracy_clean"] <= 1
+    assert list(metrics["methods"]) == list(METHODS)
+    for name, entries in metrics["methods"].items():
+        assert len(entries) == 1, name  # one budget; the identity once
+        assert ENTRY_KEYS <= set(entries[0]), (name, ENTRY_KEYS - set(entries[0]))
+        assert 0 <= entries[0]["reid_top1"] <= 1 and -1 <= entries[0]["decoder_ssim"] <= 1
+    assert metrics["methods"]["identity"][0]["budget"] == 0.0
+    assert metrics["methods"]["gaussian"][0]["scale"] > 0
+    assert [row["budget"] for row in metrics["verdict"]] == [2.0]
+    assert json.loads((out / "config.json").read_text())["bench"]["budgets"] == [2.0]
+    table = (out / "table.md").read_text()
+    assert table == markdown_table(metrics)
+    assert all(f"| {name} |" in table for name in METHODS) and "Label-only floors" in table
+    report = (out / "report.html").read_text()
+    assert "Privacy–utility frontier" in report and "frontier_reid.png" in report and "scl-gated" in report
+    assert "run folder:" in output and ("met:" in table or "NOT met:" in table)
