@@ -166,3 +166,22 @@ def test_calibrated_noise_loses_at_most_the_budget_and_grows_with_it():
         assert loss <= budget
         scales.append(scale)
     assert scales == sorted(scales) and scales[-1] > scales[0]
+
+
+def test_a_baseline_objective_sees_one_class_whatever_the_labels():
+    from scl.pipelines.bench_privacy import _ClassFree
+    from scl.pipelines.stages import PrivacyObjective
+
+    method = Cloak(SHAPE)
+    x, y = _data(16)
+    method.start(x)
+    with torch.no_grad():
+        method.layer.gains.fill_(0.5)  # some of x in: the term is not 0
+        h, dist = method.sample_with_distribution(x)
+    free = _ClassFree("within", num_classes=2, image_shape=SHAPE)
+    value = free.term(x, y, h, dist)[0]
+    assert torch.equal(value, free.term(x, 1 - y, h, dist)[0])
+    assert torch.allclose(value, PrivacyObjective("within", num_classes=2, image_shape=SHAPE).term(
+        x, torch.zeros_like(y), h, dist)[0])
+    # with the labels it would measure only what h carries beyond them: less, here
+    assert float(PrivacyObjective("within", num_classes=2, image_shape=SHAPE).term(x, y, h, dist)[0]) < float(value)

@@ -158,12 +158,25 @@ def train_baseline(
     modules = method.modules_trained()
     parameters = [p for module in modules for p in module.parameters() if p.requires_grad]
     shape = tuple(train[0].shape[1:])
-    objective = PrivacyObjective(method.objective, num_classes=num_classes, image_shape=shape)
+    objective = _ClassFree(method.objective, num_classes=num_classes, image_shape=shape)
     return train_within_budget(
         parameters, modules, lambda x, y: method.sample_with_distribution(x),  # type: ignore[arg-type,return-value]
         objective, budget, train, epochs=epochs, lr=lr, batch_size=batch_size, generator=generator,
         evaluate=lambda x, y: method(x), progress=progress, description=description, patience=patience,
     )
+
+
+class _ClassFree(PrivacyObjective):
+    """A privacy objective for a method without classes: every image is of its one class. scl's stages
+    hand the objective the layer's selection (the labels); a baseline's layer has a single class, so
+    Cloak's ``within`` is the bound on everything ``h`` carries about ``x`` (scl's objective for a
+    one-class layer), not on what it carries beyond a class it never sees. The task loss still reads
+    the labels, as it does for every method."""
+
+    def term(
+        self, x: Tensor, y: Tensor, h: Tensor, dist: torch.distributions.Distribution, attribute: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
+        return super().term(x, torch.zeros_like(y), h, dist, attribute)
 
 
 def calibrate_noise(noise: type[PlainNoise], budget: UtilityBudget, generator: torch.Generator) -> tuple[float, float]:
@@ -247,8 +260,9 @@ def _learned(method: str, exp: cls.Experiment, scale: float) -> LearnedBaseline:
 
 
 #: The learning rates of the learned baselines: the additive ones' parameters live on the pixels'
-#: scale like scl's layer (``stage1.lr``); NoPeek's are a network's.
-_NOPEEK_LR = 1e-3
+#: scale like scl's layer (``stage1.lr``); NoPeek's are a small network's, and a stage takes few
+#: steps (about 3 an epoch on the digits), so Adam's 1e-3 would leave it at its identity start.
+_NOPEEK_LR = 1e-2
 
 
 def run(
