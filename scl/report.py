@@ -944,14 +944,18 @@ def write_report(
     meta.append(f"folder <code>{_e(name or run_dir.resolve().name)}</code>")
 
     config_text = json.dumps(config, indent=2, ensure_ascii=False, default=str)
+    # a benchmark run (``scl bench privacy``) has no single release: its frontier replaces the sections
+    # of an experiment, which would only say that nothing was recorded
+    bench = metrics.get("pipeline") == "bench_privacy"
+    title = "scl bench privacy" if bench else "scl run report"
     body = [
-        f"<h1>scl run report: {_e(dataset_text)}</h1>",
+        f"<h1>{title}: {_e(dataset_text)}</h1>",
         f'<p class="meta">{" · ".join(meta)}</p>',
-        _accuracy_section(metrics),
+        "" if bench else _accuracy_section(metrics),
         _detection_section(metrics),
         _federated_section(metrics),
         _budget_section(metrics),
-        _privacy_section(metrics),
+        "" if bench else _privacy_section(metrics),
         _frontier_section(metrics),
         _targets_section(metrics),
         _time_section(metrics),

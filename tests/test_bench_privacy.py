@@ -113,4 +113,5 @@ def test_tiny_sweep_writes_every_file(tiny_bench):
     assert all(f"| {name} |" in table for name in METHODS) and "Label-only floors" in table
     report = (out / "report.html").read_text()
     assert "Privacy–utility frontier" in report and "frontier_reid.png" in report and "scl-gated" in report
+    assert "<h1>scl bench privacy" in report and "No accuracy was recorded" not in report
     assert "run folder:" in output and ("met:" in table or "NOT met:" in table)
