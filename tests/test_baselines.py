@@ -142,12 +142,19 @@ def test_learned_baselines_train_within_the_budget(name):
     assert any(not torch.equal(before[k], after[k]) for k in before), f"{name} did not train"
 
 
-def test_cloak_starts_at_the_mean_image_with_no_gain():
-    method = Cloak(SHAPE)
+def test_cloak_starts_at_the_input_or_at_the_mean_image_with_no_gain():
     x, _ = _data()
+    method = Cloak(SHAPE, init_scale=0.01)
+    method.start(x)
+    method.eval()
+    assert torch.equal(method.layer.gains, torch.ones_like(method.layer.gains))
+    assert float((method(x) - x).abs().max()) < 0.1  # x plus noise of scale 0.01
+    method = Cloak(SHAPE, start_at="mean")
     method.start(x)
     assert torch.equal(method.layer.gains, torch.zeros_like(method.layer.gains))
     assert torch.allclose(method.layer.offsets[0, 0], x.mean(0))
+    with pytest.raises(ConfigError, match="start_at must be 'input' or 'mean'"):
+        Cloak(SHAPE, start_at="zero")
 
 
 @pytest.mark.parametrize("name", LEARNED)
