@@ -668,11 +668,13 @@ def _frontier_section(metrics: Mapping[str, Any]) -> str:
                 (_e(f"{entry['budget']:g}") if _number(entry.get("budget")) is not None else DASH, "num"),
                 (_fmt(entry.get("accuracy"), "pct"), "num"),
                 ("yes" if entry.get("feasible") else '<span class="notmet">NO</span>', "num"),
+                (_fmt(entry.get("epoch"), "int"), "num"),
                 (_fmt(entry.get("decoder_ssim")), "num"), (_fmt(entry.get("decoder_psnr"), "db"), "num"),
                 (_fmt(entry.get("reid_top1"), "pct"), "num"), (_fmt(entry.get("reid_top5"), "pct"), "num"),
                 (_fmt(entry.get("attribute_accuracy"), "pct"), "num"), (_fmt(entry.get("dcor")), "num"),
             ])
     header = [("method", False), ("budget (points)", True), ("test accuracy", True), ("within (val)", True),
+              ("epoch kept", True),
               ("decoder SSIM", True), ("decoder PSNR", True), ("re-id top-1", True), ("re-id top-5", True),
               ("attribute", True), ("dCor", True)]
     refs = metrics.get("references", {}) if isinstance(metrics.get("references"), Mapping) else {}

@@ -450,18 +450,20 @@ def markdown_table(metrics: Mapping[str, Any]) -> str:
     lines = [
         f"Clean test accuracy {_pct(metrics.get('accuracy_clean'))}; attack budget "
         f"{metrics.get('attack_budget', '?')}; {metrics.get('splits', {}).get('test', '?')} test images. "
-        "Lower is more private; a release counts at a budget when it was within it on validation.",
+        "Lower is more private; a release counts at a budget when it was within it on validation. Epoch kept: "
+        "the epoch of training whose weights the release has (0: its start; none for plain noise).",
         "",
-        "| method | budget (points) | test accuracy | within (val) | decoder SSIM | decoder PSNR | re-id top-1 | "
-        "re-id top-5 | attribute | dCor |",
-        "|---|---:|---:|:---:|---:|---:|---:|---:|---:|---:|",
+        "| method | budget (points) | test accuracy | within (val) | epoch kept | decoder SSIM | decoder PSNR | "
+        "re-id top-1 | re-id top-5 | attribute | dCor |",
+        "|---|---:|---:|:---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in METHODS:
         for entry in metrics.get("methods", {}).get(name, []):
             psnr = entry.get("decoder_psnr")
             lines.append(
                 f"| {name} | {entry['budget']:g} | {_pct(entry.get('accuracy'))} | "
-                f"{'yes' if entry.get('feasible') else 'NO'} | {_num(entry.get('decoder_ssim'))} | "
+                f"{'yes' if entry.get('feasible') else 'NO'} | {entry.get('epoch', '—')} | "
+                f"{_num(entry.get('decoder_ssim'))} | "
                 f"{'—' if psnr is None else f'{psnr:.1f} dB'} | {_pct(entry.get('reid_top1'))} | "
                 f"{_pct(entry.get('reid_top5'))} | {_pct(entry.get('attribute_accuracy'))} | "
                 f"{_num(entry.get('dcor'))} |"
