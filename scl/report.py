@@ -664,7 +664,7 @@ def _frontier_section(metrics: Mapping[str, Any]) -> str:
     for name, entries in methods.items():
         for entry in entries if isinstance(entries, Sequence) else ():
             rows.append([
-                (_e(name), ""),
+                (f'<span style="white-space:nowrap">{_e(name)}</span>', ""),
                 (_e(f"{entry['budget']:g}") if _number(entry.get("budget")) is not None else DASH, "num"),
                 (_fmt(entry.get("accuracy"), "pct"), "num"),
                 ("yes" if entry.get("feasible") else '<span class="notmet">NO</span>', "num"),
@@ -673,9 +673,9 @@ def _frontier_section(metrics: Mapping[str, Any]) -> str:
                 (_fmt(entry.get("reid_top1"), "pct"), "num"), (_fmt(entry.get("reid_top5"), "pct"), "num"),
                 (_fmt(entry.get("attribute_accuracy"), "pct"), "num"), (_fmt(entry.get("dcor")), "num"),
             ])
-    header = [("method", False), ("budget (points)", True), ("test accuracy", True), ("within (val)", True),
-              ("epoch kept", True),
-              ("decoder SSIM", True), ("decoder PSNR", True), ("re-id top-1", True), ("re-id top-5", True),
+    # short headers: eleven columns fit a laptop's window
+    header = [("method", False), ("budget (pt)", True), ("accuracy", True), ("within (val)", True),
+              ("epoch kept", True), ("SSIM", True), ("PSNR", True), ("re-id @1", True), ("re-id @5", True),
               ("attribute", True), ("dCor", True)]
     refs = metrics.get("references", {}) if isinstance(metrics.get("references"), Mapping) else {}
     first: Mapping[str, Any] = next((e for entries in methods.values() for e in entries), {})
@@ -690,8 +690,9 @@ def _frontier_section(metrics: Mapping[str, Any]) -> str:
         f'<p class="note">Clean test accuracy {_fmt(metrics.get("accuracy_clean"), "pct")}; attack budget '
         f'{_e(metrics.get("attack_budget", "?"))}. Every method is trained within each budget (or, for plain noise, '
         "calibrated to it) on the same validation split, and scored by the same attackers on the same test "
-        "split. Lower is more private. The verdict compares scl's label-free release with every method that is "
-        "not scl's and was within the budget on validation.</p>"
+        "split. Lower is more private (SSIM and PSNR: the decoder's; re-id @k: re-identification top-k). The "
+        "verdict compares scl's label-free release with every method that is not scl's and was within the budget "
+        "on validation.</p>"
         f"<ul>{verdict}</ul>" + _table(header, rows) + f'<p class="note">{_e(floors)}</p>'
     )
 
