@@ -195,5 +195,5 @@ def test_calibrate_scale_matches_a_target_accuracy():
     assert calibrate_scale(accuracy_at, 1.5)[0] == pytest.approx(1e-3)  # unreachable: the smallest scale
     with pytest.raises(ConfigError, match="need 0 < low < high"):
         calibrate_scale(accuracy_at, 0.5, low=1.0, high=0.5)
-    with pytest.raises(ConfigError, match="scale must be a number >= 0"):
+    with pytest.raises(ConfigError, match="scale must be a finite number >= 0"):
         GaussianNoise(-1.0)
