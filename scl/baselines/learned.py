@@ -14,7 +14,8 @@ Each is trained like scl's stages, within the same utility budget and by the sam
   on scl's default objective (``within``, the Gaussian bound on what ``h`` carries about ``x``).
   Beside scl's release it is the ablation of the conditioning on the class.
 - NoPeek (Vepakomma et al., 2020): a learned deterministic transform ``h = x + f(x)`` (three 3 x 3
-  convolutions, started at the identity); objective: dCor(x, h) over the batch (``nopeek``).
+  convolutions, started at the identity); objective: dCor(x, h) over the batch (``dcor`` with one
+  class for every image, as each baseline's objective sees it).
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ class NoPeek(LearnedBaseline):
         width: hidden channels of ``f``.
     """
 
-    objective = "nopeek"
+    objective = "dcor"  # within one class, i.e. over the whole batch: NoPeek's own term
     description = "learned transform regularised by dCor to the input"
 
     def __init__(self, channels: int, *, width: int = 16) -> None:

@@ -97,7 +97,7 @@ CHOICES = {
     "gated.init": ("network", "scratch"),
     "gated.pick": ("argmax", "softmax"),
     "layer.selection_at": ("input", "output"),
-    "stage1.privacy": ("within", "dcor", "adversarial", "attribute", "entropy", "ssim", "both", "nopeek"),
+    "stage1.privacy": ("within", "dcor", "adversarial", "attribute", "entropy", "ssim", "both"),
     "stage2.soft_shape": ("input", "spatial", "channel", "scalar"),
     "attacks.budget": ("quick", "standard", "strong"),
 }

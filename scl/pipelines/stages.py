@@ -56,9 +56,8 @@ __all__ = [
     "within_class_information",
 ]
 
-#: The privacy objectives a stage can minimise (``stage1.privacy``). ``nopeek`` is the NoPeek
-#: baseline's own (``scl bench privacy``): dCor over the whole batch, which also penalises the class.
-OBJECTIVES = ("within", "dcor", "adversarial", "attribute", "entropy", "ssim", "both", "nopeek")
+#: The privacy objectives a stage can minimise (``stage1.privacy``).
+OBJECTIVES = ("within", "dcor", "adversarial", "attribute", "entropy", "ssim", "both")
 
 #: ``h = release(x, y)`` with its distribution: ``(h, dist)``.
 Release = Callable[[Tensor, Tensor], tuple[Tensor, torch.distributions.Distribution]]
@@ -220,8 +219,6 @@ class PrivacyObjective(nn.Module):
     * ``within``: :func:`within_class_information`, the Gaussian bound on what ``h`` carries about
       ``x`` beyond the class; needs a location-scale release.
     * ``dcor``: :func:`distance_correlation_term` between ``x`` and ``h`` within each class.
-    * ``nopeek``: the same over the whole batch, as NoPeek (Vepakomma et al., 2020) takes it: it
-      penalises carrying the class too (the baseline :class:`scl.baselines.NoPeek` minimises it).
     * ``adversarial``: a decoder, given ``h`` and the class, trains to rebuild ``x``; the term is
       minus its mean squared error (min-max, as DeepObfuscator).
     * ``attribute``: an adversary trains to predict the private attribute from ``h``; the term is
@@ -289,8 +286,6 @@ class PrivacyObjective(nn.Module):
             value = within_class_information(y, loc, variance)
         elif self.kind == "dcor":
             value = distance_correlation_term(y, x, h)
-        elif self.kind == "nopeek":  # one class for the whole batch: dCor(x, h) itself
-            value = distance_correlation_term(torch.zeros_like(y), x, h)
         elif self.kind == "adversarial":
             assert self.adversary is not None
             value = -F.mse_loss(self.adversary(h, y), x)
