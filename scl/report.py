@@ -678,9 +678,8 @@ def _frontier_section(metrics: Mapping[str, Any]) -> str:
               ("epoch kept", True), ("SSIM", True), ("PSNR", True), ("re-id @1", True), ("re-id @5", True),
               ("attribute", True), ("dCor", True)]
     refs = metrics.get("references", {}) if isinstance(metrics.get("references"), Mapping) else {}
-    first: Mapping[str, Any] = next((e for entries in methods.values() for e in entries), {})
     floors = (f"Label-only floors: decoder SSIM {_fmt(refs.get('decoder_ssim_label_floor'))}, re-identification "
-              f"top-1 {_fmt(first.get('reid_floor'), 'pct')}, attribute "
+              f"top-1 {_fmt(refs.get('reid_floor_top1'), 'pct')}, attribute "
               f"{_fmt(refs.get('attribute_label_floor'), 'pct')} "
               f"(chance {_fmt(refs.get('attribute_chance'), 'pct')}), dCor {_fmt(refs.get('dcor_label_floor'))}. "
               f"Clean ceilings: decoder SSIM {_fmt(refs.get('decoder_ssim_clean'))}, attribute "

@@ -105,6 +105,7 @@ def test_tiny_sweep_writes_every_file(tiny_bench):
         assert ENTRY_KEYS <= set(entries[0]), (name, ENTRY_KEYS - set(entries[0]))
         assert 0 <= entries[0]["reid_top1"] <= 1 and -1 <= entries[0]["decoder_ssim"] <= 1
     assert metrics["methods"]["identity"][0]["budget"] == 0.0
+    assert metrics["references"]["reid_floor_top1"] == metrics["methods"]["identity"][0]["reid_floor"]
     assert metrics["methods"]["gaussian"][0]["scale"] > 0
     assert all(isinstance(metrics["methods"][m][0]["epoch"], int) for m in ("shredder", "cloak", "nopeek", "scl-gated"))
     assert [row["budget"] for row in metrics["verdict"]] == [2.0]

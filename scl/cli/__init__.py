@@ -361,7 +361,7 @@ def bench_privacy(
     from scl.report import verdict_lines
 
     console = _console()
-    console.print(escape(job.markdown_table(metrics).split("\n\n- ")[0]), highlight=False, soft_wrap=True)
+    console.print(escape(job.markdown_table(metrics, verdict=False)), highlight=False, soft_wrap=True)
     for line, met in verdict_lines(metrics):
         console.print(f"  {escape(line)}", style="green" if met else "bold red", highlight=False)
     console.print(f"\nrun folder: [bold]{escape(str(folder))}[/bold]  (open {escape(str(folder / 'report.html'))})")

@@ -234,6 +234,8 @@ class _Scorer:
         block, refs, _ = cls.attack_release(self.exp, release, self.common, references=self.first)
         self.first = False
         self.shared.update(refs)
+        for key in ("reid_floor_top1", "reid_floor_top5"):  # the labels' floor: the same for every release
+            self.shared.setdefault(key, block[key])
         self.seconds[f"attacks ({method} {budget:g})"] = time.perf_counter() - start
         entry = _entry(budget, accuracy, self.clean, block, self.shared, **extra)
         self.log(f"{method} at {budget:g} pt: re-identification {100 * entry.get('reid_top1', math.nan):.1f}%, "
@@ -437,15 +439,16 @@ def verdicts(
 
 # -- outputs --------------------------------------------------------------------------------------
 def _pct(value: Any) -> str:
-    return "—" if not isinstance(value, (int, float)) or value is None else f"{100 * value:.1f}%"
+    return "—" if not isinstance(value, (int, float)) else f"{100 * value:.1f}%"
 
 
 def _num(value: Any, digits: int = 3) -> str:
-    return "—" if not isinstance(value, (int, float)) or value is None else f"{value:.{digits}f}"
+    return "—" if not isinstance(value, (int, float)) else f"{value:.{digits}f}"
 
 
-def markdown_table(metrics: Mapping[str, Any]) -> str:
-    """The frontier as a Markdown table: one row per method and budget, then the references."""
+def markdown_table(metrics: Mapping[str, Any], *, verdict: bool = True) -> str:
+    """The frontier as a Markdown table: one row per method and budget, then the references and (with
+    ``verdict``) the verdict per budget."""
     refs = metrics.get("references", {})
     lines = [
         f"Clean test accuracy {_pct(metrics.get('accuracy_clean'))}; attack budget "
@@ -468,19 +471,19 @@ def markdown_table(metrics: Mapping[str, Any]) -> str:
                 f"{_pct(entry.get('reid_top5'))} | {_pct(entry.get('attribute_accuracy'))} | "
                 f"{_num(entry.get('dcor'))} |"
             )
-    first: Mapping[str, Any] = next((e for entries in metrics.get("methods", {}).values() for e in entries), {})
     lines += [
         "",
         f"Label-only floors: decoder SSIM {_num(refs.get('decoder_ssim_label_floor'))}, re-identification top-1 "
-        f"{_pct(first.get('reid_floor'))} (top-5 {_pct(first.get('reid_floor_top5'))}), attribute "
+        f"{_pct(refs.get('reid_floor_top1'))} (top-5 {_pct(refs.get('reid_floor_top5'))}), attribute "
         f"{_pct(refs.get('attribute_label_floor'))} (chance {_pct(refs.get('attribute_chance'))}), dCor "
         f"{_num(refs.get('dcor_label_floor'))}. Clean ceilings: decoder SSIM {_num(refs.get('decoder_ssim_clean'))}, "
         f"attribute {_pct(refs.get('attribute_clean'))}.",
-        "",
     ]
+    if not verdict:
+        return "\n".join(lines) + "\n"
     from scl.report import verdict_lines
 
-    lines += [f"- {'met' if met else 'NOT met'}: {text}" for text, met in verdict_lines(metrics)]
+    lines += ["", *(f"- {'met' if met else 'NOT met'}: {text}" for text, met in verdict_lines(metrics))]
     return "\n".join(lines) + "\n"
 
 
@@ -492,9 +495,8 @@ def write_outputs(folder: Path, metrics: dict[str, Any], config: Mapping[str, An
     from scl.report import write_report
 
     refs = metrics["references"]
-    first: Mapping[str, Any] = next((e for entries in metrics["methods"].values() for e in entries), {})
     for key, stem, floor in (("decoder_ssim", "frontier_ssim", refs.get("decoder_ssim_label_floor")),
-                             ("reid_top1", "frontier_reid", first.get("reid_floor"))):
+                             ("reid_top1", "frontier_reid", refs.get("reid_floor_top1"))):
         figures.frontier(metrics["methods"], key, folder / "figures" / f"{stem}.png",
                          clean_accuracy=metrics["accuracy_clean"], floor=floor, budgets=metrics["budgets"])
     write_json(folder / "metrics.json", metrics)
