@@ -9,7 +9,15 @@ import math
 import pytest
 
 from scl.errors import ConfigError
-from scl.pipelines.bench_privacy import METHODS, markdown_table, parse_budgets, verdicts
+from scl.pipelines.bench_privacy import (
+    BASELINE_INIT_FRACTION,
+    METHODS,
+    baseline_lr,
+    build_config,
+    markdown_table,
+    parse_budgets,
+    verdicts,
+)
 from scl.report import verdict_lines
 from tests.test_commands import assert_run_folder, run_command
 
@@ -37,6 +45,16 @@ def test_budgets_parse_sorted_and_unique():
 def test_bad_budgets_are_errors_for_people(text, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         parse_budgets(text)
+
+
+def test_additive_baselines_train_at_scls_rate_scaled_as_their_start():
+    config = build_config()
+    for method in ("shredder", "cloak"):
+        assert baseline_lr(method, config) == pytest.approx(BASELINE_INIT_FRACTION * config["stage1"]["lr"])
+    config["stage1"]["lr"] = 0.1  # follows the stage's rate, e.g. from --set stage1.lr=0.1
+    assert baseline_lr("shredder", config) == pytest.approx(BASELINE_INIT_FRACTION * 0.1)
+    # NoPeek's parameters are a network's weights: its own rate, whatever scl's is
+    assert baseline_lr("nopeek", config) == baseline_lr("nopeek", build_config())
 
 
 def _entry(budget, reid, ssim, feasible=True, accuracy=0.95):
