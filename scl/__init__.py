@@ -5,7 +5,9 @@ per class, used to obfuscate an input (or an activation) so that a downstream ne
 correctly while the data itself is hidden. See README.md and DESIGN.md.
 """
 
-from scl import distributions
+# every class a command saves registers itself for scl.load where it is defined; importing the
+# task networks here (torch only) lets scl.load rebuild any run's checkpoint after `import scl`
+from scl import distributions, models
 from scl.embodiments import ObfuscatedNetwork, SplitNetwork
 from scl.errors import (
     CheckpointError,
@@ -32,21 +34,7 @@ from scl.selection import (
     SharedSelection,
     SoftSelection,
 )
-
-__version__ = "0.1.0"
-
-for _cls in (
-    StochasticConditionalConv2d,
-    StochasticConditionalLinear,
-    StochasticConditionalAdditive,
-    StochasticConditional,
-    HardSelection,
-    SoftSelection,
-    GatedSelection,
-    Obfuscator,
-):
-    register_module(_cls)
-del _cls
+from scl._version import __version__
 
 __all__ = [
     "CheckpointError",
@@ -73,6 +61,7 @@ __all__ = [
     "distributions",
     "freeze",
     "load",
+    "models",
     "register_module",
     "save",
 ]

@@ -134,8 +134,8 @@ def save(module: Any, path: str | os.PathLike[str]) -> Path:
     import torch.nn as nn
     from safetensors.torch import save as save_bytes
 
-    import scl
     from scl.errors import CheckpointError
+    from scl._version import __version__
 
     if not isinstance(module, nn.Module):
         raise CheckpointError(f"scl.save needs an nn.Module, but got {type(module).__name__}")
@@ -148,7 +148,7 @@ def save(module: Any, path: str | os.PathLike[str]) -> Path:
             # with scl.load(path, into=module)
             spec = None
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    metadata = {"format": FORMAT, "scl_version": scl.__version__, "spec": json.dumps(spec)}
+    metadata = {"format": FORMAT, "scl_version": __version__, "spec": json.dumps(spec)}
     data = save_bytes(state, metadata=metadata)
     path = Path(path)
     with atomic_write(path, "wb") as handle:

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from scl.errors import ConfigError, LabelError
+from scl.io import register_module
 from scl.layers.base import StochasticConditionalLayer
 from scl.random import CipherStream
 from scl.selection import (
@@ -31,6 +32,7 @@ def freeze(module: ModuleT) -> ModuleT:
     return module
 
 
+@register_module
 class Obfuscator(nn.Module):
     """``x -> L -> S``: obfuscate inputs with a stochastic conditional layer.
 

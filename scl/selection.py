@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scl.errors import ConfigError, LabelError, ShapeError
+from scl.io import register_module
 from scl.validation import check_num_classes, check_tensor, fingerprint
 
 
@@ -98,6 +99,7 @@ def check_labels(labels: Any, num_classes: int, batch_size: int | None = None, *
     return labels.long()
 
 
+@register_module
 class HardSelection(nn.Module):
     """Fixed 0/1 selection from labels (classification) or boxes (detection).
 
@@ -197,6 +199,7 @@ def _unpack_target(target: Any, index: int) -> tuple[Tensor, Tensor]:
     return boxes, torch.as_tensor(labels)
 
 
+@register_module
 class SoftSelection(nn.Module):
     """Trainable selection shared by the batch: C tensors of ``shape`` with values in [0, 1].
 
@@ -250,6 +253,7 @@ class SoftSelection(nn.Module):
         return {"num_classes": self.num_classes, "shape": list(self.shape), "init": self.init}
 
 
+@register_module
 class GatedSelection(nn.Module):
     """Extension beyond the spec: a small network that predicts ``pi`` from the input itself.
 

@@ -422,3 +422,27 @@ def test_save_creates_missing_parent_folders(tmp_path: Path) -> None:
     path = tmp_path / "run" / "checkpoints" / "layer.safetensors"
     scl.save(MODULES["linear"](), path)
     assert isinstance(scl.load(path), scl.StochasticConditionalLinear)
+
+
+def test_import_scl_alone_knows_every_class_a_command_saves_and_stays_light(tmp_path: Path) -> None:
+    """Classes register where they are defined, and ``import scl`` imports their modules: a fresh
+    interpreter that ran only ``import scl`` rebuilds the task networks and pre-layers, and has not
+    imported the plotting, federated or ONNX stacks."""
+    import subprocess
+    import sys
+
+    from scl.models import CenterNet, ResidualPreLayers, SmallCNN
+
+    paths = []
+    for name, module in {"cnn": SmallCNN(3, 10), "centernet": CenterNet(3, 2), "pre": ResidualPreLayers(3)}.items():
+        paths.append(str(scl.save(module, tmp_path / f"{name}.safetensors")))
+    code = (
+        "import sys, scl\n"
+        "print(*[type(scl.load(p)).__name__ for p in sys.argv[1:]])\n"
+        "print(*sorted({m.split('.')[0] for m in sys.modules} & {'matplotlib', 'flwr', 'onnx', 'onnxruntime'}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded, heavy = [*result.stdout.splitlines(), ""][:2]
+    assert loaded.split() == ["SmallCNN", "CenterNet", "ResidualPreLayers"]
+    assert heavy == ""

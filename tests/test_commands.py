@@ -119,7 +119,19 @@ def assert_run_folder(out: Path, checkpoints: set[str], figures: set[str]) -> di
         with Image.open(png) as image:
             assert min(image.size) > 50, png
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.partial")]
+    assert_checkpoints_load_after_import_scl(out)
     return json.loads((out / "metrics.json").read_text())
+
+
+def assert_checkpoints_load_after_import_scl(out: Path) -> None:
+    """Every checkpoint the command wrote rebuilds with ``scl.load`` in a fresh interpreter that
+    imported nothing but ``scl``, as a user's own script would."""
+    files = sorted(str(p) for p in (out / "checkpoints").glob("*.safetensors"))
+    code = "import sys, scl\nfor path in sys.argv[1:]:\n    print(type(scl.load(path)).__name__)"
+    result = subprocess.run([sys.executable, "-c", code, *files], capture_output=True, text=True, check=False,
+                            timeout=TIMEOUT_S)
+    assert result.returncode == 0, f"scl.load after `import scl` failed on {out}:\n{result.stderr[-3000:]}"
+    assert len(result.stdout.split()) == len(files)
 
 
 def _make_is_ready() -> bool:

@@ -9,11 +9,13 @@ import torch
 from torch import Tensor, nn
 
 from scl.errors import ConfigError, ShapeError
+from scl.io import register_module
 from scl.layers.base import StochasticConditionalLayer, _broadcast_check
 from scl.selection import ClassIndex, Selection, SharedSelection
 from scl.validation import check_tensor
 
 
+@register_module
 class StochasticConditionalAdditive(StochasticConditionalLayer):
     """Per-class noise parameters of the input's shape, added to the input.
 

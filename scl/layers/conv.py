@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from scl.errors import ConfigError
+from scl.io import register_module
 from scl.layers.base import ClassLinearMap
 from scl.validation import check_tensor
 
@@ -22,6 +23,7 @@ def _pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
     return pair
 
 
+@register_module
 class StochasticConditionalConv2d(ClassLinearMap):
     """Per-class convolution kernels whose outputs parameterise a noise distribution.
 

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from scl.errors import ConfigError, ShapeError
+from scl.io import register_module
 from scl.layers import recurrent
 from scl.layers.base import StochasticConditionalLayer, _broadcast_check
 from scl.selection import ClassIndex, Selection, SharedSelection
@@ -78,6 +79,7 @@ def factory_from_description(description: dict[str, Any]) -> Callable[[], nn.Mod
     return functools.partial(target, *description.get("args", []), **description.get("kwargs", {}))
 
 
+@register_module
 class StochasticConditional(StochasticConditionalLayer):
     """A stochastic conditional layer whose parameter networks are built by ``factory``.
 

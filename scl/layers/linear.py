@@ -8,10 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from scl.io import register_module
 from scl.layers.base import ClassLinearMap
 from scl.validation import check_tensor
 
 
+@register_module
 class StochasticConditionalLinear(ClassLinearMap):
     """Per-class weights ``W_c`` whose outputs parameterise a noise distribution.
 
