@@ -8,6 +8,7 @@ correctly while the data itself is hidden. See README.md and DESIGN.md.
 # every class a command saves registers itself for scl.load where it is defined; importing the
 # task networks here (torch only) lets scl.load rebuild any run's checkpoint after `import scl`
 from scl import distributions, models
+from scl._version import __version__
 from scl.embodiments import ObfuscatedNetwork, SplitNetwork
 from scl.errors import (
     CheckpointError,
@@ -34,7 +35,6 @@ from scl.selection import (
     SharedSelection,
     SoftSelection,
 )
-from scl._version import __version__
 
 __all__ = [
     "CheckpointError",

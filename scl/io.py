@@ -134,8 +134,8 @@ def save(module: Any, path: str | os.PathLike[str]) -> Path:
     import torch.nn as nn
     from safetensors.torch import save as save_bytes
 
-    from scl.errors import CheckpointError
     from scl._version import __version__
+    from scl.errors import CheckpointError
 
     if not isinstance(module, nn.Module):
         raise CheckpointError(f"scl.save needs an nn.Module, but got {type(module).__name__}")
