@@ -178,6 +178,14 @@ class Obfuscator(nn.Module):
             freeze(self.pre)
         return self
 
+    def invalidate_cache(self) -> None:
+        """Forget what the layer and the selection cache for inference (see
+        :meth:`scl.layers.ClassLinearMap.invalidate_cache`): needed only after editing their
+        parameters through ``.data``."""
+        for module in self.modules():
+            if module is not self and callable(getattr(module, "invalidate_cache", None)):
+                module.invalidate_cache()
+
     def selection_parameters(self) -> list[nn.Parameter]:
         """The trainable parameters of the attached selection (for stage 2's optimiser)."""
         if self.selection is None:

@@ -231,6 +231,14 @@ class SoftSelection(nn.Module):
         self.init = init
         self.logits = nn.Parameter(torch.full((self.num_classes, *shape), math.log(value / (1 - value))))
         self._cache: tuple[tuple[Any, ...], Tensor] | None = None
+        self._generation = 0  # bumped by invalidate_cache(): part of the key layers cache under
+
+    def invalidate_cache(self) -> None:
+        """Forget the cached values, and make every layer's kernels cached for them stale. Needed
+        only after editing ``logits`` through ``.data``, which PyTorch's version counter does not
+        see; optimiser steps, ``load_state_dict`` and edits under ``torch.no_grad()`` are seen."""
+        self._cache = None
+        self._generation += 1
 
     @property
     def values(self) -> Tensor:
@@ -239,7 +247,7 @@ class SoftSelection(nn.Module):
 
     def forward(self, x: Tensor | None = None) -> SharedSelection:
         """Return the selection (``x`` is accepted and ignored, so it fits a pipeline)."""
-        key = (id(self), *fingerprint(self.logits))
+        key = (id(self), self._generation, *fingerprint(self.logits))
         if self.logits.requires_grad and torch.is_grad_enabled():
             return SharedSelection(self.values, key)
         if self._cache is None or self._cache[0] != key:

@@ -69,7 +69,10 @@ def check_tensor(
     return x
 
 
-def fingerprint(tensor: Tensor) -> tuple[int, int, float]:
-    """Identifies a tensor's current values for caches: storage, version counter, and a sum that
-    also catches in-place edits through ``.data`` (which bypass the version counter)."""
-    return (tensor.data_ptr(), tensor._version, float(tensor.detach().sum()))
+def fingerprint(tensor: Tensor) -> tuple[int, int]:
+    """Identifies a tensor's current values for caches without reading them (no reduction, no
+    host sync): its storage and its version counter, which every in-place change bumps (an
+    optimiser step, ``load_state_dict``, edits under ``torch.no_grad()``), a swap of two rows that
+    keeps their sum included. Edits through ``.data`` bypass the counter: the modules that cache
+    say so and have ``invalidate_cache()``."""
+    return (tensor.data_ptr(), tensor._version)

@@ -799,22 +799,77 @@ def test_load_state_dict_invalidates_the_cached_kernels() -> None:
     torch.testing.assert_close(after, _uncached(layer, x, soft), atol=1e-6, rtol=1e-6)
 
 
-def test_in_place_edit_through_data_invalidates_the_cached_kernels() -> None:
-    # prepare: `param.data.mul_(...)` is a common idiom (weight clipping, averaging)
+def test_an_edit_through_data_is_seen_after_invalidate_cache() -> None:
+    # prepare: `param.data.mul_(...)` (weight clipping, averaging) bypasses the version counter
     layer = make_layer("conv").eval()
     soft = scl.SoftSelection(C)
+    obfuscator = scl.Obfuscator(layer, soft)
+    x = make_input("conv")
+    with torch.no_grad():
+        before = torch.cat(layer.params(x, soft()), 1)
+
+    # execute: the layer's kernels, then the selection's logits, each through .data
+    layer.weight.data.mul_(2.0)
+    layer.invalidate_cache()
+    with torch.no_grad():
+        after_weight = torch.cat(layer.params(x, soft()), 1)
+    expected_weight = _uncached(layer, x, soft)
+    soft.logits.data[0].add_(3.0)
+    obfuscator.invalidate_cache()  # the selection's cached values and the kernels mixed with them
+    with torch.no_grad():
+        after_logits = torch.cat(layer.params(x, soft()), 1)
+
+    # assert
+    assert not torch.allclose(after_weight, before)
+    torch.testing.assert_close(after_weight, expected_weight, atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(after_logits, after_weight)
+    torch.testing.assert_close(after_logits, _uncached(layer, x, soft), atol=1e-6, rtol=1e-6)
+
+
+def test_swapping_two_classes_kernels_invalidates_the_cache() -> None:
+    # prepare: the swap keeps every sum of the weights; the version counter sees it, not the values
+    layer = make_layer("conv").eval()
+    soft = scl.SoftSelection(C)
+    with torch.no_grad():
+        soft.logits[0].add_(2.0)  # class 0 weighs more than class 1, so the swap changes the mix
     x = make_input("conv")
     with torch.no_grad():
         before = torch.cat(layer.params(x, soft()), 1)
 
     # execute
-    layer.weight.data.mul_(2.0)
     with torch.no_grad():
+        layer.weight[[0, 1]] = layer.weight[[1, 0]].clone()
+        layer.bias[[0, 1]] = layer.bias[[1, 0]].clone()
         after = torch.cat(layer.params(x, soft()), 1)
 
     # assert
     assert not torch.allclose(after, before)
     torch.testing.assert_close(after, _uncached(layer, x, soft), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_a_cached_inference_call_reads_no_value_back_to_the_host(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # prepare: the cache's key is checked once per call; reading a value (a sum) to the host would
+    # wait for the device on every inference call
+    layer = make_layer(kind).eval()
+    soft = scl.SoftSelection(C)
+    with torch.no_grad():
+        layer.params(make_input(kind), soft())  # fills both caches
+    coeff = soft().values.reshape(1, C, -1)
+
+    def host_sync(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a cached call read a tensor's value back to the host")
+
+    # execute
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        monkeypatch.setattr(Tensor, name, host_sync)
+    with torch.no_grad():
+        selection = soft()
+        weight, _ = layer._mix_cached(coeff, selection.key)
+    monkeypatch.undo()
+
+    # assert: the cached kernels came back, not fresh ones
+    assert layer._mixed is not None and weight is layer._mixed[1]
 
 
 def test_cache_is_not_shared_between_selection_objects() -> None:

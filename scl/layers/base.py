@@ -205,6 +205,12 @@ class ClassLinearMap(StochasticConditionalLayer):
             self.bias.copy_(init.expand_as(self.bias))
         self._mixed = None
 
+    def invalidate_cache(self) -> None:
+        """Forget the kernels cached for a shared (soft) selection in eval mode. Needed only after
+        editing ``weight`` or ``bias`` through ``.data``, which PyTorch's version counter does not
+        see; optimiser steps, ``load_state_dict`` and edits under ``torch.no_grad()`` are seen."""
+        self._mixed = None
+
     # -- subclass hooks: channel-first tensors ---------------------------------------------------
     def _check_input(self, x: Tensor) -> None:
         raise NotImplementedError

@@ -222,7 +222,7 @@ def identity_init(layer: StochasticConditionalConv2d) -> None:
         layer.weight[:, :out] = layer.weight[0, :out].clone()
         layer.weight[:, out:] = 0.0
         layer.bias[:, :out] = 0.0
-    layer._mixed = None
+    layer.invalidate_cache()
 
 
 def conv_class_mean_init(layer: StochasticConditionalConv2d, x: Tensor, weights: Tensor) -> None:
@@ -250,7 +250,7 @@ def conv_class_mean_init(layer: StochasticConditionalConv2d, x: Tensor, weights:
     with torch.no_grad():
         layer.weight[:, :out] = 0.0
         layer.bias[:, :out] = sums / mass[:, None]
-    layer._mixed = None
+    layer.invalidate_cache()
 
 
 def layer_start(config: dict[str, Any]) -> str:
