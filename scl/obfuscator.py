@@ -183,8 +183,9 @@ class Obfuscator(nn.Module):
         :meth:`scl.layers.ClassLinearMap.invalidate_cache`): needed only after editing their
         parameters through ``.data``."""
         for module in self.modules():
-            if module is not self and callable(getattr(module, "invalidate_cache", None)):
-                module.invalidate_cache()
+            invalidate = getattr(module, "invalidate_cache", None)
+            if module is not self and callable(invalidate):
+                invalidate()
 
     def selection_parameters(self) -> list[nn.Parameter]:
         """The trainable parameters of the attached selection (for stage 2's optimiser)."""
