@@ -87,7 +87,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -575,15 +575,31 @@ def _movedim_symbolic(g: Any, self: Any, source: Any, destination: Any) -> Any:
     return g.op("Transpose", self, perm_i=order)
 
 
+def _custom_symbolic(name: str, opset: int) -> Callable[..., Any] | None:
+    """The custom symbolic a user registered for ``name`` at ``opset``, if any. torch.onnx has no
+    public getter: this reads the registry its ``register_custom_op_symbolic`` writes to (``None``
+    where that registry is not found, e.g. in another torch version)."""
+    registry = getattr(torch.onnx.register_custom_op_symbolic, "__globals__", {}).get("registration")
+    group = getattr(getattr(registry, "registry", None), "get_function_group", lambda _: None)(name)
+    functions = getattr(group, "_functions", None)
+    if functions is None or not functions.overridden(opset):
+        return None
+    return cast("Callable[..., Any]", functions[opset])
+
+
 @contextlib.contextmanager
 def _exporter_fixes() -> Iterator[None]:
     """Use :func:`_movedim_symbolic` for the duration of one export (every opset: movedim's
-    built-in symbolic is registered at opset 9)."""
+    built-in symbolic is registered at opset 9). The registry is the whole process's: a symbolic
+    the user had registered for movedim is put back after the export."""
+    previous = _custom_symbolic("aten::movedim", 9)
     torch.onnx.register_custom_op_symbolic("aten::movedim", _movedim_symbolic, 9)
     try:
         yield
     finally:
         torch.onnx.unregister_custom_op_symbolic("aten::movedim", 9)
+        if previous is not None:
+            torch.onnx.register_custom_op_symbolic("aten::movedim", previous, 9)
 
 
 def _graphs(graph: Any) -> Iterator[Any]:

@@ -142,6 +142,21 @@ def test_export_writes_a_model_with_metadata_and_a_dynamic_batch(tmp_path):
     assert obfuscator.training  # the caller's mode is restored
 
 
+def test_an_export_puts_back_the_users_own_movedim_symbolic(tmp_path):
+    # the exporter's symbolic registry is the whole process's; scl registers its movedim for one
+    # export and must leave a user's registration as it was
+    def users_movedim(g, self, source, destination):
+        return self
+
+    torch.onnx.register_custom_op_symbolic("aten::movedim", users_movedim, 9)
+    try:
+        export_onnx(conv_obfuscator(), tmp_path / "obfuscator.onnx", input_shape=SHAPE)
+        assert export_module._custom_symbolic("aten::movedim", 9) is users_movedim
+    finally:
+        torch.onnx.unregister_custom_op_symbolic("aten::movedim", 9)
+    assert export_module._custom_symbolic("aten::movedim", 9) is None  # and none is left behind
+
+
 def test_input_shape_is_inferred_where_the_obfuscator_fixes_it(tmp_path):
     path = export_onnx(additive_obfuscator(), tmp_path / "additive.onnx")
     assert tuple(run(path, torch.rand(3, 3, 8, 8)).shape) == (3, 3, 8, 8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -270,8 +271,55 @@ def flower_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         messages[direction].append(summary)
 
     folder = tmp_path_factory.mktemp("flower") / "fed"
+    before = _process_settings()
     out, metrics = federated.run(config, folder, show_progress=False, inspect=inspect)
-    return {"config": config, "out": out, "metrics": metrics, "messages": messages}
+    return {"config": config, "out": out, "metrics": metrics, "messages": messages,
+            "settings": (before, _process_settings())}
+
+
+def _process_settings() -> dict:
+    """What a run could change for the whole process: the environment, torch's threads, Flower's
+    telemetry switch."""
+    from flwr.supercore import telemetry
+
+    return {"environ": dict(os.environ), "threads": torch.get_num_threads(),
+            "telemetry": telemetry.FLWR_TELEMETRY_ENABLED}
+
+
+def test_a_flower_run_leaves_the_process_as_it_found_it(flower_run: dict) -> None:
+    before, after = flower_run["settings"]
+    assert after == before
+
+
+def test_the_simulation_environment_is_set_for_the_run_only_and_keeps_the_users_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("flwr", reason="Flower is not installed: pip install 'scl[federated]'")
+    from flwr.supercore import telemetry
+
+    from scl.pipelines.federated.server_app import simulation_environment
+
+    monkeypatch.delenv("FLWR_TELEMETRY_ENABLED", raising=False)
+    monkeypatch.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")  # the user's own choice
+    monkeypatch.setattr(telemetry, "FLWR_TELEMETRY_ENABLED", "1")
+    with pytest.raises(RuntimeError), simulation_environment():
+        assert os.environ["FLWR_TELEMETRY_ENABLED"] == "0" and telemetry.FLWR_TELEMETRY_ENABLED == "0"
+        assert os.environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] == "1"
+        raise RuntimeError("a failing run restores them too")
+    assert "FLWR_TELEMETRY_ENABLED" not in os.environ and telemetry.FLWR_TELEMETRY_ENABLED == "1"
+    assert os.environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] == "1"
+
+
+def test_importing_the_flower_apps_changes_no_environment_variable() -> None:
+    pytest.importorskip("flwr", reason="Flower is not installed: pip install 'scl[federated]'")
+    code = ("import os; before = dict(os.environ)\n"
+            "import scl.pipelines.federated.server_app, scl.pipelines.federated.client_app\n"
+            "print(sorted(set(os.environ.items()) ^ set(before.items())))")
+    unset = ("FLWR_TELEMETRY_ENABLED", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]"
 
 
 def test_flower_engine_end_to_end(flower_run: dict) -> None:

@@ -1124,3 +1124,40 @@ def test_bad_constructor_arguments_are_refused(make: Any, message: str) -> None:
 def test_extra_repr_tells_the_configuration() -> None:
     text = repr(make_layer("conv", "laplace", "output"))
     assert "num_classes=4" in text and "laplace" in text and "selection_at='output'" in text
+
+
+# --------------------------------------------------------------------------- process-wide settings
+@pytest.mark.parametrize("kind", GENERIC)
+@pytest.mark.parametrize("before", [True, False])
+def test_a_generic_layer_leaves_attentions_fastpath_switch_as_it_found_it(
+    kind: str, before: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # prepare: the switch is process-wide; only a network with attention may touch it, while
+    # gradients are on, and it must be restored even when the call fails
+    layer = make_layer(kind)
+    x = make_input(kind)
+    flips: list[bool] = []
+    original, initial = torch.backends.mha.set_fastpath_enabled, torch.backends.mha.get_fastpath_enabled()
+    original(before)
+
+    def recording(value: bool) -> None:
+        flips.append(value)
+        original(value)
+
+    monkeypatch.setattr(torch.backends.mha, "set_fastpath_enabled", recording)
+
+    # execute
+    try:
+        layer(x, LABELS).sum().backward()
+        with torch.no_grad():
+            layer(x, LABELS)
+        with pytest.raises(Exception):  # noqa: B017  (any failure inside the call)
+            layer(x[..., :1], LABELS)
+        after = torch.backends.mha.get_fastpath_enabled()
+    finally:
+        original(initial)
+
+    # assert
+    assert after is before
+    if kind != "transformer" or not before:
+        assert flips == []

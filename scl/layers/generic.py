@@ -158,18 +158,22 @@ class StochasticConditional(StochasticConditionalLayer):
 
         in_x = 0 if x.shape[0] > 1 or next(iter(params.values())).shape[0] == 1 else None
         xs = x if in_x == 0 else x[0]
+        # Inside vmap, torch's attention modules cannot see that gradients are needed and would
+        # take their fused inference path, which has no backward. The switch is the whole
+        # process's, so it is turned off only for a network with attention while gradients are on,
+        # and restored exactly after the call.
+        attention = torch.is_grad_enabled() and any(isinstance(m, nn.MultiheadAttention) for m in template.modules())
         fastpath = torch.backends.mha.get_fastpath_enabled()
         try:
-            # Inside vmap, torch's attention modules cannot see that gradients are needed and
-            # would take their fused inference path, which has no backward: turn it off then.
-            if torch.is_grad_enabled():
+            if attention and fastpath:
                 torch.backends.mha.set_fastpath_enabled(False)
             with warnings.catch_warnings():
                 # vmap falls back to a loop for a few attention kernels on CPU and says so
                 warnings.filterwarnings("ignore", message="There is a performance drop")
                 return vmap(call, in_dims=(0, 0, in_x), randomness="different")(params, buffers, xs)
         finally:
-            torch.backends.mha.set_fastpath_enabled(fastpath)
+            if attention and fastpath:
+                torch.backends.mha.set_fastpath_enabled(True)
 
     def params(self, x: Tensor, pi: Selection) -> list[Tensor]:
         """Raw parameter maps, each shaped like one network's output ``[B, ...]``."""

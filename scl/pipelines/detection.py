@@ -645,17 +645,6 @@ def save_checkpoints(exp: DetectionExperiment, folder: Path) -> None:
         scl.save(exp.obfuscator, ckpt / CHECKPOINTS["obfuscator"])
 
 
-@contextlib.contextmanager
-def _threads(count: int) -> Any:
-    before = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _fmt_maps(result: Mapping[str, Mapping[str, float]]) -> str:
     return ", ".join(f"{mode} {100 * r['map']:.1f} / {100 * r['map50']:.1f}" for mode, r in result.items())
 
@@ -665,7 +654,7 @@ def run(config: dict[str, Any], out: Path, *, console: Any = None, show_progress
     """The whole detection experiment into the run folder ``out``; returns ``(out, metrics)``."""
     log = RunLog(console)
     total = time.perf_counter()
-    with run_folder(out) as folder, _noise(config), _threads(config["threads"]):
+    with run_folder(out) as folder, _noise(config), engine.threads(config["threads"]):
         progress = make_progress(show_progress, console)
         with progress if progress is not None else contextlib.nullcontext():
             exp = prepare(config)

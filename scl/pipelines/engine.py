@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, cast
 
 import torch
@@ -14,6 +15,19 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
 LossFn = Callable[..., tuple[Tensor, dict[str, float]]]
+
+
+@contextlib.contextmanager
+def threads(count: int | None) -> Iterator[None]:
+    """Torch's intra-op threads set to ``count`` for the block (``None`` or 0: as they are), and
+    restored after it, however it ends: the setting is the whole process's."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(int(count))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None, shuffle: bool = True) -> list[Tensor]:

@@ -12,16 +12,14 @@ index comes from the node config key ``partition-id``.
 from __future__ import annotations
 
 import json
-import os
 from typing import cast
 
-os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+import torch  # noqa: F401  (before Flower: ArrayRecord.to_torch_state_dict needs torch imported)
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, MetricRecordValues, RecordDict
+from flwr.clientapp import ClientApp
 
-import torch  # noqa: E402  (before Flower: ArrayRecord.to_torch_state_dict needs torch imported)
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, MetricRecordValues, RecordDict  # noqa: E402
-from flwr.clientapp import ClientApp  # noqa: E402
-
-from scl.pipelines.federated import task  # noqa: E402
+from scl.pipelines import engine
+from scl.pipelines.federated import task
 
 app = ClientApp()
 
@@ -46,16 +44,17 @@ def reply_content(update: task.Update) -> RecordDict:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Steps 3 and 4 of §2.3 on this client (:func:`~.task.client_update`)."""
-    # one intra-op thread per simulated client: the clients already run side by side
-    torch.set_num_threads(1)
     record = msg.content["config"]
     config = json.loads(str(record["scl-config"]))
     client = int(context.node_config["partition-id"])
-    update = task.client_update(
-        config,
-        cast(ArrayRecord, msg.content["arrays"]).to_torch_state_dict(),
-        cast(ArrayRecord, msg.content["layer"]).to_torch_state_dict(),
-        client=client,
-        info=round_info(record),
-    )
+    # one intra-op thread per simulated client (the clients already run side by side), for this
+    # message only: a deployment's SuperNode process keeps its own setting
+    with engine.threads(1):
+        update = task.client_update(
+            config,
+            cast(ArrayRecord, msg.content["arrays"]).to_torch_state_dict(),
+            cast(ArrayRecord, msg.content["layer"]).to_torch_state_dict(),
+            client=client,
+            info=round_info(record),
+        )
     return Message(reply_content(update), reply_to=msg)

@@ -19,17 +19,14 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
-os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # no GPUs here: silence Ray's FutureWarning
+from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, Context, Message, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+from torch import Tensor
 
-import torch  # noqa: E402
-from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, Context, Message, MetricRecord  # noqa: E402
-from flwr.serverapp import Grid, ServerApp  # noqa: E402
-from flwr.serverapp.strategy import FedAvg  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from scl.pipelines.classification import RunLog  # noqa: E402
-from scl.pipelines.federated import task  # noqa: E402
+from scl.pipelines import engine
+from scl.pipelines.classification import RunLog
+from scl.pipelines.federated import task
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -135,6 +132,33 @@ def quiet_flower(level: int = logging.CRITICAL) -> Iterator[None]:
         logger.setLevel(previous)
 
 
+#: What a simulation sets in the environment, unless the user set it: Flower's telemetry off
+#: (nothing outside the machine may be reached) and Ray's warning about an accelerator variable it
+#: will override on machines without one. Set for the run only (Ray's workers inherit it), and
+#: restored after it.
+SIMULATION_ENVIRONMENT = {"FLWR_TELEMETRY_ENABLED": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
+
+
+@contextmanager
+def simulation_environment() -> Iterator[None]:
+    """:data:`SIMULATION_ENVIRONMENT` for the block, and Flower's telemetry switch in this process
+    (which Flower read from the environment when it was imported), each restored after it."""
+    from flwr.supercore import telemetry
+
+    added = {k: v for k, v in SIMULATION_ENVIRONMENT.items() if k not in os.environ}
+    switch = getattr(telemetry, "FLWR_TELEMETRY_ENABLED", None)
+    os.environ.update(added)
+    if "FLWR_TELEMETRY_ENABLED" in added and switch is not None:
+        telemetry.FLWR_TELEMETRY_ENABLED = added["FLWR_TELEMETRY_ENABLED"]
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+        if switch is not None:
+            telemetry.FLWR_TELEMETRY_ENABLED = switch
+
+
 def run_flower(
     config: dict[str, Any], progress: Progress | None, log: RunLog, inspect: Inspect | None = None
 ) -> task.Result:
@@ -159,13 +183,8 @@ def run_flower(
     }
     # the server's own training shares the cores with the simulated clients: one intra-op thread
     # each avoids oversubscription (OpenMP threads spinning against each other)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with quiet_flower():
-            run_simulation(server, client_app, num_supernodes=config["federated"]["clients"], backend_config=backend)
-    finally:
-        torch.set_num_threads(threads)
+    with engine.threads(1), simulation_environment(), quiet_flower():
+        run_simulation(server, client_app, num_supernodes=config["federated"]["clients"], backend_config=backend)
     if "error" in holder:
         raise holder["error"]
     if "result" not in holder:
