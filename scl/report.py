@@ -238,7 +238,7 @@ def _accuracy_section(metrics: Mapping[str, Any]) -> str:
     if mean8:
         keys += [k for k in mean8 if k not in keys]
     if not keys:
-        if "map" in metrics:  # a detection run reports mAP in its own section
+        if pipeline_of(metrics) == "detection":  # a detection run reports mAP in its own section
             return ""
         return "<h2>Accuracy</h2><p>No accuracy was recorded.</p>"
     header = [("Mode", False), ("Test accuracy", True)]
@@ -452,7 +452,7 @@ def _privacy_section(metrics: Mapping[str, Any]) -> str:
               ("Above floor", True), ("Reading", False)]
     explanation = _EXPLANATION
     notes = "".join(f'<p class="note">{_e(line)}</p>'
-                    for line in gaussian_verdicts(privacy, "mAP@.5" if "map" in metrics else "accuracy"))
+                    for line in gaussian_verdicts(privacy, _utility_name(metrics)))
     scale, matched = _number(privacy.get("gaussian_scale")), _number(privacy.get("reference_map50"))
     about = ""
     if scale is not None and matched is not None:  # detection's plain-noise reference
@@ -465,7 +465,7 @@ def _privacy_section(metrics: Mapping[str, Any]) -> str:
     if about:
         notes += f'<p class="note">{_e(about)}</p>'
 
-    if "map" in metrics:  # detection: the floor decoder is given the class masks, not a label
+    if pipeline_of(metrics) == "detection":  # the floor decoder is given the class masks, not a label
         explanation = explanation.replace("who knows only the label", "who knows only the class masks (where each "
                                           "category's objects are)").replace("label-only floor", "mask-only floor")
         explanation = explanation.replace("from the label alone", "from the masks alone")
@@ -782,7 +782,7 @@ def _detection_section(metrics: Mapping[str, Any]) -> str:
 
 
 def _federated_section(metrics: Mapping[str, Any]) -> str:
-    if "engine" not in metrics and "stages" not in metrics:
+    if pipeline_of(metrics) != "federated":
         return ""
     parts = ["<h2>Federated learning</h2>"]
     if "engine" in metrics:
@@ -907,6 +907,29 @@ def _date(run_dir: Path, metrics: Mapping[str, Any], config: Mapping[str, Any]) 
 # --------------------------------------------------------------------------------------------
 # public
 
+#: The pipelines whose runs the report lays out (``metrics["pipeline"]``).
+PIPELINES = ("classification", "detection", "federated", "bench_privacy")
+
+
+def _utility_name(metrics: Mapping[str, Any]) -> str:
+    return "mAP@.5" if pipeline_of(metrics) == "detection" else "accuracy"
+
+
+def pipeline_of(metrics: Mapping[str, Any]) -> str:
+    """Which pipeline wrote a run: its ``metrics["pipeline"]``. Runs of earlier versions have no
+    such field; theirs is told from the keys only they write (detection's ``map``, federated's
+    ``engine`` or ``stages``, the benchmark's ``methods``), else classification."""
+    recorded = metrics.get("pipeline")
+    if recorded in PIPELINES:
+        return str(recorded)
+    if "map" in metrics:
+        return "detection"
+    if "engine" in metrics or "stages" in metrics:
+        return "federated"
+    if "methods" in metrics and "verdict" in metrics:
+        return "bench_privacy"
+    return "classification"
+
 
 def write_report(
     run_dir: str | os.PathLike[str],
@@ -948,7 +971,7 @@ def write_report(
     config_text = json.dumps(config, indent=2, ensure_ascii=False, default=str)
     # a benchmark run (``scl bench privacy``) has no single release: its frontier replaces the sections
     # of an experiment, which would only say that nothing was recorded
-    bench = metrics.get("pipeline") == "bench_privacy"
+    bench = pipeline_of(metrics) == "bench_privacy"
     title = "scl bench privacy" if bench else "scl run report"
     body = [
         f"<h1>{title}: {_e(dataset_text)}</h1>",

@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from scl.report import PIPELINES
+
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 300
 MODES = ("pipe", "pty")
@@ -120,7 +122,9 @@ def assert_run_folder(out: Path, checkpoints: set[str], figures: set[str]) -> di
             assert min(image.size) > 50, png
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.partial")]
     assert_checkpoints_load_after_import_scl(out)
-    return json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics.get("pipeline") in PIPELINES, "metrics.json must say which pipeline wrote it"
+    return metrics
 
 
 def assert_checkpoints_load_after_import_scl(out: Path) -> None:

@@ -13,7 +13,7 @@ from PIL import Image
 from scl import cipher, figures
 from scl.errors import SCLError, ShapeError
 from scl.io import write_json
-from scl.report import write_report
+from scl.report import pipeline_of, write_report
 
 
 def _assert_png(path: Path) -> None:
@@ -244,25 +244,31 @@ def test_report_tolerates_missing_optional_keys(tmp_path: Path) -> None:
 
 
 def test_report_detection_and_federated_sections(tmp_path: Path) -> None:
-    metrics = {
+    detection = {
+        "pipeline": "detection",
         "dataset": "shapes",
         "map": {"clean": 0.61, "hard": 0.58},
         "map50": {"clean": 0.88, "hard": 0.85, "soft": 0.8},
+        "date": "2025-01-02 03:04",
+    }
+    federated = {
+        "pipeline": "federated",
+        "dataset": "digits",
         "engine": "simulation",
         "stages": [
             {"name": "p=0.0", "accuracy": 0.91, "rounds": 3},
             {"name": "p=1.0", "accuracy": 0.97, "rounds": 3, "clients": 4},
         ],
-        "date": "2025-01-02 03:04",
     }
-    run = _run_folder(tmp_path, metrics=metrics)
 
-    text = write_report(run).read_text(encoding="utf-8")
+    detection_text = write_report(_run_folder(tmp_path / "detection", metrics=detection)).read_text(encoding="utf-8")
+    federated_text = write_report(_run_folder(tmp_path / "federated", metrics=federated)).read_text(encoding="utf-8")
 
-    assert "Detection" in text and "0.610" in text and "0.850" in text
-    assert "Federated learning" in text and "simulation" in text
-    assert "91.0%" in text and "p=1.0" in text
-    assert "2025-01-02 03:04" in text
+    assert "Detection" in detection_text and "0.610" in detection_text and "0.850" in detection_text
+    assert "2025-01-02 03:04" in detection_text
+    assert "Federated learning" not in detection_text
+    assert "Federated learning" in federated_text and "simulation" in federated_text
+    assert "91.0%" in federated_text and "p=1.0" in federated_text
 
 
 def test_report_detection_privacy_shows_plain_noise_beside_the_release_and_says_who_wins(tmp_path: Path) -> None:
@@ -341,3 +347,19 @@ def test_report_names_the_noise_source(tmp_path: Path, reproducible: bool) -> No
     assert "AES-256-CTR" in text and "os.urandom, 256 bits, per process, renewed after fork" in text
     assert cipher.library() in text
     assert ("inside <code>scl.deterministic(seed)</code>" in text) == reproducible
+
+
+@pytest.mark.parametrize(("metrics", "expected"), [
+    ({"pipeline": "detection", "accuracy": {}}, "detection"),
+    ({"pipeline": "federated"}, "federated"),
+    ({"pipeline": "bench_privacy", "methods": {}}, "bench_privacy"),
+    ({"pipeline": "classification", "map": 0.5}, "classification"),  # the recorded name wins
+    # runs of earlier versions, which did not record it
+    ({"map": {"hard": 0.4}}, "detection"),
+    ({"engine": "local", "stages": []}, "federated"),
+    ({"methods": {}, "verdict": []}, "bench_privacy"),
+    ({"accuracy": {"clean": 0.9}}, "classification"),
+    ({"pipeline": "something else", "map": 0.5}, "detection"),  # an unknown name is not trusted
+])
+def test_the_report_reads_which_pipeline_wrote_a_run(metrics, expected):
+    assert pipeline_of(metrics) == expected

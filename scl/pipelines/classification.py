@@ -895,6 +895,7 @@ def write_outputs(exp: Experiment, folder: Path, log: RunLog, name: str | None =
         figures.budget_curves(exp.metrics["utility"], budget_test_losses(exp.metrics), fig / "utility_budget.png")
     if exp.metrics.get("sweep"):
         figures.tradeoff_curve(exp.metrics["sweep"], fig / "tradeoff.png")
+    exp.metrics["pipeline"] = "classification"  # what the report reads to lay the run out
     exp.metrics["dataset"] = exp.dataset.name
     exp.metrics["num_classes"] = exp.dataset.num_classes
     exp.metrics["input_shape"] = list(exp.dataset.image_shape)

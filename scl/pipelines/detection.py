@@ -623,6 +623,7 @@ def write_outputs(exp: DetectionExperiment, folder: Path, log: RunLog, name: str
         from scl.report import budget_test_losses
 
         figures.budget_curves(exp.metrics["utility"], budget_test_losses(exp.metrics), fig / "utility_budget.png")
+    exp.metrics["pipeline"] = "detection"  # what the report reads to lay the run out
     exp.metrics["dataset"] = exp.dataset.name
     exp.metrics["num_classes"] = exp.dataset.num_classes
     exp.metrics["class_names"] = list(names)

@@ -69,7 +69,8 @@ def write_outputs(result: Any, config: dict[str, Any], folder: Path, log: classi
     figures.image_grid(result.samples, fig / "client_samples.png", title="A client's data, and what N trains on")
     data = classification.load_dataset(config)
     shape = list(data.image_shape)
-    result.metrics.update({"dataset": data.name, "num_classes": data.num_classes, "input_shape": shape})
+    result.metrics.update({"pipeline": "federated", "dataset": data.name, "num_classes": data.num_classes,
+                           "input_shape": shape})
     write_json(folder / "metrics.json", result.metrics)
     write_json(folder / "config.json", config)
     with atomic_write(folder / "log.txt") as handle:
