@@ -93,9 +93,10 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from scl._version import __version__
 from scl.distributions import NoiseDistribution, get, names
 from scl.errors import CheckpointError, ConfigError, SCLError, ShapeError
-from scl.io import atomic_write
+from scl.io import atomic_write, load
 from scl.layers import (
     StochasticConditional,
     StochasticConditionalAdditive,
@@ -447,7 +448,7 @@ def export_onnx(
     _check_graph(model, sampler, None if example_noise is None else example_noise.cpu().numpy())
     symbolic = [BATCH if axis == sampler.batch_axis else size for axis, size in enumerate(noise_shape)]
     metadata = {
-        "scl_version": _version(),
+        "scl_version": __version__,
         "scl_distribution": name,
         "scl_distribution_options": json.dumps(obfuscator.layer.noise.config()),
         "scl_selection": selection_kind,
@@ -842,12 +843,6 @@ def _noise_contract(model: Any) -> tuple[str, list[int | str], str]:
     return distribution, shape, dtype
 
 
-def _version() -> str:
-    import scl
-
-    return scl.__version__
-
-
 # -- run folders and checkpoints (for the command line) ------------------------------------------
 
 
@@ -867,7 +862,6 @@ def load_for_export(
     The input shape comes from the run's ``metrics.json`` (also for a checkpoint inside a run's
     ``checkpoints/`` folder); ``None`` when it is not recorded.
     """
-    import scl
     from scl.pipelines.classification import CHECKPOINTS, run_selection
 
     if selection not in (None, "soft", "gated"):
@@ -887,7 +881,7 @@ def load_for_export(
             gated_path = ckpt / CHECKPOINTS["gated"]
             if not gated_path.is_file():
                 raise ConfigError(f"{str(source)!r} has no checkpoints/{CHECKPOINTS['gated']}; use --selection soft")
-            obfuscator = obfuscator.with_selection(scl.load(gated_path))
+            obfuscator = obfuscator.with_selection(load(gated_path))
         return obfuscator, _recorded_shape(source)
     if not source.is_file():
         raise CheckpointError(
@@ -906,9 +900,7 @@ def load_for_export(
 
 
 def _load_obfuscator(path: Path) -> Obfuscator:
-    import scl
-
-    module = scl.load(path)
+    module = load(path)
     if not isinstance(module, Obfuscator):
         hint = " (a run's gated selection: pass the run folder with --selection gated)" if isinstance(
             module, GatedSelection

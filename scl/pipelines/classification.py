@@ -32,11 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import scl
 from scl.data import Dataset, load_digits, load_user_data, split
 from scl.errors import ConfigError, SCLError
-from scl.io import atomic_write, write_json
-from scl.layers import StochasticConditionalAdditive, StochasticConditionalConv2d
+from scl.io import atomic_write, load, save, write_json
+from scl.layers import StochasticConditionalAdditive, StochasticConditionalConv2d, StochasticConditionalLayer
 from scl.models import SmallCNN
 from scl.obfuscator import Obfuscator, freeze
 from scl.pipelines import engine
@@ -44,6 +43,7 @@ from scl.pipelines.config import stage_patience
 from scl.pipelines.stages import BudgetResult, PrivacyObjective, UtilityBudget, train_within_budget, validation_cut
 from scl.pipelines.stages import privacy_term as privacy_term  # re-exported for detection
 from scl.progress import make_progress
+from scl.random import deterministic
 from scl.selection import GatedSelection, SoftSelection
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def prepare(config: dict[str, Any]) -> Experiment:
 @contextlib.contextmanager
 def _noise(config: dict[str, Any]) -> Iterator[None]:
     if config["reproducible"]:
-        with scl.deterministic(config["seed"]):
+        with deterministic(config["seed"]):
             yield
     else:
         yield
@@ -112,7 +112,7 @@ def _generator(config: dict[str, Any], offset: int) -> torch.Generator:
 def train_network(exp: Experiment, progress: Progress | None, log: RunLog) -> None:
     cfg, data = exp.config, exp.splits["task"]
     if cfg["network"]["checkpoint"]:
-        network = scl.load(cfg["network"]["checkpoint"])
+        network = load(cfg["network"]["checkpoint"])
         if (
             not isinstance(network, SmallCNN)
             or network.in_channels != exp.dataset.channels
@@ -169,7 +169,7 @@ def init_scale(value: float | str, images: Tensor) -> float:
     return max(AUTO_INIT_FRACTION * float(images.std()), 2e-3)
 
 
-def build_layer(config: dict[str, Any], dataset: Dataset) -> scl.StochasticConditionalLayer:
+def build_layer(config: dict[str, Any], dataset: Dataset) -> StochasticConditionalLayer:
     """The stochastic conditional layer: image in, image-shaped sample out (N reads it)."""
     layer_cfg = config["layer"]
     options = {"init_scale": init_scale(layer_cfg["init_scale"], dataset.x)} \
@@ -386,7 +386,7 @@ def train_stage1(
 
 
 # -- stage 2 ------------------------------------------------------------------------------------------
-def soft_shape(config: dict[str, Any], layer: scl.StochasticConditionalLayer, dataset: Dataset) -> tuple[int, ...]:
+def soft_shape(config: dict[str, Any], layer: StochasticConditionalLayer, dataset: Dataset) -> tuple[int, ...]:
     """The shape of each class tensor of the soft selection: ``input`` (C_in, H, W), the size
     of the input as spec §2.2.1 puts it; ``spatial`` (1, H, W); ``channel`` (C_in, 1, 1); or
     ``scalar`` ()."""
@@ -630,7 +630,7 @@ def attack_release(
                                   references=references, **common)
         shared.update({k: v for k, v in result.items() if k != "attribute_accuracy"})
         block["attribute_accuracy"] = result["attribute_accuracy"]
-    with torch.no_grad(), scl.deterministic(exp.config["seed"] + 11):
+    with torch.no_grad(), deterministic(exp.config["seed"] + 11):
         h = release(test.x, test.y)
         block["dcor"] = distance_correlation(test.x, h, bias_corrected=True)
         block["dcor_vstatistic"] = distance_correlation(test.x, h)
@@ -824,11 +824,11 @@ def run_folder(out: Path) -> Iterator[Path]:
 def save_checkpoints(exp: Experiment, folder: Path) -> None:
     ckpt = folder / "checkpoints"
     if exp.network is not None:
-        scl.save(exp.network, ckpt / CHECKPOINTS["network"])
+        save(exp.network, ckpt / CHECKPOINTS["network"])
     if exp.obfuscator is not None:
-        scl.save(exp.obfuscator, ckpt / CHECKPOINTS["obfuscator"])
+        save(exp.obfuscator, ckpt / CHECKPOINTS["obfuscator"])
     if exp.gated is not None and exp.gated.selection is not None:
-        scl.save(exp.gated.selection, ckpt / CHECKPOINTS["gated"])
+        save(exp.gated.selection, ckpt / CHECKPOINTS["gated"])
 
 
 def load_run(run: Path) -> Experiment:
@@ -843,10 +843,10 @@ def load_run(run: Path) -> Experiment:
     for key in ("network", "obfuscator"):
         if not (ckpt / CHECKPOINTS[key]).is_file():
             raise ConfigError(f"{str(run)!r} has no checkpoints/{CHECKPOINTS[key]}; the run is incomplete")
-    exp.network = freeze(scl.load(ckpt / CHECKPOINTS["network"])).eval()
-    exp.obfuscator = scl.load(ckpt / CHECKPOINTS["obfuscator"]).eval()
+    exp.network = freeze(load(ckpt / CHECKPOINTS["network"])).eval()
+    exp.obfuscator = load(ckpt / CHECKPOINTS["obfuscator"]).eval()
     if (ckpt / CHECKPOINTS["gated"]).is_file():
-        exp.gated = exp.obfuscator.with_selection(scl.load(ckpt / CHECKPOINTS["gated"])).eval()
+        exp.gated = exp.obfuscator.with_selection(load(ckpt / CHECKPOINTS["gated"])).eval()
     metrics_path = run / "metrics.json"
     if metrics_path.is_file():
         exp.metrics = json.loads(metrics_path.read_text())

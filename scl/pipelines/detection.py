@@ -38,10 +38,9 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import Tensor
 
-import scl
 from scl.data.scenes import DetectionData, load_detection_data, make_scenes, split_detection
 from scl.errors import ConfigError, SCLError
-from scl.io import atomic_write, write_json
+from scl.io import atomic_write, load, save, write_json
 from scl.layers import StochasticConditionalConv2d
 from scl.models.detector import CenterNet
 from scl.obfuscator import Obfuscator, freeze
@@ -228,7 +227,7 @@ def train_detector(exp: DetectionExperiment, progress: Progress | None, log: Run
     cfg, data = exp.config, exp.splits["train"]
     checkpoint = cfg["detector"]["checkpoint"]
     if checkpoint:
-        network = scl.load(checkpoint)
+        network = load(checkpoint)
         if not isinstance(network, CenterNet) or network.in_channels != exp.dataset.channels or (
             network.num_classes != exp.dataset.num_classes
         ):
@@ -641,9 +640,9 @@ def write_outputs(exp: DetectionExperiment, folder: Path, log: RunLog, name: str
 def save_checkpoints(exp: DetectionExperiment, folder: Path) -> None:
     ckpt = folder / "checkpoints"
     if exp.network is not None:
-        scl.save(exp.network, ckpt / CHECKPOINTS["network"])
+        save(exp.network, ckpt / CHECKPOINTS["network"])
     if exp.obfuscator is not None:
-        scl.save(exp.obfuscator, ckpt / CHECKPOINTS["obfuscator"])
+        save(exp.obfuscator, ckpt / CHECKPOINTS["obfuscator"])
 
 
 def _fmt_maps(result: Mapping[str, Mapping[str, float]]) -> str:

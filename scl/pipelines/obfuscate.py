@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import scl
 from scl.data import load_images
 from scl.errors import ConfigError
-from scl.io import atomic_write
+from scl.io import atomic_write, load
 from scl.obfuscator import Obfuscator
 from scl.pipelines.classification import CHECKPOINTS, run_selection
 
@@ -32,12 +31,12 @@ def obfuscate_files(run: Path, source: Path, out: Path, *, selection: str | None
     path = ckpt / CHECKPOINTS["obfuscator"]
     if not path.is_file():
         raise ConfigError(f"{str(run)!r} has no checkpoints/{CHECKPOINTS['obfuscator']}; train a run first")
-    obfuscator: Obfuscator = scl.load(path).eval()
+    obfuscator: Obfuscator = load(path).eval()
     if selection == "gated":
         gated_path = ckpt / CHECKPOINTS["gated"]
         if not gated_path.is_file():
             raise ConfigError(f"{str(run)!r} has no gated selection checkpoint; use --selection soft")
-        obfuscator = obfuscator.with_selection(scl.load(gated_path)).eval()
+        obfuscator = obfuscator.with_selection(load(gated_path)).eval()
     if obfuscator.selection is None:
         raise ConfigError(f"{str(run)!r}: the obfuscator has no trained selection; run stage 2 first")
     shape = _input_shape(Path(run))

@@ -58,12 +58,12 @@ def require_flower() -> None:
 
 def write_outputs(result: Any, config: dict[str, Any], folder: Path, log: classification.RunLog, name: str) -> None:
     """Checkpoints, figures, metrics.json, config.json, log.txt and report.html of a federated run."""
-    import scl
     from scl import figures
+    from scl.io import save
     from scl.report import write_report
 
-    scl.save(result.network, folder / "checkpoints" / classification.CHECKPOINTS["network"])
-    scl.save(result.obfuscator, folder / "checkpoints" / classification.CHECKPOINTS["obfuscator"])
+    save(result.network, folder / "checkpoints" / classification.CHECKPOINTS["network"])
+    save(result.obfuscator, folder / "checkpoints" / classification.CHECKPOINTS["obfuscator"])
     fig = folder / "figures"
     figures.accuracy_vs_share(result.metrics["series"], fig / "accuracy_vs_share.png")
     figures.image_grid(result.samples, fig / "client_samples.png", title="A client's data, and what N trains on")
