@@ -176,6 +176,22 @@ def test_calibrated_noise_loses_at_most_the_budget_and_grows_with_it():
     assert scales == sorted(scales) and scales[-1] > scales[0]
 
 
+@pytest.mark.parametrize("noise", [GaussianNoise, LaplaceNoise])
+def test_calibrate_finds_the_largest_scale_at_the_target_on_one_fixed_draw(noise):
+    x = torch.zeros(64, *SHAPE)
+
+    def utility(noisy):  # falls as the noise grows: 1 at no noise, 0 when its RMS reaches 1
+        return 1.0 - float(noisy.square().mean().sqrt().clamp(max=1.0))
+
+    scale, value = noise.calibrate(x, utility, 0.5, generator=torch.Generator().manual_seed(3))
+    again = noise.calibrate(x, utility, 0.5, generator=torch.Generator().manual_seed(3))
+
+    assert value >= 0.5 and value == pytest.approx(0.5, abs=0.01)  # the largest scale, not any
+    assert again == (scale, value)  # one fixed draw: the same answer from the same generator
+    rms = float(noise.unit_noise(x, generator=torch.Generator().manual_seed(3)).square().mean().sqrt())
+    assert scale * rms == pytest.approx(0.5, abs=0.01)
+
+
 def test_a_baseline_objective_sees_one_class_whatever_the_labels():
     from scl.pipelines.bench_privacy import _ClassFree
     from scl.pipelines.stages import PrivacyObjective

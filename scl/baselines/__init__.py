@@ -75,6 +75,17 @@ class PlainNoise(nn.Module):
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         return x + self.scale * self.unit_noise(x)
 
+    @classmethod
+    def calibrate(
+        cls, x: Tensor, utility: Callable[[Tensor], float], target: float, *, generator: torch.Generator,
+        steps: int = 16,
+    ) -> tuple[float, float]:
+        """The largest scale at which ``utility(x + scale * eps)`` is still at least ``target``, by
+        :func:`calibrate_scale` on one fixed draw ``eps`` (from ``generator``), so that the utility
+        is a deterministic function of the scale: ``(scale, utility at it)``."""
+        eps = cls.unit_noise(x, generator=generator)
+        return calibrate_scale(lambda scale: utility(x + scale * eps), target, steps=steps)
+
     def extra_repr(self) -> str:
         return f"scale={self.scale:.4g}"
 

@@ -46,7 +46,6 @@ from scl.baselines import (
     NoPeek,
     PlainNoise,
     Shredder,
-    calibrate_scale,
 )
 from scl.errors import ConfigError, SCLError
 from scl.io import atomic_write, write_json
@@ -182,12 +181,11 @@ class _ClassFree(PrivacyObjective):
 def calibrate_noise(noise: type[PlainNoise], budget: UtilityBudget, generator: torch.Generator) -> tuple[float, float]:
     """The largest scale of ``noise`` that loses at most the budget on its validation split, by
     bisection on one fixed draw: ``(scale, validation loss in points)``."""
-    eps = noise.unit_noise(budget.x, generator=generator)
+    def accuracy_of(noisy: Tensor) -> float:  # budget.loss releases its own validation images, budget.x
+        return budget.clean - budget.loss(lambda x, y: noisy, draws=1) / 100.0
 
-    def accuracy_at(scale: float) -> float:
-        return budget.clean - budget.loss(lambda x, y: x + scale * eps, draws=1) / 100.0
-
-    scale, accuracy = calibrate_scale(accuracy_at, budget.clean - budget.max_loss / 100.0)
+    scale, accuracy = noise.calibrate(budget.x, accuracy_of, budget.clean - budget.max_loss / 100.0,
+                                      generator=generator)
     return scale, 100.0 * (budget.clean - accuracy)
 
 

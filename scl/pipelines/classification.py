@@ -536,18 +536,13 @@ def gaussian_reference(exp: Experiment, target: float) -> tuple[float, float]:
 
     Bisection on one fixed noise draw (seeded), so accuracy is a deterministic function of the scale.
     """
-    from scl.baselines import calibrate_scale
+    from scl.baselines import GaussianNoise
 
     network, test = exp.network, exp.splits["test"]
     if network is None:
         raise SCLError("train or load the task network first")
-    eps = torch.randn(test.x.shape, generator=_generator(exp.config, 7))
-
-    def accuracy_at(scale: float) -> float:
-        probabilities = engine.predict_proba(network, test.x + scale * eps)
-        return engine.accuracy(probabilities, test.y)
-
-    return calibrate_scale(accuracy_at, target)
+    return GaussianNoise.calibrate(test.x, lambda noisy: engine.accuracy(engine.predict_proba(network, noisy), test.y),
+                                   target, generator=_generator(exp.config, 7))
 
 
 def releases(exp: Experiment) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:

@@ -447,17 +447,15 @@ def gaussian_reference(exp: DetectionExperiment, target: float) -> tuple[float, 
     """
     from dataclasses import replace
 
-    from scl.baselines import calibrate_scale
+    from scl.baselines import GaussianNoise
 
     test = exp.splits["test"]
-    eps = torch.randn(test.images.shape, generator=_generator(exp.config, 7))
 
-    def map50_at(scale: float) -> float:
-        noisy = replace(test, images=test.images + scale * eps)
-        return float(coco_map(test.targets(), predict(exp, noisy), num_classes=exp.dataset.num_classes,
-                              image_size=test.image_size)["map50"])
+    def map50_of(images: Tensor) -> float:
+        return float(coco_map(test.targets(), predict(exp, replace(test, images=images)),
+                              num_classes=exp.dataset.num_classes, image_size=test.image_size)["map50"])
 
-    return calibrate_scale(map50_at, target, steps=10)
+    return GaussianNoise.calibrate(test.images, map50_of, target, generator=_generator(exp.config, 7), steps=10)
 
 
 def run_attacks(exp: DetectionExperiment, progress: Progress | None, log: RunLog) -> dict[str, float]:
