@@ -96,7 +96,7 @@ from torch.distributions import Distribution
 from scl._version import __version__
 from scl.distributions import NoiseDistribution, get, names
 from scl.errors import CheckpointError, ConfigError, SCLError, ShapeError
-from scl.io import atomic_write, load
+from scl.io import atomic_write
 from scl.layers import (
     StochasticConditional,
     StochasticConditionalAdditive,
@@ -104,6 +104,7 @@ from scl.layers import (
     StochasticConditionalLinear,
 )
 from scl.obfuscator import Obfuscator
+from scl.runs import CHECKPOINTS, load_label_free, load_obfuscator, recorded_shape
 from scl.selection import GatedSelection, SoftSelection
 
 INPUT_NAME = "x"
@@ -862,33 +863,23 @@ def load_for_export(
     The input shape comes from the run's ``metrics.json`` (also for a checkpoint inside a run's
     ``checkpoints/`` folder); ``None`` when it is not recorded.
     """
-    from scl.pipelines.classification import CHECKPOINTS, run_selection
-
     if selection not in (None, "soft", "gated"):
         raise ConfigError(f"selection must be 'soft' or 'gated', but got {selection!r}")
     source = Path(source)
     if source.is_dir():
-        ckpt = source / "checkpoints"
-        path = ckpt / CHECKPOINTS["obfuscator"]
-        if not path.is_file():
+        if not (source / "checkpoints" / CHECKPOINTS["obfuscator"]).is_file():
             raise ConfigError(
                 f"{str(source)!r} is a folder without checkpoints/{CHECKPOINTS['obfuscator']}; pass a run "
                 "folder written by `scl train` or `scl demo`, or an obfuscator checkpoint (.safetensors)"
             )
-        obfuscator = _load_obfuscator(path)
-        selection = run_selection(ckpt, selection)
-        if selection == "gated":
-            gated_path = ckpt / CHECKPOINTS["gated"]
-            if not gated_path.is_file():
-                raise ConfigError(f"{str(source)!r} has no checkpoints/{CHECKPOINTS['gated']}; use --selection soft")
-            obfuscator = obfuscator.with_selection(load(gated_path))
-        return obfuscator, _recorded_shape(source)
+        obfuscator, _ = load_label_free(source, selection)
+        return obfuscator, recorded_shape(source)
     if not source.is_file():
         raise CheckpointError(
             f"{str(source)!r} does not exist; pass a run folder written by `scl train` or `scl demo`, "
             "or an obfuscator checkpoint (.safetensors) written by scl.save"
         )
-    obfuscator = _load_obfuscator(source)
+    obfuscator = load_obfuscator(source)
     held = "soft" if isinstance(obfuscator.selection, SoftSelection) else "gated"
     if selection is not None and obfuscator.selection is not None and held != selection:
         raise ConfigError(
@@ -896,25 +887,6 @@ def load_for_export(
             "the run folder"
         )
     run = source.parent.parent if source.parent.name == "checkpoints" else None
-    return obfuscator, _recorded_shape(run) if run is not None else None
+    return obfuscator, recorded_shape(run) if run is not None else None
 
 
-def _load_obfuscator(path: Path) -> Obfuscator:
-    module = load(path)
-    if not isinstance(module, Obfuscator):
-        hint = " (a run's gated selection: pass the run folder with --selection gated)" if isinstance(
-            module, GatedSelection
-        ) else ""
-        raise CheckpointError(
-            f"{str(path)!r} holds a {type(module).__name__}, not an Obfuscator{hint}; save the "
-            "obfuscator itself with scl.save(obfuscator, path)"
-        )
-    return module
-
-
-def _recorded_shape(run: Path) -> tuple[int, ...] | None:
-    try:
-        shape = json.loads((run / "metrics.json").read_text())["input_shape"]
-        return tuple(int(s) for s in shape)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None

@@ -17,6 +17,7 @@ from scl.layers import StochasticConditionalAdditive
 from scl.models import SmallCNN
 from scl.pipelines import config as cfg
 from scl.pipelines.stages import PrivacyObjective, UtilityBudget, train_within_budget
+from scl.runs import RunLog
 from scl.selection import ClassIndex, GatedSelection
 
 
@@ -134,7 +135,7 @@ def test_gated_epochs_zero_is_the_start_and_scratch_needs_training():
 def test_the_default_gate_is_n_itself_and_the_stage_records_its_budget():
     config = cfg.build(quick=True, assignments=["network.epochs=2", "stage1.epochs=1", "stage2.epochs=1"])
     exp = clf.prepare(config)
-    log = clf.RunLog()
+    log = RunLog()
     with clf._noise(config):
         clf.run_training(exp, None, log)
     gate = exp.gated.selection.eval()

@@ -8,6 +8,7 @@ import torch
 import scl
 from scl.pipelines import classification as clf
 from scl.pipelines import config as cfg
+from scl.runs import RunLog
 
 TINY = [
     "network.epochs=3",
@@ -24,7 +25,7 @@ TINY = [
 def trained():
     config = cfg.build(quick=True, assignments=TINY)
     exp = clf.prepare(config)
-    log = clf.RunLog()
+    log = RunLog()
     with clf._noise(config):
         clf.train_network(exp, None, log)
         obf = clf.train_stage1(exp, None, log)
@@ -110,7 +111,7 @@ def test_every_release_is_attacked_beside_plain_noise_at_the_gated_accuracy(trai
     exp, _ = trained
     with clf._noise(exp.config):
         clf.evaluate(exp)
-        privacy = clf.run_attacks(exp, None, clf.RunLog())
+        privacy = clf.run_attacks(exp, None, RunLog())
     releases = [k for k in privacy if k in clf.RELEASES]
     assert releases == ["soft", "gated", "hard", "gaussian"]  # label-free first
     for name in releases:
@@ -174,29 +175,12 @@ def test_beats_gaussian_compares_every_release_with_plain_noise():
     assert clf.beats_gaussian({"soft": {"decoder_ssim": 0.5}}) == {}
 
 
-def test_run_folder_leaves_nothing_when_interrupted(tmp_path):
-    out = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt), clf.run_folder(out) as folder:
-        (folder / "metrics.json").write_text("{}")
-        raise KeyboardInterrupt
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_run_folder_refuses_a_non_empty_folder(tmp_path):
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "keep.txt").write_text("mine")
-    with pytest.raises(scl.ConfigError, match="already exists and is not empty"):
-        with clf.run_folder(tmp_path / "run"):
-            pass
-    assert (tmp_path / "run" / "keep.txt").read_text() == "mine"
-
-
 def test_sweep_gives_one_point_per_lambda_and_keeps_the_main_obfuscator(trained, tmp_path):
     exp, _ = trained
     main = exp.obfuscator
     exp.config["sweep"] = {"lams": [0.0, 1.0], "stage1_epochs": 1, "decoder_epochs": 1}
     with clf._noise(exp.config):
-        points = clf.sweep(exp, None, clf.RunLog())
+        points = clf.sweep(exp, None, RunLog())
     assert [p["lam"] for p in points] == [0.0, 1.0]
     assert all(0.0 <= p["accuracy"] <= 1.0 and -1.0 <= p["decoder_ssim"] <= 1.0 for p in points)
     assert exp.obfuscator is main

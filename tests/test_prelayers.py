@@ -15,6 +15,7 @@ from scl.errors import ConfigError
 from scl.layers import StochasticConditionalAdditive
 from scl.models import ResidualPreLayers
 from scl.pipelines import config as cfg
+from scl.runs import RunLog
 
 
 def test_residual_pre_layers_start_as_the_identity_train_and_round_trip(tmp_path):
@@ -46,7 +47,7 @@ def test_a_run_with_pre_layers_trains_them_and_every_release_uses_them(tmp_path)
         "layer.pre=residual", "network.epochs=2", "stage1.epochs=3", "stage2.epochs=1",
     ])
     exp = clf.prepare(config)
-    log = clf.RunLog()
+    log = RunLog()
     with clf._noise(config):
         clf.run_training(exp, None, log)
     pre = exp.obfuscator.pre

@@ -55,6 +55,7 @@ from scl.pipelines import engine
 from scl.pipelines.config import stage_patience
 from scl.pipelines.stages import BudgetResult, PrivacyObjective, UtilityBudget, budget_words, train_within_budget
 from scl.progress import make_progress
+from scl.runs import RunLog, run_folder, write_log
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -207,7 +208,7 @@ def _entry(
 class _Scorer:
     """Test accuracy and the attack suite for one release after another, with shared references."""
 
-    def __init__(self, exp: cls.Experiment, progress: Progress | None, log: cls.RunLog) -> None:
+    def __init__(self, exp: cls.Experiment, progress: Progress | None, log: RunLog) -> None:
         self.exp, self.log = exp, log
         self.common = cls.attack_settings(exp, progress)
         self.first = True
@@ -295,11 +296,11 @@ def run(
 ) -> tuple[Path, dict[str, Any]]:
     """The whole benchmark into the run folder ``out``; returns ``(out, metrics)``."""
     budgets = parse_budgets(list(budgets))
-    log = cls.RunLog(console)
+    log = RunLog(console)
     total = time.perf_counter()
     seconds: dict[str, float] = {}
     methods: dict[str, list[dict[str, Any]]] = {name: [] for name in METHODS}
-    with cls.run_folder(out) as folder, cls._noise(config):
+    with run_folder(out) as folder, cls._noise(config):
         progress = make_progress(show_progress, console)
         with progress if progress is not None else contextlib.nullcontext():
             exp = cls.prepare(config)
@@ -372,7 +373,7 @@ def run(
 
 
 def _scl_stages(
-    exp: cls.Experiment, budget: float, progress: Progress | None, log: cls.RunLog
+    exp: cls.Experiment, budget: float, progress: Progress | None, log: RunLog
 ) -> dict[str, tuple[Callable[[Tensor, Tensor], Tensor], dict[str, Any]]]:
     """Scl's stage 1 and stage 2 at ``budget``, as ``scl demo --max-accuracy-loss budget`` trains
     them: ``{"scl-hard": (release, budget record), "scl-soft": ..., "scl-gated": ...}``."""
@@ -501,7 +502,7 @@ def markdown_table(metrics: Mapping[str, Any], *, verdict: bool = True) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(folder: Path, metrics: dict[str, Any], config: Mapping[str, Any], log: cls.RunLog,
+def write_outputs(folder: Path, metrics: dict[str, Any], config: Mapping[str, Any], log: RunLog,
                   name: str | None = None) -> None:
     """``metrics.json``, ``table.md``, the two frontier figures, ``config.json``, ``log.txt`` and
     ``report.html``."""
@@ -517,6 +518,5 @@ def write_outputs(folder: Path, metrics: dict[str, Any], config: Mapping[str, An
     write_json(folder / "config.json", dict(config))
     with atomic_write(folder / "table.md") as handle:
         handle.write(markdown_table(metrics))
-    with atomic_write(folder / "log.txt") as handle:
-        handle.write("\n".join(log.lines) + "\n")
+    write_log(folder, log)
     write_report(folder, name=name)

@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import datetime
 import json
-import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,7 +31,7 @@ from torch import Tensor, nn
 
 from scl.data import Dataset, load_digits, load_user_data, split
 from scl.errors import ConfigError, SCLError
-from scl.io import atomic_write, load, save, write_json
+from scl.io import load, save, write_json
 from scl.layers import StochasticConditionalAdditive, StochasticConditionalConv2d, StochasticConditionalLayer
 from scl.models import SmallCNN
 from scl.obfuscator import Obfuscator, freeze
@@ -44,27 +41,11 @@ from scl.pipelines.stages import BudgetResult, PrivacyObjective, UtilityBudget, 
 from scl.pipelines.stages import privacy_term as privacy_term  # re-exported for detection
 from scl.progress import make_progress
 from scl.random import deterministic
+from scl.runs import CHECKPOINTS, RunLog, run_folder, write_log
 from scl.selection import GatedSelection, SoftSelection
 
 if TYPE_CHECKING:
     from rich.progress import Progress
-
-CHECKPOINTS = {"network": "network.safetensors", "obfuscator": "obfuscator.safetensors", "gated": "gated.safetensors"}
-
-
-class RunLog:
-    """Messages for the terminal and for ``log.txt``."""
-
-    def __init__(self, console: Any = None) -> None:
-        self.console = console
-        self.lines: list[str] = []
-
-    def __call__(self, message: str) -> None:
-        stamp = datetime.datetime.now().strftime("%H:%M:%S")
-        self.lines.append(f"{stamp} {message}")
-        if self.console is not None:
-            self.console.print(f"[dim]{stamp}[/dim] {message}")
-
 
 @dataclass
 class Experiment:
@@ -515,14 +496,6 @@ RELEASES = ("soft", "gated", "hard", "gaussian")
 LEAK_KEYS = ("decoder_ssim", "decoder_psnr", "reid_top1", "reid_top5", "attribute_accuracy", "dcor")
 
 
-def run_selection(checkpoints: Path, selection: str | None) -> str:
-    """The label-free selection to load from a run's ``checkpoints`` folder: ``selection`` as
-    given, or (``None``) the gated one when the run has it (:func:`headline_release`), else soft."""
-    if selection is None:
-        return "gated" if (Path(checkpoints) / CHECKPOINTS["gated"]).is_file() else "soft"
-    return selection
-
-
 def headline_release(accuracy: dict[str, Any]) -> str:
     """The label-free release the targets and the plain-noise reference are about: ``gated`` when
     the run has one, else ``soft``. With the default class-mean layer a soft selection (one fixed
@@ -795,27 +768,6 @@ def sweep(exp: Experiment, progress: Progress | None, log: RunLog) -> list[dict[
 
 
 # -- run folder -----------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def run_folder(out: Path) -> Iterator[Path]:
-    """Write into a hidden temporary folder beside ``out``; rename it to ``out`` on success."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"the run folder {str(out)!r} already exists and is not empty; choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "checkpoints").mkdir(parents=True)
-    (tmp / "figures").mkdir()
-    try:
-        yield tmp
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_checkpoints(exp: Experiment, folder: Path) -> None:
     ckpt = folder / "checkpoints"
     if exp.network is not None:
@@ -898,8 +850,7 @@ def write_outputs(exp: Experiment, folder: Path, log: RunLog, name: str | None =
     exp.metrics["targets"] = targets(exp.metrics)
     write_json(folder / "metrics.json", exp.metrics)
     write_json(folder / "config.json", exp.config)
-    with atomic_write(folder / "log.txt") as handle:
-        handle.write("\n".join(log.lines) + "\n")
+    write_log(folder, log)
     write_report(folder, name=name)
 
 
@@ -966,11 +917,8 @@ def train_command(
 
 def update_run(run: Path, action: str, *, console: Any = None, show_progress: bool = True) -> dict[str, Any]:
     """``evaluate`` or ``attack`` an existing run folder; metrics, figures and report are updated."""
-    log = RunLog(console)
+    log = RunLog.resume(run, console)
     exp = load_run(run)
-    log_path = Path(run) / "log.txt"
-    if log_path.is_file():
-        log.lines.extend(log_path.read_text().splitlines())
     with _noise(exp.config):
         progress = make_progress(show_progress, console)
         with progress if progress is not None else contextlib.nullcontext():

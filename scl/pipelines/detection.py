@@ -40,19 +40,17 @@ from torch import Tensor
 
 from scl.data.scenes import DetectionData, load_detection_data, make_scenes, split_detection
 from scl.errors import ConfigError, SCLError
-from scl.io import atomic_write, load, save, write_json
+from scl.io import load, save, write_json
 from scl.layers import StochasticConditionalConv2d
 from scl.models.detector import CenterNet
 from scl.obfuscator import Obfuscator, freeze
 from scl.pipelines import engine
 from scl.pipelines.classification import (
-    RunLog,
     _noise,
     conv_class_mean_init,
     identity_init,
     init_scale,
     privacy_term,
-    run_folder,
 )
 from scl.pipelines.coco import coco_map
 from scl.pipelines.config import build, check_fraction_and_scale
@@ -64,6 +62,7 @@ from scl.pipelines.stages import (
     validation_cut,
 )
 from scl.progress import make_progress
+from scl.runs import RunLog, run_folder, write_log
 from scl.selection import HardSelection, SoftSelection
 
 if TYPE_CHECKING:
@@ -630,8 +629,7 @@ def write_outputs(exp: DetectionExperiment, folder: Path, log: RunLog, name: str
     exp.metrics["targets"] = targets(exp.metrics)
     write_json(folder / "metrics.json", exp.metrics)
     write_json(folder / "config.json", exp.config)
-    with atomic_write(folder / "log.txt") as handle:
-        handle.write("\n".join(log.lines) + "\n")
+    write_log(folder, log)
     write_report(folder, captions=CAPTIONS, name=name)
 
 

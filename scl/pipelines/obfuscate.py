@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +9,8 @@ import torch
 
 from scl.data import load_images
 from scl.errors import ConfigError
-from scl.io import atomic_write, load
-from scl.obfuscator import Obfuscator
-from scl.pipelines.classification import CHECKPOINTS, run_selection
+from scl.io import atomic_write
+from scl.runs import load_label_free, recorded_shape
 
 
 def obfuscate_files(run: Path, source: Path, out: Path, *, selection: str | None = None) -> int:
@@ -24,19 +22,7 @@ def obfuscate_files(run: Path, source: Path, out: Path, *, selection: str | None
     Noise comes from the process's cipher stream (AES-256-CTR keyed from ``os.urandom``, never
     from a seed; :func:`scl.random.describe`): this is what leaves the data owner.
     """
-    ckpt = Path(run) / "checkpoints"
-    selection = run_selection(ckpt, selection)
-    if selection not in ("soft", "gated"):
-        raise ConfigError(f"--selection must be 'soft' or 'gated', but got {selection!r}")
-    path = ckpt / CHECKPOINTS["obfuscator"]
-    if not path.is_file():
-        raise ConfigError(f"{str(run)!r} has no checkpoints/{CHECKPOINTS['obfuscator']}; train a run first")
-    obfuscator: Obfuscator = load(path).eval()
-    if selection == "gated":
-        gated_path = ckpt / CHECKPOINTS["gated"]
-        if not gated_path.is_file():
-            raise ConfigError(f"{str(run)!r} has no gated selection checkpoint; use --selection soft")
-        obfuscator = obfuscator.with_selection(load(gated_path)).eval()
+    obfuscator, _ = load_label_free(Path(run), selection)
     if obfuscator.selection is None:
         raise ConfigError(f"{str(run)!r}: the obfuscator has no trained selection; run stage 2 first")
     shape = _input_shape(Path(run))
@@ -62,11 +48,10 @@ def obfuscate_files(run: Path, source: Path, out: Path, *, selection: str | None
 
 def _input_shape(run: Path) -> tuple[int, int, int]:
     """The ``(C, H, W)`` the run's obfuscator was trained on (recorded in metrics.json)."""
-    try:
-        shape = json.loads((run / "metrics.json").read_text())["input_shape"]
-        return int(shape[0]), int(shape[1]), int(shape[2])
-    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+    shape = recorded_shape(run)
+    if shape is None or len(shape) != 3:
         raise ConfigError(
             f"{str(run)!r}: metrics.json does not record the input shape the obfuscator was "
             "trained on; run `scl evaluate` on it to record it"
-        ) from exc
+        )
+    return shape[0], shape[1], shape[2]

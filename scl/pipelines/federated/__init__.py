@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from scl.errors import ConfigError
-from scl.io import atomic_write, write_json
+from scl.io import write_json
 from scl.pipelines import classification
 from scl.pipelines.federated.screening import screen, screening_mask
 from scl.pipelines.federated.task import build_config, run_procedure, shares
 from scl.progress import make_progress
+from scl.runs import CHECKPOINTS, RunLog, run_folder, write_log
 
 __all__ = [
     "build_config",
@@ -56,14 +57,14 @@ def require_flower() -> None:
         )
 
 
-def write_outputs(result: Any, config: dict[str, Any], folder: Path, log: classification.RunLog, name: str) -> None:
+def write_outputs(result: Any, config: dict[str, Any], folder: Path, log: RunLog, name: str) -> None:
     """Checkpoints, figures, metrics.json, config.json, log.txt and report.html of a federated run."""
     from scl import figures
     from scl.io import save
     from scl.report import write_report
 
-    save(result.network, folder / "checkpoints" / classification.CHECKPOINTS["network"])
-    save(result.obfuscator, folder / "checkpoints" / classification.CHECKPOINTS["obfuscator"])
+    save(result.network, folder / "checkpoints" / CHECKPOINTS["network"])
+    save(result.obfuscator, folder / "checkpoints" / CHECKPOINTS["obfuscator"])
     fig = folder / "figures"
     figures.accuracy_vs_share(result.metrics["series"], fig / "accuracy_vs_share.png")
     figures.image_grid(result.samples, fig / "client_samples.png", title="A client's data, and what N trains on")
@@ -73,8 +74,7 @@ def write_outputs(result: Any, config: dict[str, Any], folder: Path, log: classi
                            "input_shape": shape})
     write_json(folder / "metrics.json", result.metrics)
     write_json(folder / "config.json", config)
-    with atomic_write(folder / "log.txt") as handle:
-        handle.write("\n".join(log.lines) + "\n")
+    write_log(folder, log)
     write_report(folder, name=name)
 
 
@@ -102,9 +102,9 @@ def run(
     out = Path(out)
     if config["federated"]["engine"] == "flower":
         require_flower()
-    log = classification.RunLog(console)
+    log = RunLog(console)
     start = time.perf_counter()
-    with classification.run_folder(out) as folder:
+    with run_folder(out) as folder:
         progress = make_progress(show_progress, console)
         with progress if progress is not None else contextlib.nullcontext():
             if config["federated"]["engine"] == "flower":

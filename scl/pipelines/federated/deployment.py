@@ -25,9 +25,9 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from scl.pipelines import classification
 from scl.pipelines.federated import task, write_outputs
 from scl.pipelines.federated.server_app import FlowerTransport
+from scl.runs import RunLog, run_folder
 
 app = ServerApp()
 
@@ -49,8 +49,8 @@ def main(grid: Grid, context: Context) -> None:
     """Run §2.3 on the connected SuperNodes and write the run folder ``out``."""
     config = config_from_run_config(dict(context.run_config))
     out = Path(str(context.run_config.get("out", "runs/federated-deployment")))
-    log = classification.RunLog(None)
-    with classification.run_folder(out) as folder:
+    log = RunLog(None)
+    with run_folder(out) as folder:
         result = task.run_procedure(config, FlowerTransport(grid, config), None, log)
         result.metrics["runtime"] = "deployment"
         write_outputs(result, config, folder, log, out.name)

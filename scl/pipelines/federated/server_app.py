@@ -25,8 +25,8 @@ from flwr.serverapp.strategy import FedAvg
 from torch import Tensor
 
 from scl.pipelines import engine
-from scl.pipelines.classification import RunLog
 from scl.pipelines.federated import task
+from scl.runs import RunLog
 
 if TYPE_CHECKING:
     from rich.progress import Progress

@@ -46,6 +46,7 @@ from scl.pipelines import classification, engine
 from scl.pipelines.config import DEFAULTS, build, merge, validate
 from scl.pipelines.federated.screening import screen
 from scl.progress import task as progress_task
+from scl.runs import RunLog
 from scl.selection import ClassIndex
 
 if TYPE_CHECKING:
@@ -420,7 +421,7 @@ def _accuracy(network: nn.Module, test: Dataset) -> float:
 
 
 def _train_clean(
-    config: dict[str, Any], dataset: Dataset, data: Dataset, progress: Progress | None, log: classification.RunLog
+    config: dict[str, Any], dataset: Dataset, data: Dataset, progress: Progress | None, log: RunLog
 ) -> classification.Experiment:
     """Step 1 (and the ceiling): N trained on ``data`` alone, through the classification pipeline.
 
@@ -436,7 +437,7 @@ def _train_clean(
 
 
 def run_procedure(
-    config: dict[str, Any], transport: Transport, progress: Progress | None, log: classification.RunLog
+    config: dict[str, Any], transport: Transport, progress: Progress | None, log: RunLog
 ) -> Result:
     """The whole of §2.3 with ``transport`` for the clients' part; returns the measured result."""
     with classification._noise(config):
@@ -444,7 +445,7 @@ def run_procedure(
 
 
 def _run_procedure(
-    config: dict[str, Any], transport: Transport, progress: Progress | None, log: classification.RunLog
+    config: dict[str, Any], transport: Transport, progress: Progress | None, log: RunLog
 ) -> Result:
     f = config["federated"]
     data = prepare_data(config)
