@@ -35,3 +35,14 @@ def test_the_scan_sees_an_upward_import() -> None:
     # the scan must be able to fail: both upward forms are caught, a submodule import is not
     source = "import scl\nfrom scl import load\nfrom scl import figures\ndef f():\n    import scl\n"
     assert upward_imports(source) == ["line 1: import scl", "line 2: from scl import load", "line 5: import scl"]
+
+
+def test_scl_export_sits_below_the_pipelines() -> None:
+    # a fresh interpreter: what `import scl.export` pulls in, nothing imported before it
+    import subprocess
+    import sys
+
+    code = "import sys, scl.export\nprint(sorted(m for m in sys.modules if m.startswith('scl.pipelines')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]"
