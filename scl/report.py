@@ -653,46 +653,70 @@ def verdict_lines(metrics: Mapping[str, Any]) -> list[tuple[str, bool]]:
     return lines
 
 
+#: The frontier's columns after the method's name, for the report's table and the run's ``table.md``:
+#: (header, entry key, format). Short headers: eleven columns fit a laptop's window.
+FRONTIER_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("budget (pt)", "budget", "budget"), ("accuracy", "accuracy", "pct"), ("within (val)", "feasible", "yes/NO"),
+    ("epoch kept", "epoch", "int"), ("SSIM", "decoder_ssim", "float"), ("PSNR", "decoder_psnr", "db"),
+    ("re-id @1", "reid_top1", "pct"), ("re-id @5", "reid_top5", "pct"), ("attribute", "attribute_accuracy", "pct"),
+    ("dCor", "dcor", "float"),
+)
+#: What the frontier's figures mean, in a sentence under its table.
+FRONTIER_READING = ("Lower is more private (SSIM and PSNR: the decoder's; re-id @k: re-identification top-k). "
+                    "A release counts at a budget when it was within it on validation. Epoch kept: the epoch of "
+                    "training whose weights the release has (0: its start; none for plain noise).")
+
+
+def frontier_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
+    """The frontier's table as text cells, one row per method and budget: the method, then
+    :data:`FRONTIER_COLUMNS` (escaped for HTML, and plain text in Markdown)."""
+    methods = metrics.get("methods")
+    rows = []
+    for name, entries in (methods.items() if isinstance(methods, Mapping) else ()):
+        for entry in entries if isinstance(entries, Sequence) else ():
+            row = [_e(name)]
+            for _, key, kind in FRONTIER_COLUMNS:
+                value = entry.get(key)
+                if kind == "budget":
+                    row.append(_e(f"{value:g}") if _number(value) is not None else DASH)
+                elif kind == "yes/NO":
+                    row.append("yes" if value else "NO")
+                else:
+                    row.append(_fmt(value, kind))
+            rows.append(row)
+    return rows
+
+
+def frontier_references(metrics: Mapping[str, Any]) -> str:
+    """The label-only floors and clean ceilings every frontier entry is read against, in a sentence."""
+    refs = metrics.get("references", {}) if isinstance(metrics.get("references"), Mapping) else {}
+    return (f"Label-only floors: decoder SSIM {_fmt(refs.get('decoder_ssim_label_floor'))}, re-identification "
+            f"top-1 {_fmt(refs.get('reid_floor_top1'), 'pct')} (top-5 {_fmt(refs.get('reid_floor_top5'), 'pct')}), "
+            f"attribute {_fmt(refs.get('attribute_label_floor'), 'pct')} "
+            f"(chance {_fmt(refs.get('attribute_chance'), 'pct')}), dCor {_fmt(refs.get('dcor_label_floor'))}. "
+            f"Clean ceilings: decoder SSIM {_fmt(refs.get('decoder_ssim_clean'))}, attribute "
+            f"{_fmt(refs.get('attribute_clean'), 'pct')}; the identity row is the release of the clean image.")
+
+
 def _frontier_section(metrics: Mapping[str, Any]) -> str:
     """``scl bench privacy``: the verdict per budget, every method's entries and the references."""
-    methods = metrics.get("methods")
-    if not isinstance(methods, Mapping) or not methods:
+    rows = frontier_rows(metrics)
+    if not rows:
         return ""
     verdict = "".join(f'<li class="{"met" if met else "notmet"}">{_e(text)}</li>'
                       for text, met in verdict_lines(metrics))
-    rows = []
-    for name, entries in methods.items():
-        for entry in entries if isinstance(entries, Sequence) else ():
-            rows.append([
-                (f'<span style="white-space:nowrap">{_e(name)}</span>', ""),
-                (_e(f"{entry['budget']:g}") if _number(entry.get("budget")) is not None else DASH, "num"),
-                (_fmt(entry.get("accuracy"), "pct"), "num"),
-                ("yes" if entry.get("feasible") else '<span class="notmet">NO</span>', "num"),
-                (_fmt(entry.get("epoch"), "int"), "num"),
-                (_fmt(entry.get("decoder_ssim")), "num"), (_fmt(entry.get("decoder_psnr"), "db"), "num"),
-                (_fmt(entry.get("reid_top1"), "pct"), "num"), (_fmt(entry.get("reid_top5"), "pct"), "num"),
-                (_fmt(entry.get("attribute_accuracy"), "pct"), "num"), (_fmt(entry.get("dcor")), "num"),
-            ])
-    # short headers: eleven columns fit a laptop's window
-    header = [("method", False), ("budget (pt)", True), ("accuracy", True), ("within (val)", True),
-              ("epoch kept", True), ("SSIM", True), ("PSNR", True), ("re-id @1", True), ("re-id @5", True),
-              ("attribute", True), ("dCor", True)]
-    refs = metrics.get("references", {}) if isinstance(metrics.get("references"), Mapping) else {}
-    floors = (f"Label-only floors: decoder SSIM {_fmt(refs.get('decoder_ssim_label_floor'))}, re-identification "
-              f"top-1 {_fmt(refs.get('reid_floor_top1'), 'pct')}, attribute "
-              f"{_fmt(refs.get('attribute_label_floor'), 'pct')} "
-              f"(chance {_fmt(refs.get('attribute_chance'), 'pct')}), dCor {_fmt(refs.get('dcor_label_floor'))}. "
-              f"Clean ceilings: decoder SSIM {_fmt(refs.get('decoder_ssim_clean'))}, attribute "
-              f"{_fmt(refs.get('attribute_clean'), 'pct')}; the identity row is the release of the clean image.")
+    cells = [[(f'<span style="white-space:nowrap">{row[0]}</span>', "")]
+             + [('<span class="notmet">NO</span>' if cell == "NO" else cell, "num") for cell in row[1:]]
+             for row in rows]
+    header = [("method", False)] + [(title, True) for title, _, _ in FRONTIER_COLUMNS]
     return (
         "<h2>Privacy–utility frontier</h2>"
         f'<p class="note">Clean test accuracy {_fmt(metrics.get("accuracy_clean"), "pct")}; attack budget '
         f'{_e(metrics.get("attack_budget", "?"))}. Every method is trained within each budget (or, for plain noise, '
         "calibrated to it) on the same validation split, and scored by the same attackers on the same test "
-        "split. Lower is more private (SSIM and PSNR: the decoder's; re-id @k: re-identification top-k). The "
-        "verdict compares scl's label-free release with every method that is not scl's and was within the budget "
-        "on validation.</p>"
-        f"<ul>{verdict}</ul>" + _table(header, rows) + f'<p class="note">{_e(floors)}</p>'
+        "split. The verdict compares scl's label-free release with every method that is not scl's and was within "
+        f"the budget on validation. {_e(FRONTIER_READING)}</p>"
+        f"<ul>{verdict}</ul>" + _table(header, cells) + f'<p class="note">{frontier_references(metrics)}</p>'
     )
 
 

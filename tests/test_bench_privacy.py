@@ -104,6 +104,29 @@ def test_verdict_counts_a_baseline_only_within_its_budget():
     assert "cloak (scl without classes) was not within the budget" in verdict_lines({"verdict": [row]})[0][0]
 
 
+def test_on_a_tie_the_next_best_named_is_a_baseline_not_the_clean_image():
+    tie = _methods(gaussian=[_entry(1.0, 1.0, 0.96)], cloak=[_entry(1.0, 1.0, 0.97)])
+    (row,) = verdicts(tie, [1.0], test_images=300)
+    assert row["best_other_reid"] == {"method": "gaussian", "value": 1.0}
+    assert row["best_other_ssim"] == {"method": "identity", "value": 0.95}  # no tie: the identity is lowest
+
+
+def test_the_table_and_the_report_show_the_same_frontier(tmp_path):
+    from scl.io import write_json
+    from scl.report import FRONTIER_COLUMNS, write_report
+
+    metrics = {"pipeline": "bench_privacy", "accuracy_clean": 0.96, "methods": _methods(),
+               "verdict": verdicts(_methods(), [1.0], test_images=300), "references": {"reid_floor_top1": 0.028}}
+    table = markdown_table(metrics)
+    write_json(tmp_path / "metrics.json", metrics)
+    write_json(tmp_path / "config.json", {})
+    report = write_report(tmp_path).read_text()
+    for title, _, _ in FRONTIER_COLUMNS:
+        assert f" {title} |" in table and f">{title}</th>" in report
+    assert "| scl-gated | 1 | 95.0% | yes | — | 0.200 |" in table
+    assert "re-identification top-1 2.8%" in table and "re-identification top-1 2.8%" in report
+
+
 @pytest.fixture(scope="module")
 def tiny_bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")

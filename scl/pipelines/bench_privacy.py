@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import html
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -436,7 +437,9 @@ def verdicts(
                                                                                                   math.inf)))
         row["release"], row["reid_top1"], row["decoder_ssim"] = name, best.get("reid_top1"), best.get("decoder_ssim")
         for key, label in (("reid_top1", "reid"), ("decoder_ssim", "ssim")):
-            rival = min(others, key=lambda item: item[1].get(key, math.inf), default=None)
+            # on a tie the identity is named last: "next best identity 100%" beside plain noise at 100%
+            # reads as if nothing but the clean image came close
+            rival = min(others, key=lambda item: (item[1].get(key, math.inf), item[0] == "identity"), default=None)
             row[f"best_other_{label}"] = None if rival is None else {"method": rival[0], "value": rival[1].get(key)}
             row[f"lowest_{label}"] = rival is None or best.get(key, math.inf) < rival[1].get(key, math.inf)
         cloak = next((e for m, e in others if m == "cloak"), None)
@@ -453,52 +456,24 @@ def verdicts(
 
 
 # -- outputs --------------------------------------------------------------------------------------
-def _pct(value: Any) -> str:
-    return "—" if not isinstance(value, (int, float)) else f"{100 * value:.1f}%"
-
-
-def _num(value: Any, digits: int = 3) -> str:
-    return "—" if not isinstance(value, (int, float)) else f"{value:.{digits}f}"
-
-
 def markdown_table(metrics: Mapping[str, Any], *, verdict: bool = True) -> str:
     """The frontier as a Markdown table: one row per method and budget, then the references and (with
-    ``verdict``) the verdict per budget."""
-    refs = metrics.get("references", {})
-    lines = [
-        f"Clean test accuracy {_pct(metrics.get('accuracy_clean'))}; attack budget "
-        f"{metrics.get('attack_budget', '?')}; {metrics.get('splits', {}).get('test', '?')} test images. "
-        "Lower is more private; a release counts at a budget when it was within it on validation. Epoch kept: "
-        "the epoch of training whose weights the release has (0: its start; none for plain noise).",
-        "",
-        "| method | budget (points) | test accuracy | within (val) | epoch kept | decoder SSIM | decoder PSNR | "
-        "re-id top-1 | re-id top-5 | attribute | dCor |",
-        "|---|---:|---:|:---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name in METHODS:
-        for entry in metrics.get("methods", {}).get(name, []):
-            psnr = entry.get("decoder_psnr")
-            lines.append(
-                f"| {name} | {entry['budget']:g} | {_pct(entry.get('accuracy'))} | "
-                f"{'yes' if entry.get('feasible') else 'NO'} | {entry.get('epoch', '—')} | "
-                f"{_num(entry.get('decoder_ssim'))} | "
-                f"{'—' if psnr is None else f'{psnr:.1f} dB'} | {_pct(entry.get('reid_top1'))} | "
-                f"{_pct(entry.get('reid_top5'))} | {_pct(entry.get('attribute_accuracy'))} | "
-                f"{_num(entry.get('dcor'))} |"
-            )
-    lines += [
-        "",
-        f"Label-only floors: decoder SSIM {_num(refs.get('decoder_ssim_label_floor'))}, re-identification top-1 "
-        f"{_pct(refs.get('reid_floor_top1'))} (top-5 {_pct(refs.get('reid_floor_top5'))}), attribute "
-        f"{_pct(refs.get('attribute_label_floor'))} (chance {_pct(refs.get('attribute_chance'))}), dCor "
-        f"{_num(refs.get('dcor_label_floor'))}. Clean ceilings: decoder SSIM {_num(refs.get('decoder_ssim_clean'))}, "
-        f"attribute {_pct(refs.get('attribute_clean'))}.",
-    ]
-    if not verdict:
-        return "\n".join(lines) + "\n"
-    from scl.report import verdict_lines
+    ``verdict``) the verdict per budget. The same columns and sentences as the report's frontier."""
+    from scl.report import FRONTIER_COLUMNS, FRONTIER_READING, frontier_references, frontier_rows, verdict_lines
 
-    lines += ["", *(f"- {'met' if met else 'NOT met'}: {text}" for text, met in verdict_lines(metrics))]
+    test = metrics.get("splits", {}).get("test", "?")
+    clean = metrics.get("accuracy_clean")
+    lines = [
+        f"Clean test accuracy {100 * clean:.1f}%; " if isinstance(clean, (int, float)) else "",
+        f"attack budget {metrics.get('attack_budget', '?')}; {test} test images. {FRONTIER_READING}",
+    ]
+    lines = ["".join(lines), "",
+             "| method | " + " | ".join(title for title, _, _ in FRONTIER_COLUMNS) + " |",
+             "|---|" + "|".join(":---:" if kind == "yes/NO" else "---:" for _, _, kind in FRONTIER_COLUMNS) + "|"]
+    lines += ["| " + " | ".join(html.unescape(cell) for cell in row) + " |" for row in frontier_rows(metrics)]
+    lines += ["", html.unescape(frontier_references(metrics))]
+    if verdict:
+        lines += ["", *(f"- {'met' if met else 'NOT met'}: {text}" for text, met in verdict_lines(metrics))]
     return "\n".join(lines) + "\n"
 
 
