@@ -288,6 +288,8 @@ def _process_settings() -> dict:
 
 def test_a_flower_run_leaves_the_process_as_it_found_it(flower_run: dict) -> None:
     before, after = flower_run["settings"]
+    changed = sorted(set(before["environ"].items()) ^ set(after["environ"].items()))
+    assert changed == [], f"environment variables left changed: {changed}"
     assert after == before
 
 
@@ -305,9 +307,11 @@ def test_the_simulation_environment_is_set_for_the_run_only_and_keeps_the_users_
     with pytest.raises(RuntimeError), simulation_environment():
         assert os.environ["FLWR_TELEMETRY_ENABLED"] == "0" and telemetry.FLWR_TELEMETRY_ENABLED == "0"
         assert os.environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] == "1"
+        os.environ["SCL_TEST_SET_BY_RAY"] = "1"  # what Ray or Flower set during a run goes too
+        os.environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] = "2"
         raise RuntimeError("a failing run restores them too")
     assert "FLWR_TELEMETRY_ENABLED" not in os.environ and telemetry.FLWR_TELEMETRY_ENABLED == "1"
-    assert os.environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] == "1"
+    assert os.environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] == "1" and "SCL_TEST_SET_BY_RAY" not in os.environ
 
 
 def test_importing_the_flower_apps_changes_no_environment_variable() -> None:

@@ -136,15 +136,20 @@ def quiet_flower(level: int = logging.CRITICAL) -> Iterator[None]:
 #: (nothing outside the machine may be reached) and Ray's warning about an accelerator variable it
 #: will override on machines without one. Set for the run only (Ray's workers inherit it), and
 #: restored after it.
-SIMULATION_ENVIRONMENT = {"FLWR_TELEMETRY_ENABLED": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
+SIMULATION_ENVIRONMENT = {"FLWR_TELEMETRY_ENABLED": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+                          # what flwr.simulation sets for Ray when it is first imported
+                          "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
 
 
 @contextmanager
 def simulation_environment() -> Iterator[None]:
     """:data:`SIMULATION_ENVIRONMENT` for the block, and Flower's telemetry switch in this process
-    (which Flower read from the environment when it was imported), each restored after it."""
+    (which Flower read from the environment when it was imported). After the block the
+    environment is put back exactly as it was: Ray and Flower also set variables of their own while
+    a simulation runs, and the caller's process keeps none of them."""
     from flwr.supercore import telemetry
 
+    before = dict(os.environ)
     added = {k: v for k, v in SIMULATION_ENVIRONMENT.items() if k not in os.environ}
     switch = getattr(telemetry, "FLWR_TELEMETRY_ENABLED", None)
     os.environ.update(added)
@@ -153,8 +158,11 @@ def simulation_environment() -> Iterator[None]:
     try:
         yield
     finally:
-        for key in added:
-            os.environ.pop(key, None)
+        for key in set(os.environ) - set(before):
+            del os.environ[key]
+        for key, value in before.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
         if switch is not None:
             telemetry.FLWR_TELEMETRY_ENABLED = switch
 
@@ -163,8 +171,6 @@ def run_flower(
     config: dict[str, Any], progress: Progress | None, log: RunLog, inspect: Inspect | None = None
 ) -> task.Result:
     """The procedure on Flower's simulation runtime with ``federated.clients`` SuperNodes (Ray)."""
-    from flwr.simulation import run_simulation
-
     from scl.pipelines.federated.client_app import app as client_app
 
     holder: dict[str, Any] = {}
@@ -184,6 +190,9 @@ def run_flower(
     # the server's own training shares the cores with the simulated clients: one intra-op thread
     # each avoids oversubscription (OpenMP threads spinning against each other)
     with engine.threads(1), simulation_environment(), quiet_flower():
+        # imported inside: on its first import flwr.simulation sets an environment variable for Ray
+        from flwr.simulation import run_simulation
+
         run_simulation(server, client_app, num_supernodes=config["federated"]["clients"], backend_config=backend)
     if "error" in holder:
         raise holder["error"]
