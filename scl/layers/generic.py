@@ -136,6 +136,8 @@ class StochasticConditional(StochasticConditionalLayer):
             self.register_buffer("buffer_" + self._key(k), v.reshape(*shape, *v.shape[1:]))
         # a parameter-less copy that only describes the computation
         self._template = (copy.deepcopy(template).to("meta"),)
+        # whether the network has attention, whose fused inference path vmap must not take (see _run)
+        self._attention = any(isinstance(m, nn.MultiheadAttention) for m in template.modules())
 
     @staticmethod
     def _key(name: str) -> str:
@@ -162,7 +164,7 @@ class StochasticConditional(StochasticConditionalLayer):
         # take their fused inference path, which has no backward. The switch is the whole
         # process's, so it is turned off only for a network with attention while gradients are on,
         # and restored exactly after the call.
-        attention = torch.is_grad_enabled() and any(isinstance(m, nn.MultiheadAttention) for m in template.modules())
+        attention = self._attention and torch.is_grad_enabled()
         fastpath = torch.backends.mha.get_fastpath_enabled()
         try:
             if attention and fastpath:
