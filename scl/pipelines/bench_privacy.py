@@ -278,8 +278,7 @@ def baseline_lr(method: str, config: Mapping[str, Any]) -> float:
     both kept their start or an early epoch (0-4): every later epoch was over the budget. At 3e-3,
     at 2 points, Shredder kept epoch 53 (the SSIM of its test release to x 0.44, against 0.48 at
     0.03) and Cloak epoch 6 (0.60). NoPeek's parameters are a small network's weights, not noise on
-    the pixels' scale: it
-    keeps ``_NOPEEK_LR``."""
+    the pixels' scale: it keeps ``_NOPEEK_LR``."""
     if method == "nopeek":
         return _NOPEEK_LR
     return BASELINE_INIT_FRACTION * float(config["stage1"]["lr"])
@@ -463,11 +462,9 @@ def markdown_table(metrics: Mapping[str, Any], *, verdict: bool = True) -> str:
 
     test = metrics.get("splits", {}).get("test", "?")
     clean = metrics.get("accuracy_clean")
-    lines = [
-        f"Clean test accuracy {100 * clean:.1f}%; " if isinstance(clean, (int, float)) else "",
-        f"attack budget {metrics.get('attack_budget', '?')}; {test} test images. {FRONTIER_READING}",
-    ]
-    lines = ["".join(lines), "",
+    intro = (f"Clean test accuracy {100 * clean:.1f}%; " if isinstance(clean, (int, float)) else "") + (
+        f"attack budget {metrics.get('attack_budget', '?')}; {test} test images. {FRONTIER_READING}")
+    lines = [intro, "",
              "| method | " + " | ".join(title for title, _, _ in FRONTIER_COLUMNS) + " |",
              "|---|" + "|".join(":---:" if kind == "yes/NO" else "---:" for _, _, kind in FRONTIER_COLUMNS) + "|"]
     lines += ["| " + " | ".join(html.unescape(cell) for cell in row) + " |" for row in frontier_rows(metrics)]
