@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from scl.pipelines import classification as clf
-from scl.pipelines import engine
+from scl.pipelines import engine, stages
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
     clean = engine.accuracy(engine.predict_proba(exp.network, test.x), test.y)
     print(f"| clean | {100 * clean:.1f}% | | |")
     for name, release in found.items():
-        with clf._noise(exp.config), torch.no_grad():
+        with stages.run_noise(exp.config), torch.no_grad():
             frozen = engine.accuracy(engine.predict_proba(exp.network, release(test.x, test.y)), test.y)
         network = copy.deepcopy(exp.network)
         for p in network.parameters():
@@ -55,7 +55,7 @@ def main() -> None:
             return F.cross_entropy(logits, y), {"accuracy": float((logits.argmax(-1) == y).float().mean())}
 
         network.train()
-        with clf._noise(exp.config):
+        with stages.run_noise(exp.config):
             engine.train(loss_fn, list(network.parameters()), (data.x, data.y), epochs=args.epochs, lr=args.lr,
                          batch_size=exp.config["batch_size"], generator=torch.Generator().manual_seed(0))
             network.eval()

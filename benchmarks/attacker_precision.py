@@ -20,6 +20,7 @@ from scl.attacks.budget import AttackBudget, get_budget
 from scl.attacks.decoder import decoder_attack
 from scl.attacks.reidentification import reidentification_attack
 from scl.pipelines import classification as clf
+from scl.pipelines import stages
 
 
 def with_precision(budget: AttackBudget, bfloat16: bool) -> AttackBudget:
@@ -50,7 +51,7 @@ def main() -> None:
             for bfloat16 in (False, True):
                 budget = with_precision(base, bfloat16)
                 start = time.perf_counter()
-                with clf._noise(exp.config):
+                with stages.run_noise(exp.config):
                     common = dict(num_classes=exp.dataset.num_classes, budget=budget, seed=seed)
                     decoded = decoder_attack(release, attacker, test, **common)
                     reid = reidentification_attack(release, attacker, test,

@@ -21,6 +21,7 @@ from pathlib import Path
 from scl.attacks.budget import AttackBudget, Attacker, get_budget
 from scl.attacks.decoder import decoder_attack
 from scl.pipelines import classification as clf
+from scl.pipelines import stages
 
 #: The independent attacker; a validation fraction of 0 trains on the whole attacker split.
 INDEPENDENT = AttackBudget("independent", (Attacker("unet", 64, 60, 60),), (Attacker("plain", 32, 1, 1),),
@@ -43,7 +44,7 @@ def main() -> None:
         start = time.perf_counter()
         scores = []
         for budget in (get_budget(args.budget), INDEPENDENT):
-            with clf._noise(exp.config):
+            with stages.run_noise(exp.config):
                 result = decoder_attack(release, attacker, test, num_classes=exp.dataset.num_classes,
                                         budget=budget, seed=exp.config["seed"])
             scores.append(result.metrics)

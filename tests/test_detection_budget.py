@@ -188,7 +188,7 @@ def test_within_without_a_budget_says_what_to_choose():
 
 def _conv_layer(classes: int, channels: int = 2):
     from scl.layers import StochasticConditionalConv2d
-    from scl.pipelines.classification import identity_init
+    from scl.pipelines.stages import identity_init
 
     torch.manual_seed(0)
     layer = StochasticConditionalConv2d(channels, channels, 3, classes, padding="same", selection_at="input",
@@ -198,7 +198,7 @@ def _conv_layer(classes: int, channels: int = 2):
 
 
 def test_class_mean_start_releases_each_pixel_classes_mean_colour_and_nothing_of_x():
-    from scl.pipelines.classification import conv_class_mean_init
+    from scl.pipelines.stages import conv_class_mean_init
 
     classes = _pixel_classes()
     masks = _masks(classes, 2)
@@ -219,7 +219,7 @@ def test_class_mean_start_releases_each_pixel_classes_mean_colour_and_nothing_of
 
 
 def test_class_mean_start_with_one_class_per_image_and_a_missing_class():
-    from scl.pipelines.classification import conv_class_mean_init
+    from scl.pipelines.stages import conv_class_mean_init
 
     x = torch.rand(4, 2, 8, 8)
     labels = torch.tensor([0, 1, 1, 0])

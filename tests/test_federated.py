@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from scl.data.partition import dirichlet_partition, iid_partition, partition, share_order
 from scl.errors import ConfigError
-from scl.pipelines import federated
+from scl.pipelines import federated, stages
 from scl.pipelines.federated import task
 from scl.pipelines.federated.screening import screen, screening_mask
 
@@ -349,7 +349,7 @@ def test_flower_messages_carry_only_parameters_and_scalars(flower_run: dict) -> 
     config = flower_run["config"]
     data = task.prepare_data(config)
     network_shapes = {k: tuple(v.shape) for k, v in task.build_network(config, data.dataset).state_dict().items()}
-    layer = task.classification.build_layer(config, data.dataset)
+    layer = stages.build_image_layer(config["layer"], data.dataset.x, data.dataset.num_classes)
     layer_shapes = {k: tuple(v.shape) for k, v in layer.state_dict().items()}
     replies = [m for m in flower_run["messages"]["in"] if not m["error"]]
     assert len(replies) == 2 * 2 - 1  # two clients, two rounds, one injected failure

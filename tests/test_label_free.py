@@ -16,6 +16,7 @@ from scl.errors import ConfigError, ShapeError
 from scl.layers import StochasticConditionalAdditive
 from scl.models import SmallCNN
 from scl.pipelines import config as cfg
+from scl.pipelines import stages
 from scl.pipelines.stages import PrivacyObjective, UtilityBudget, train_within_budget
 from scl.runs import RunLog
 from scl.selection import ClassIndex, GatedSelection
@@ -49,7 +50,7 @@ def test_the_class_mean_start_releases_each_class_mean_and_nothing_of_x():
     torch.manual_seed(0)
     x, y = torch.rand(12, 1, 4, 4), torch.tensor([0, 1, 2] * 4)
     layer = StochasticConditionalAdditive((1, 4, 4), 3, learn_gain=True, distribution_options={"init_scale": 0.1})
-    clf.class_mean_init(layer, x, y)
+    stages.class_mean_init(layer, x, y)
     dist = layer.distribution(torch.rand(12, 1, 4, 4), ClassIndex(y, 3))  # other images, same classes
     for c in range(3):
         assert torch.allclose(dist.loc[y == c], x[y == c].mean(0).expand(4, 1, 4, 4), atol=1e-6)
@@ -59,9 +60,9 @@ def test_the_class_mean_start_releases_each_class_mean_and_nothing_of_x():
 def test_the_class_mean_start_needs_every_class_and_a_gain():
     layer = StochasticConditionalAdditive((1, 4, 4), 3, learn_gain=True)
     with pytest.raises(ConfigError, match=r"classes \[2\] have none"):
-        clf.class_mean_init(layer, torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 0, 1]))
+        stages.class_mean_init(layer, torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 0, 1]))
     with pytest.raises(ConfigError, match="learn_gain=true"):
-        clf.class_mean_init(StochasticConditionalAdditive((1, 4, 4), 3), torch.rand(3, 1, 4, 4), torch.arange(3))
+        stages.class_mean_init(StochasticConditionalAdditive((1, 4, 4), 3), torch.rand(3, 1, 4, 4), torch.arange(3))
     with pytest.raises(ConfigError, match="layer.start=class_mean needs .*layer.kind=additive"):
         cfg.build(assignments=["layer.start=class_mean", "layer.kind=conv"])
     with pytest.raises(ConfigError, match="layer.start must be one of"):
@@ -77,7 +78,7 @@ def test_the_class_mean_start_needs_every_class_and_a_gain():
     (["layer.start=input"], "input"),
 ])
 def test_auto_start_is_the_class_mean_where_the_layer_can_turn_x_off(assignments, start):
-    assert clf.layer_start(cfg.build(assignments=assignments)) == start
+    assert stages.layer_start(cfg.build(assignments=assignments)["layer"]) == start
 
 
 class _Brightness(nn.Module):
@@ -136,7 +137,7 @@ def test_the_default_gate_is_n_itself_and_the_stage_records_its_budget():
     config = cfg.build(quick=True, assignments=["network.epochs=2", "stage1.epochs=1", "stage2.epochs=1"])
     exp = clf.prepare(config)
     log = RunLog()
-    with clf._noise(config):
+    with stages.run_noise(config):
         clf.run_training(exp, None, log)
     gate = exp.gated.selection.eval()
     assert gate.from_network and gate.pick == "argmax"

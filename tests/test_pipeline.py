@@ -8,6 +8,7 @@ import torch
 import scl
 from scl.pipelines import classification as clf
 from scl.pipelines import config as cfg
+from scl.pipelines import stages
 from scl.runs import RunLog
 
 TINY = [
@@ -26,7 +27,7 @@ def trained():
     config = cfg.build(quick=True, assignments=TINY)
     exp = clf.prepare(config)
     log = RunLog()
-    with clf._noise(config):
+    with stages.run_noise(config):
         clf.train_network(exp, None, log)
         obf = clf.train_stage1(exp, None, log)
         layer_after_stage1 = [p.detach().clone() for p in obf.layer.parameters()]
@@ -100,7 +101,7 @@ def test_stage2_trains_the_selection_and_leaves_the_layer_frozen(trained):
 
 def test_evaluate_reports_every_mode_once_and_mean_of_8(trained):
     exp, _ = trained
-    with clf._noise(exp.config):
+    with stages.run_noise(exp.config):
         acc = clf.evaluate(exp)
     assert set(acc) == {"clean", "hard", "soft", "gated"}
     assert set(exp.metrics["accuracy_mean8"]) == set(acc)
@@ -109,7 +110,7 @@ def test_evaluate_reports_every_mode_once_and_mean_of_8(trained):
 
 def test_every_release_is_attacked_beside_plain_noise_at_the_gated_accuracy(trained):
     exp, _ = trained
-    with clf._noise(exp.config):
+    with stages.run_noise(exp.config):
         clf.evaluate(exp)
         privacy = clf.run_attacks(exp, None, RunLog())
     releases = [k for k in privacy if k in clf.RELEASES]
@@ -138,12 +139,12 @@ def test_every_release_is_attacked_beside_plain_noise_at_the_gated_accuracy(trai
 def test_privacy_terms():
     x = torch.rand(4, 3, 16, 16)
     dist = torch.distributions.Normal(torch.zeros_like(x), torch.full_like(x, 2.0))
-    total, stats = clf.privacy_term("entropy", x, x, dist)
+    total, stats = stages.privacy_term("entropy", x, x, dist)
     assert stats["neg_log_scale"] == pytest.approx(-torch.log(torch.tensor(2.0)).item())
-    total, stats = clf.privacy_term("ssim", x, x, dist)
+    total, stats = stages.privacy_term("ssim", x, x, dist)
     assert stats["ssim"] == pytest.approx(1.0, abs=1e-4)
     with pytest.raises(scl.ConfigError, match="needs a gaussian or laplace"):
-        clf.privacy_term(
+        stages.privacy_term(
             "entropy", x, x, torch.distributions.Bernoulli(probs=torch.full_like(x, 0.5))
         )
 
@@ -179,7 +180,7 @@ def test_sweep_gives_one_point_per_lambda_and_keeps_the_main_obfuscator(trained,
     exp, _ = trained
     main = exp.obfuscator
     exp.config["sweep"] = {"lams": [0.0, 1.0], "stage1_epochs": 1, "decoder_epochs": 1}
-    with clf._noise(exp.config):
+    with stages.run_noise(exp.config):
         points = clf.sweep(exp, None, RunLog())
     assert [p["lam"] for p in points] == [0.0, 1.0]
     assert all(0.0 <= p["accuracy"] <= 1.0 and -1.0 <= p["decoder_ssim"] <= 1.0 for p in points)

@@ -15,6 +15,7 @@ from scl.errors import ConfigError
 from scl.layers import StochasticConditionalAdditive
 from scl.models import ResidualPreLayers
 from scl.pipelines import config as cfg
+from scl.pipelines import stages
 from scl.runs import RunLog
 
 
@@ -48,7 +49,7 @@ def test_a_run_with_pre_layers_trains_them_and_every_release_uses_them(tmp_path)
     ])
     exp = clf.prepare(config)
     log = RunLog()
-    with clf._noise(config):
+    with stages.run_noise(config):
         clf.run_training(exp, None, log)
     pre = exp.obfuscator.pre
     assert isinstance(pre, ResidualPreLayers)

@@ -54,7 +54,16 @@ from scl.pipelines import classification as cls
 from scl.pipelines import config as configuration
 from scl.pipelines import engine
 from scl.pipelines.config import stage_patience
-from scl.pipelines.stages import BudgetResult, PrivacyObjective, UtilityBudget, budget_words, train_within_budget
+from scl.pipelines.stages import (
+    BudgetResult,
+    PrivacyObjective,
+    UtilityBudget,
+    budget_words,
+    init_scale,
+    run_noise,
+    stage_generator,
+    train_within_budget,
+)
 from scl.progress import make_progress
 from scl.runs import RunLog, run_folder, write_log
 
@@ -300,7 +309,7 @@ def run(
     total = time.perf_counter()
     seconds: dict[str, float] = {}
     methods: dict[str, list[dict[str, Any]]] = {name: [] for name in METHODS}
-    with run_folder(out) as folder, cls._noise(config):
+    with run_folder(out) as folder, run_noise(config):
         progress = make_progress(show_progress, console)
         with progress if progress is not None else contextlib.nullcontext():
             exp = cls.prepare(config)
@@ -317,13 +326,13 @@ def run(
                                              validation_loss=0.0))
             train, (xv, yv) = cls.budget_splits(exp)
             train_xy = (train[0], train[1])
-            init = cls.init_scale(config["layer"]["init_scale"], exp.dataset.x)
+            init = init_scale(config["layer"]["init_scale"], exp.dataset.x)
             for budget in budgets:
                 log(f"budget {budget_words(budget)}")
                 limit = UtilityBudget(budget, network, xv, yv)
                 for method, noise in (("gaussian", GaussianNoise), ("laplace", LaplaceNoise)):
                     start = time.perf_counter()
-                    scale, val_loss = calibrate_noise(noise, limit, cls._generator(config, 7))
+                    scale, val_loss = calibrate_noise(noise, limit, stage_generator(config, 7))
                     seconds[f"train ({method} {budget:g})"] = time.perf_counter() - start
                     methods[method].append(score(method, budget, _without_labels(noise(scale)), scale=scale,
                                                  feasible=val_loss <= budget, validation_loss=val_loss))
@@ -335,7 +344,7 @@ def run(
                         learned, limit, train_xy, num_classes=exp.dataset.num_classes,
                         epochs=config["stage1"]["epochs"],
                         lr=baseline_lr(method, config),
-                        batch_size=config["batch_size"], generator=cls._generator(config, 2), progress=progress,
+                        batch_size=config["batch_size"], generator=stage_generator(config, 2), progress=progress,
                         description=f"{method} (budget {budget:g} pt)", patience=stage_patience(config),
                     )
                     log(result.message(method))

@@ -20,7 +20,7 @@ import contextlib
 import copy
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -32,13 +32,23 @@ from torch import Tensor, nn
 from scl.data import Dataset, load_digits, load_user_data, split
 from scl.errors import ConfigError, SCLError
 from scl.io import load, save, write_json
-from scl.layers import StochasticConditionalAdditive, StochasticConditionalConv2d, StochasticConditionalLayer
+from scl.layers import StochasticConditionalAdditive, StochasticConditionalLayer
 from scl.models import SmallCNN
 from scl.obfuscator import Obfuscator, freeze
 from scl.pipelines import engine
 from scl.pipelines.config import stage_patience
-from scl.pipelines.stages import BudgetResult, PrivacyObjective, UtilityBudget, train_within_budget, validation_cut
-from scl.pipelines.stages import privacy_term as privacy_term  # re-exported for detection
+from scl.pipelines.stages import (
+    BudgetResult,
+    PrivacyObjective,
+    UtilityBudget,
+    build_image_layer,
+    class_mean_init,
+    layer_start,
+    run_noise,
+    stage_generator,
+    train_within_budget,
+    validation_cut,
+)
 from scl.progress import make_progress
 from scl.random import deterministic
 from scl.runs import CHECKPOINTS, RunLog, run_folder, write_log
@@ -76,19 +86,6 @@ def prepare(config: dict[str, Any]) -> Experiment:
     return Experiment(config, dataset, split(dataset, seed=config["seed"]))
 
 
-@contextlib.contextmanager
-def _noise(config: dict[str, Any]) -> Iterator[None]:
-    if config["reproducible"]:
-        with deterministic(config["seed"]):
-            yield
-    else:
-        yield
-
-
-def _generator(config: dict[str, Any], offset: int) -> torch.Generator:
-    return torch.Generator().manual_seed(config["seed"] * 1000 + offset)
-
-
 # -- stage 0: the task network ------------------------------------------------------------------------
 def train_network(exp: Experiment, progress: Progress | None, log: RunLog) -> None:
     cfg, data = exp.config, exp.splits["task"]
@@ -121,7 +118,7 @@ def train_network(exp: Experiment, progress: Progress | None, log: RunLog) -> No
             epochs=cfg["network"]["epochs"],
             lr=cfg["network"]["lr"],
             batch_size=cfg["batch_size"],
-            generator=_generator(cfg, 1),
+            generator=stage_generator(cfg, 1),
             progress=progress,
             description="task network N (clean data)",
             cosine=True,
@@ -132,52 +129,9 @@ def train_network(exp: Experiment, progress: Progress | None, log: RunLog) -> No
 
 
 # -- stage 1 ------------------------------------------------------------------------------------------
-#: ``layer.init_scale = "auto"``: the initial noise scale as this fraction of the inputs' spread.
-#: At 0.1 the stages started from a release N reads and the privacy term never raised the noise
-#: in the few hundred steps of stage 1 (median scale 0.026 -> 0.035, every test release
-#: re-identified); at 1 (noise as large as the signal) they start infeasible, and the budget's
-#: multiplier lowers the noise only where N needs the signal.
-AUTO_INIT_FRACTION = 1.0
-
-
-def init_scale(value: float | str, images: Tensor) -> float:
-    """The layer's initial noise scale: a number as given, or ``"auto"``: the standard deviation of
-    the data's pixels ``images`` (:data:`AUTO_INIT_FRACTION` of it), so the noise starts on the
-    data's own scale on any data set and the budget, not a constant, decides where it can be
-    lowered."""
-    if value != "auto":
-        return float(value)
-    return max(AUTO_INIT_FRACTION * float(images.std()), 2e-3)
-
-
-def build_layer(config: dict[str, Any], dataset: Dataset) -> StochasticConditionalLayer:
-    """The stochastic conditional layer: image in, image-shaped sample out (N reads it)."""
-    layer_cfg = config["layer"]
-    options = {"init_scale": init_scale(layer_cfg["init_scale"], dataset.x)} \
-        if layer_cfg["distribution"] in ("gaussian", "laplace") else {}
-    channels = dataset.channels
-    if layer_cfg["kind"] == "additive":
-        return StochasticConditionalAdditive(
-            dataset.image_shape,
-            dataset.num_classes,
-            distribution=layer_cfg["distribution"],
-            distribution_options=options,
-            learn_gain=bool(layer_cfg.get("learn_gain", False)),
-        )
-    k = layer_cfg["kernel_size"]
-    layer = StochasticConditionalConv2d(
-        channels,
-        channels,
-        k,
-        dataset.num_classes,
-        padding="same",
-        distribution=layer_cfg["distribution"],
-        distribution_options=options,
-        selection_at=layer_cfg["selection_at"],
-    )
-    if options:
-        identity_init(layer)
-    return layer
+def build_layer(config: Mapping[str, Any], dataset: Dataset) -> StochasticConditionalLayer:
+    """The run's stochastic conditional layer (:func:`~scl.pipelines.stages.build_image_layer`)."""
+    return build_image_layer(config["layer"], dataset.x, dataset.num_classes)
 
 
 def build_pre(config: dict[str, Any], dataset: Dataset) -> nn.Module | None:
@@ -192,79 +146,6 @@ def build_pre(config: dict[str, Any], dataset: Dataset) -> nn.Module | None:
     raise ConfigError(f"layer.pre must be 'none' or 'residual', but got {kind!r}")
 
 
-def identity_init(layer: StochasticConditionalConv2d) -> None:
-    """Start every class's mean kernels at the identity and its scale kernels at 0: the first
-    release is ``x`` plus noise of the initial scale, constant over the input (as the ``within``
-    objective's bound assumes), instead of a random convolution of ``x`` that N cannot read (it cost
-    60 points of accuracy at the first epoch and most of stage 1 to undo)."""
-    out = layer.out_channels
-    with torch.no_grad():
-        torch.nn.init.dirac_(layer.weight[0, :out])
-        layer.weight[:, :out] = layer.weight[0, :out].clone()
-        layer.weight[:, out:] = 0.0
-        layer.bias[:, :out] = 0.0
-    layer.invalidate_cache()
-
-
-def conv_class_mean_init(layer: StochasticConditionalConv2d, x: Tensor, weights: Tensor) -> None:
-    """Start a convolutional layer at the release that carries the selection and nothing else:
-    every mean kernel at 0 and class c's mean bias at the mean of x over what c selects, per
-    channel. ``weights``: the hard selection, ``[N, C]`` (one class per image) or
-    ``[N, C, 1, *spatial]`` (per pixel, e.g. box masks). The scale kernels and biases are kept.
-    The budget then lets x in where the task needs it (see :func:`class_mean_init`)."""
-    if weights.dim() == 2:  # one class per image: each of its pixels
-        weights = weights.reshape(*weights.shape, *([1] * (x.dim() - 1))).expand(*weights.shape, 1, *x.shape[2:])
-    mass = weights.sum(dim=(0, *range(2, weights.dim()))).flatten()  # [C]
-    if bool((mass == 0).any()):
-        missing = [int(c) for c in torch.nonzero(mass == 0).flatten()]
-        raise ConfigError(
-            f"layer.start=class_mean needs every class selected somewhere in the obfuscator split, but "
-            f"classes {missing} are not; use more data or set layer.start=input"
-        )
-    spatial = tuple(range(2, x.dim()))
-    # [N, C, 1, *S] x [N, 1, ch, *S] summed over N and S: each class's per-channel pixel sum
-    sums = (weights * x.unsqueeze(1)).sum(dim=(0, *(d + 1 for d in spatial)))  # [C, ch]
-    out = layer.out_channels
-    if sums.shape[1] != out:
-        raise ConfigError(f"layer.start=class_mean needs as many output channels as input channels "
-                          f"({sums.shape[1]}), but the layer has {out}")
-    with torch.no_grad():
-        layer.weight[:, :out] = 0.0
-        layer.bias[:, :out] = sums / mass[:, None]
-    layer.invalidate_cache()
-
-
-def layer_start(config: dict[str, Any]) -> str:
-    """``layer.start`` resolved: ``"class_mean"`` or ``"input"`` (``auto``: class_mean where the
-    layer can turn x off, the additive layer with a gain; configs of earlier versions: input)."""
-    layer = config["layer"]
-    start = layer.get("start", "input")
-    if start == "auto":
-        return "class_mean" if layer["kind"] == "additive" and layer.get("learn_gain", False) else "input"
-    return str(start)
-
-
-def class_mean_init(layer: StochasticConditionalAdditive, x: Tensor, y: Tensor) -> None:
-    """Start the additive layer at the release that carries the class and nothing else: every
-    gain at 0 and class c's mean map at the mean of its images in ``x`` (so the release is a
-    class's mean image plus noise, which N mostly reads as the class). The budget then lets x in
-    where N needs it, instead of the privacy term having to take it out from an identity start
-    (which it did not, within stage 1's steps: 98% of hard releases stayed re-identified)."""
-    if layer.gains is None:
-        raise ConfigError("layer.start=class_mean needs layer.learn_gain=true")
-    present = torch.bincount(y, minlength=layer.num_classes)
-    if bool((present == 0).any()):
-        missing = [int(c) for c in torch.nonzero(present == 0).flatten()]
-        raise ConfigError(
-            f"layer.start=class_mean needs images of every class in the obfuscator split, but classes "
-            f"{missing} have none; use more data or set layer.start=input"
-        )
-    with torch.no_grad():
-        layer.gains.zero_()
-        for c in range(layer.num_classes):
-            layer.offsets[c, 0] = x[y == c].mean(0)
-
-
 def max_accuracy_loss(config: dict[str, Any]) -> float | None:
     """The utility budget in points (``utility.max_accuracy_loss``), or ``None``: the fixed-λ
     stages of earlier versions (also for configs written before the budget existed)."""
@@ -276,7 +157,7 @@ def budget_splits(exp: Experiment) -> tuple[tuple[Tensor, ...], tuple[Tensor, Te
     """The obfuscator split cut into a training part and the validation part that measures the
     budget (``utility.validation_fraction``, seeded): ``((x, y[, attribute]), (x_val, y_val))``."""
     data, fraction = exp.splits["obfuscator"], float(exp.config["utility"]["validation_fraction"])
-    train, val = validation_cut(len(data), fraction, _generator(exp.config, 5), "utility.max_accuracy_loss")
+    train, val = validation_cut(len(data), fraction, stage_generator(exp.config, 5), "utility.max_accuracy_loss")
     parts = [data.x[train], data.y[train]]
     if data.attribute is not None:
         parts.append(data.attribute[train])
@@ -317,7 +198,7 @@ def train_stage1(
     data = exp.splits["obfuscator"]
     kind = cfg["stage1"]["privacy"]
     train, (xv, yv) = budget_splits(exp) if budget is not None else ((data.x, data.y), (data.x, data.y))
-    if layer_start(cfg) == "class_mean":
+    if layer_start(cfg["layer"]) == "class_mean":
         # L starts as the identity, so the class means of L(x) are those of x
         class_mean_init(cast(StochasticConditionalAdditive, layer), train[0], train[1])
     if budget is not None:
@@ -327,7 +208,7 @@ def train_stage1(
             obfuscator.sample_with_distribution,
             objective, UtilityBudget(budget, network, xv, yv), train,
             epochs=epochs or cfg["stage1"]["epochs"], lr=cfg["stage1"]["lr"], batch_size=cfg["batch_size"],
-            generator=_generator(cfg, 2), evaluate=lambda x, y: obfuscator(x, y), progress=progress,
+            generator=stage_generator(cfg, 2), evaluate=lambda x, y: obfuscator(x, y), progress=progress,
             description=f"stage 1: layer, hard selection ({kind}, budget {budget:g} pt)",
             patience=stage_patience(cfg),
         )
@@ -357,7 +238,7 @@ def train_stage1(
         epochs=epochs or cfg["stage1"]["epochs"],
         lr=cfg["stage1"]["lr"],
         batch_size=cfg["batch_size"],
-        generator=_generator(cfg, 2),
+        generator=stage_generator(cfg, 2),
         progress=progress,
         description=f"stage 1: layer, hard selection (λ={lam:g})",
     )
@@ -409,7 +290,7 @@ def _train_selection(
             parameters, [selection], lambda x, y: obfuscator.sample_with_distribution(x),
             _objective(exp, shape), UtilityBudget(budget, network, xv, yv), train,
             epochs=cfg[section]["epochs"], lr=cfg[section]["lr"], batch_size=cfg["batch_size"],
-            generator=_generator(cfg, 3), evaluate=lambda x, y: obfuscator(x), progress=progress,
+            generator=stage_generator(cfg, 3), evaluate=lambda x, y: obfuscator(x), progress=progress,
             description=f"{description} (budget {budget:g} pt)", supervised=supervised,
             patience=stage_patience(cfg),
         )
@@ -429,7 +310,7 @@ def _train_selection(
         epochs=epochs or cfg[section]["epochs"],
         lr=cfg[section]["lr"],
         batch_size=cfg["batch_size"],
-        generator=_generator(cfg, 3),
+        generator=stage_generator(cfg, 3),
         progress=progress,
         description=description,
     )
@@ -515,7 +396,7 @@ def gaussian_reference(exp: Experiment, target: float) -> tuple[float, float]:
     if network is None:
         raise SCLError("train or load the task network first")
     return GaussianNoise.calibrate(test.x, lambda noisy: engine.accuracy(engine.predict_proba(network, noisy), test.y),
-                                   target, generator=_generator(exp.config, 7))
+                                   target, generator=stage_generator(exp.config, 7))
 
 
 def releases(exp: Experiment) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
@@ -880,7 +761,7 @@ def demo(
     """The whole experiment into the run folder ``out``; returns ``(out, metrics)``."""
     log = RunLog(console)
     total = time.perf_counter()
-    with run_folder(out) as folder, _noise(config):
+    with run_folder(out) as folder, run_noise(config):
         progress = make_progress(show_progress, console)
         with progress if progress is not None else contextlib.nullcontext():
             exp = prepare(config)
@@ -905,7 +786,7 @@ def train_command(
 ) -> tuple[Path, dict[str, Any]]:
     """Train N, stage 1 and stage 2, evaluate accuracy; no attacks."""
     log = RunLog(console)
-    with run_folder(out) as folder, _noise(config):
+    with run_folder(out) as folder, run_noise(config):
         progress = make_progress(show_progress, console)
         with progress if progress is not None else contextlib.nullcontext():
             exp = prepare(config)
@@ -919,7 +800,7 @@ def update_run(run: Path, action: str, *, console: Any = None, show_progress: bo
     """``evaluate`` or ``attack`` an existing run folder; metrics, figures and report are updated."""
     log = RunLog.resume(run, console)
     exp = load_run(run)
-    with _noise(exp.config):
+    with run_noise(exp.config):
         progress = make_progress(show_progress, console)
         with progress if progress is not None else contextlib.nullcontext():
             if action == "evaluate":

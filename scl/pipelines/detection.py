@@ -45,19 +45,17 @@ from scl.layers import StochasticConditionalConv2d
 from scl.models.detector import CenterNet
 from scl.obfuscator import Obfuscator, freeze
 from scl.pipelines import engine
-from scl.pipelines.classification import (
-    _noise,
-    conv_class_mean_init,
-    identity_init,
-    init_scale,
-    privacy_term,
-)
 from scl.pipelines.coco import coco_map
 from scl.pipelines.config import build, check_fraction_and_scale
 from scl.pipelines.stages import (
     BudgetResult,
     DetectionBudget,
     PrivacyObjective,
+    build_image_layer,
+    conv_class_mean_init,
+    privacy_term,
+    run_noise,
+    stage_generator,
     train_within_budget,
     validation_cut,
 )
@@ -208,10 +206,6 @@ def prepare(config: dict[str, Any]) -> DetectionExperiment:
     return DetectionExperiment(config, dataset, split_detection(dataset, seed=config["seed"]))
 
 
-def _generator(config: Mapping[str, Any], offset: int) -> torch.Generator:
-    return torch.Generator().manual_seed(config["seed"] * 1000 + offset)
-
-
 def _encoded(network: CenterNet, data: DetectionData) -> tuple[Tensor, ...]:
     enc = network.encode(data.targets(), data.image_size)
     return enc["heatmap"], enc["size"], enc["offset"], enc["mask"]
@@ -246,7 +240,7 @@ def train_detector(exp: DetectionExperiment, progress: Progress | None, log: Run
         exp.history["detector"] = engine.train(
             loss_fn, list(network.parameters()), (data.images, *_encoded(network, data)),
             epochs=cfg["detector"]["epochs"], lr=cfg["detector"]["lr"], batch_size=cfg["batch_size"],
-            generator=_generator(cfg, 1), progress=progress, description="detector N (clean scenes)", cosine=True,
+            generator=stage_generator(cfg, 1), progress=progress, description="detector N (clean scenes)", cosine=True,
         )
     network.eval()
     freeze(network)  # frozen in stages 1 and 2 (spec §3)
@@ -255,17 +249,10 @@ def train_detector(exp: DetectionExperiment, progress: Progress | None, log: Run
 
 # -- stage 1 ------------------------------------------------------------------------------------------
 def build_layer(config: Mapping[str, Any], dataset: DetectionData) -> StochasticConditionalConv2d:
-    """Image in, image-shaped sample out; C + 1 classes (the last one is the background)."""
-    lcfg = config["layer"]
-    located = lcfg["distribution"] in ("gaussian", "laplace")
-    options = {"init_scale": init_scale(lcfg["init_scale"], dataset.images)} if located else {}
-    layer = StochasticConditionalConv2d(
-        dataset.channels, dataset.channels, lcfg["kernel_size"], dataset.num_classes + 1, padding="same",
-        distribution=lcfg["distribution"], distribution_options=options, selection_at="input",
-    )
-    if located:
-        identity_init(layer)  # the first release is x plus noise: N detects on it from the start
-    return layer
+    """Image in, image-shaped sample out; C + 1 classes (the last one is the background). A
+    Gaussian or Laplace layer starts at the identity: N detects on its first release."""
+    layer = {**config["layer"], "kind": "conv", "selection_at": "input"}
+    return cast(StochasticConditionalConv2d, build_image_layer(layer, dataset.images, dataset.num_classes + 1))
 
 
 def box_masks(exp: DetectionExperiment, data: DetectionData) -> Tensor:
@@ -284,7 +271,7 @@ def budget_parts(exp: DetectionExperiment) -> tuple[DetectionData, DetectionData
     """The obfuscator split cut (seeded) into a training part and the validation part on which
     the mAP budget is measured (``utility.validation_fraction`` of it)."""
     data, fraction = exp.splits["obfuscator"], float(exp.config["utility"]["validation_fraction"])
-    train, val = validation_cut(len(data), fraction, _generator(exp.config, 5), "utility.max_map_loss")
+    train, val = validation_cut(len(data), fraction, stage_generator(exp.config, 5), "utility.max_map_loss")
     return data.subset(train.sort().values), data.subset(val.sort().values)
 
 
@@ -308,7 +295,7 @@ def _within_budget(
     history, result = train_within_budget(
         parameters, [module], release, objective, budget,
         (train.images, box_masks(exp, train), *_encoded(network, train)),
-        epochs=epochs, lr=lr, batch_size=cfg["batch_size"], generator=_generator(cfg, offset), evaluate=evaluate,
+        epochs=epochs, lr=lr, batch_size=cfg["batch_size"], generator=stage_generator(cfg, offset), evaluate=evaluate,
         progress=progress, description=f"{description} ({objective.kind}, budget {budget.max_loss:g} pt mAP@.5)",
         task_loss=task_loss, dual_every_step=False,
     )
@@ -353,7 +340,7 @@ def train_stage1(exp: DetectionExperiment, progress: Progress | None, log: RunLo
     exp.history["stage1"] = engine.train(
         loss_fn, list(layer.parameters()), (data.images, box_masks(exp, data), *_encoded(network, data)),
         epochs=cfg["stage1"]["epochs"], lr=cfg["stage1"]["lr"], batch_size=cfg["batch_size"],
-        generator=_generator(cfg, 2), progress=progress, description=f"stage 1: layer, box selection (λ={lam:g})",
+        generator=stage_generator(cfg, 2), progress=progress, description=f"stage 1: layer, box selection (λ={lam:g})",
     )
     layer.eval()
     return obfuscator
@@ -389,7 +376,7 @@ def train_stage2(exp: DetectionExperiment, obfuscator: Obfuscator, progress: Pro
     exp.history["stage2 soft"] = engine.train(
         loss_fn, obfuscator.selection_parameters(), (data.images, *_encoded(network, data)),
         epochs=cfg["stage2"]["epochs"], lr=cfg["stage2"]["lr"], batch_size=cfg["batch_size"],
-        generator=_generator(cfg, 3), progress=progress, description="stage 2: soft selection maps",
+        generator=stage_generator(cfg, 3), progress=progress, description="stage 2: soft selection maps",
     )
     obfuscator.eval()
     exp.obfuscator = obfuscator
@@ -454,7 +441,7 @@ def gaussian_reference(exp: DetectionExperiment, target: float) -> tuple[float, 
         return float(coco_map(test.targets(), predict(exp, replace(test, images=images)),
                               num_classes=exp.dataset.num_classes, image_size=test.image_size)["map50"])
 
-    return GaussianNoise.calibrate(test.images, map50_of, target, generator=_generator(exp.config, 7), steps=10)
+    return GaussianNoise.calibrate(test.images, map50_of, target, generator=stage_generator(exp.config, 7), steps=10)
 
 
 def run_attacks(exp: DetectionExperiment, progress: Progress | None, log: RunLog) -> dict[str, float]:
@@ -650,7 +637,7 @@ def run(config: dict[str, Any], out: Path, *, console: Any = None, show_progress
     """The whole detection experiment into the run folder ``out``; returns ``(out, metrics)``."""
     log = RunLog(console)
     total = time.perf_counter()
-    with run_folder(out) as folder, _noise(config), engine.threads(config["threads"]):
+    with run_folder(out) as folder, run_noise(config), engine.threads(config["threads"]):
         progress = make_progress(show_progress, console)
         with progress if progress is not None else contextlib.nullcontext():
             exp = prepare(config)

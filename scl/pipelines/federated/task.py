@@ -45,6 +45,7 @@ from scl.obfuscator import Obfuscator, freeze
 from scl.pipelines import classification, engine
 from scl.pipelines.config import DEFAULTS, build, merge, validate
 from scl.pipelines.federated.screening import screen
+from scl.pipelines.stages import build_image_layer, run_noise
 from scl.progress import task as progress_task
 from scl.runs import RunLog
 from scl.selection import ClassIndex
@@ -243,7 +244,7 @@ def build_network(config: Mapping[str, Any], dataset: Dataset, arrays: Mapping[s
 
 def build_obfuscator(config: Mapping[str, Any], dataset: Dataset, arrays: Mapping[str, Tensor]) -> Obfuscator:
     """SL-p rebuilt from its parameters (a client receives them from the server)."""
-    layer = classification.build_layer(dict(config), dataset)
+    layer = build_image_layer(config["layer"], dataset.x, dataset.num_classes)
     layer.load_state_dict(dict(arrays))
     return Obfuscator(freeze(layer)).eval()
 
@@ -440,7 +441,7 @@ def run_procedure(
     config: dict[str, Any], transport: Transport, progress: Progress | None, log: RunLog
 ) -> Result:
     """The whole of §2.3 with ``transport`` for the clients' part; returns the measured result."""
-    with classification._noise(config):
+    with run_noise(config):
         return _run_procedure(config, transport, progress, log)
 
 
