@@ -28,7 +28,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 import scl
-import scl.export as export_module
+import scl.export.model
+import scl.export.trace
+import scl.export.verify
 from scl.cli import app
 from scl.export import draw_noise, export_onnx
 
@@ -151,10 +153,10 @@ def test_an_export_puts_back_the_users_own_movedim_symbolic(tmp_path):
     torch.onnx.register_custom_op_symbolic("aten::movedim", users_movedim, 9)
     try:
         export_onnx(conv_obfuscator(), tmp_path / "obfuscator.onnx", input_shape=SHAPE)
-        assert export_module._custom_symbolic("aten::movedim", 9) is users_movedim
+        assert scl.export.trace._custom_symbolic("aten::movedim", 9) is users_movedim
     finally:
         torch.onnx.unregister_custom_op_symbolic("aten::movedim", 9)
-    assert export_module._custom_symbolic("aten::movedim", 9) is None  # and none is left behind
+    assert scl.export.trace._custom_symbolic("aten::movedim", 9) is None  # and none is left behind
 
 
 def test_input_shape_is_inferred_where_the_obfuscator_fixes_it(tmp_path):
@@ -310,8 +312,9 @@ def _noise_ignoring_gaussian(dist, noise):
     ids=["broadcast", "random-op", "ignored-noise"],
 )
 def test_export_refuses_a_graph_that_breaks_the_noise_contract(tmp_path, monkeypatch, apply, message):
-    original = export_module._sampler_for
-    monkeypatch.setattr(export_module, "_sampler_for", lambda noise: dataclasses.replace(original(noise), apply=apply))
+    original = scl.export.trace.sampler_for
+    monkeypatch.setattr(scl.export.model, "sampler_for",
+                        lambda noise: dataclasses.replace(original(noise), apply=apply))
     with pytest.raises(scl.ConfigError, match=re.escape(message)):
         export_onnx(conv_obfuscator(), tmp_path / "m.onnx", input_shape=SHAPE)
     assert not list(tmp_path.iterdir())
@@ -320,12 +323,12 @@ def test_export_refuses_a_graph_that_breaks_the_noise_contract(tmp_path, monkeyp
 def test_check_graph_finds_stored_noise(tmp_path):
     path = export_onnx(conv_obfuscator(), tmp_path / "m.onnx", input_shape=SHAPE)
     model = onnx.load(str(path))
-    sampler = export_module._sampler_for(scl.distributions.get("gaussian"))
+    sampler = scl.export.trace.sampler_for(scl.distributions.get("gaussian"))
     noise = draw_noise(path, 2)
-    export_module._check_graph(model, sampler, noise)  # the exported graph passes
+    scl.export.verify.check_graph(model, sampler, noise)  # the exported graph passes
     model.graph.node.append(helper.make_node("Constant", [], ["stored"], value=numpy_helper.from_array(noise)))
     with pytest.raises(scl.ConfigError, match="stores 1536 values of the noise it was traced with"):
-        export_module._check_graph(model, sampler, noise)
+        scl.export.verify.check_graph(model, sampler, noise)
 
 
 # -- "internal" mode: onnxruntime's random operators ------------------------------------------------
