@@ -1,4 +1,4 @@
-"""Shared plumbing of the attacks: data splits, validation, seeding and the training loop.
+"""Shared plumbing of the attacks: data splits, validation, seeding and their use of the training loop.
 
 Private to :mod:`scl.attacks`; nothing here is public API.
 """
@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 import torch
 from torch import Tensor, nn
 
+from scl import training
 from scl.errors import ConfigError, DataError, ShapeError
-from scl.progress import task
 
 if TYPE_CHECKING:  # rich is only needed for type hints; callers pass their own Progress
     from rich.progress import Progress
@@ -161,10 +161,6 @@ def native_bfloat16(device: torch.device) -> bool:
     return False
 
 
-#: Weight of the past in the exponential average of the validation loss that early stopping reads.
-_SMOOTHING = 0.8
-
-
 def fit(
     model: nn.Module,
     make_batch: Callable[[Tensor], tuple[Tensor, Tensor]],
@@ -182,7 +178,8 @@ def fit(
     cosine: bool = False,
     bfloat16: bool = False,
 ) -> int:
-    """Train ``model`` with Adam over at most ``epochs`` shuffled passes.
+    """Train ``model`` with Adam over at most ``epochs`` shuffled passes: scl's one training loop
+    (:func:`scl.training.fit`) fed by a batch maker.
 
     ``n`` is the number of samples (indices ``0..n-1``) or the tensor of training indices.
     ``make_batch(indices)`` returns ``(inputs, targets)`` for a batch; it is called for every
@@ -191,11 +188,9 @@ def fit(
 
     With ``validation`` indices, ``loss_fn(outputs, targets)`` over all of them at once is
     measured after every epoch, and the weights of the best epoch are restored at the end (early
-    stopping). Once an exponential average of that loss has not improved for ``patience`` epochs
-    (default: never), and not before a third of ``epochs``, training stops; with ``cosine`` it
-    first anneals the rate linearly to 0 over ``patience`` more epochs. The loss sees the whole
-    validation part at once, so a loss that depends on the batch (a contrastive one) is measured
-    the same way every epoch. The model is left in eval mode.
+    stopping after ``patience`` epochs without improvement, see :func:`scl.training.fit`). The
+    loss sees the whole validation part at once, so a loss that depends on the batch (a
+    contrastive one) is measured the same way every epoch. The model is left in eval mode.
 
     With ``bfloat16``, the model's forward pass in training runs under bfloat16 autocast where
     the device computes bfloat16 natively (:func:`native_bfloat16`; float32 elsewhere). The
@@ -212,68 +207,20 @@ def fit(
     if use_bf16 and device.type == "cpu":
         # oneDNN's bfloat16 convolutions run faster on channels-last tensors (29 -> 24 ms a step)
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    train_index = torch.arange(n) if isinstance(n, int) else n
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    per_epoch = -(-train_index.numel() // batch_size)
-    schedule: torch.optim.lr_scheduler.LRScheduler | None = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(epochs * per_epoch, 1)) if cosine else None)
-    best_loss, best_state, stale, best_epochs, ran = float("inf"), None, 0, 0, 0
-    smooth: float | None = None
-    best_smooth = float("inf")
-    finish_at: int | None = None  # with a cosine schedule: the epoch at which the last anneal ends
-    with task(progress, description, epochs) as advance:
-        for epoch in range(epochs):
-            if finish_at is not None and epoch >= finish_at:
-                break
-            ran = epoch + 1
-            model.train()
-            order = train_index[torch.randperm(train_index.numel(), generator=generator)]
-            for start in range(0, order.numel(), batch_size):
-                index = order[start : start + batch_size]
-                if index.numel() < 2:
-                    continue
-                inputs, targets = make_batch(index)
-                # autocast casts the losses (MSE, cross-entropy) back to float32 itself
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    loss = loss_fn(model(inputs), targets).float()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if schedule is not None:
-                    schedule.step()
-            if validation is None:
-                advance()
-                continue
-            value = _validation_value(model, make_batch, validation, loss_fn, 4 * batch_size)
-            advance(f"val={value:.4f}")
-            if value < best_loss:
-                best_loss, best_epochs = value, epoch + 1
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            # Read the trend, not single epochs: an exponential average of the validation loss
-            # must stop improving. At a high learning rate the raw loss swings by +-50% from one
-            # epoch to the next.
-            smooth = value if smooth is None else _SMOOTHING * smooth + (1 - _SMOOTHING) * value
-            if smooth < best_smooth:
-                best_smooth, stale = smooth, 0
-            else:
-                stale += 1
-                # never before a third of the epochs: decoders can sit on a plateau (predicting
-                # the mean image) for several epochs before they start to use their input
-                if (patience is not None and stale >= patience and epoch + 1 >= epochs // 3
-                        and finish_at is None):
-                    if schedule is None:
-                        break
-                    # A cosine-annealed model decodes best once its rate is low: rather than stop
-                    # at a high rate, anneal linearly to 0 over `patience` more epochs, then stop
-                    # (plain noise on the digits: SSIM 0.869 when stopped, 0.962 annealed).
-                    finish_at = epoch + 1 + patience
-                    schedule = torch.optim.lr_scheduler.LinearLR(
-                        optimizer, start_factor=1.0, end_factor=0.0, total_iters=patience * per_epoch)
-    if best_state is not None:
-        model.load_state_dict(best_state)
-        ran = best_epochs
-    model.eval()
-    return ran
+
+    def step(index: Tensor) -> tuple[Tensor, dict[str, float]]:
+        inputs, targets = make_batch(index)
+        # autocast casts the losses (MSE, cross-entropy) back to float32 itself
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            return loss_fn(model(inputs), targets).float(), {}
+
+    validate = None if validation is None else (
+        lambda: _validation_value(model, make_batch, validation, loss_fn, 4 * batch_size))
+    return training.fit(
+        step, model.parameters(), n, epochs=epochs, lr=lr, batch_size=batch_size, generator=generator,
+        progress=progress, description=description, cosine=cosine, min_batch=2, modules=(model,),
+        validate=validate, patience=patience,
+    ).epochs
 
 
 @torch.no_grad()

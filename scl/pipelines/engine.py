@@ -1,4 +1,5 @@
-"""Training and evaluation loops shared by the pipelines, with rich progress bars."""
+"""What the pipelines share to train and evaluate: the training loop fed by tensors, predictions
+and accuracy, and the thread setting of a run."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 from torch import Tensor, nn
 
-from scl.progress import task
+from scl import training
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -30,11 +31,6 @@ def threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator | None, shuffle: bool = True) -> list[Tensor]:
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    return list(order.split(batch_size))
-
-
 def train(
     loss_fn: LossFn,
     parameters: Sequence[nn.Parameter],
@@ -48,36 +44,13 @@ def train(
     description: str = "training",
     cosine: bool = False,
 ) -> dict[str, list[float]]:
-    """Adam on ``loss_fn(*batch) -> (loss, stats)``; returns per-epoch means of loss and stats.
-
-    ``cosine`` anneals the learning rate to 0 over all the steps: a network trained to the end
-    at a constant rate keeps whatever its last steps did (the digits' task network at seed 1 lost
-    17 points of test accuracy in its 40th epoch to one such spike of Adam).
-    """
-    optimiser = torch.optim.Adam(list(parameters), lr=lr)
-    n = data[0].shape[0]
-    steps = epochs * -(-n // batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(steps, 1)) if cosine else None
-    history: dict[str, list[float]] = {}
-    with task(progress, description, epochs) as advance:
-        for _ in range(epochs):
-            sums: dict[str, float] = {}
-            count = 0
-            for index in batches(n, batch_size, generator):
-                loss, stats = loss_fn(*(d[index] for d in data))
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                if schedule is not None:
-                    schedule.step()
-                weight = index.numel()
-                count += weight
-                for key, value in {"loss": float(loss.detach()), **stats}.items():
-                    sums[key] = sums.get(key, 0.0) + value * weight
-            for key, value in sums.items():
-                history.setdefault(key, []).append(value / count)
-            advance(" ".join(f"{k}={v[-1]:.3f}" for k, v in history.items()))
-    return history
+    """Adam on ``loss_fn(*batch) -> (loss, stats)`` over the tensors ``data`` (cut along their first
+    dimension): scl's one training loop, :func:`scl.training.fit` (``cosine``: see there). The
+    caller sets the modules' training mode. Returns per-epoch means of loss and stats."""
+    return training.fit(
+        lambda index: loss_fn(*(d[index] for d in data)), parameters, data[0].shape[0], epochs=epochs, lr=lr,
+        batch_size=batch_size, generator=generator, progress=progress, description=description, cosine=cosine,
+    ).history
 
 
 @torch.no_grad()

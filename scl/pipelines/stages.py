@@ -45,6 +45,7 @@ from scl.errors import ConfigError, DataError
 from scl.layers import StochasticConditionalAdditive, StochasticConditionalConv2d, StochasticConditionalLayer
 from scl.progress import task
 from scl.random import deterministic
+from scl.training import shuffled_batches
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -748,9 +749,7 @@ def train_within_budget(
             sums: dict[str, float] = {}
             count = steps = 0
             set_mode(True)
-            for index in torch.randperm(n, generator=generator).split(batch_size):
-                if index.numel() < 2:
-                    continue
+            for index in shuffled_batches(torch.arange(n), batch_size, generator, min_batch=2):
                 batch = [d[index] for d in data]
                 x, y = batch[0], batch[1]
                 attribute = batch[2] if objective.kind == "attribute" and len(batch) > 2 else None
