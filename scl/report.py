@@ -932,9 +932,6 @@ def _date(run_dir: Path, metrics: Mapping[str, Any], config: Mapping[str, Any]) 
 # public
 
 #: The pipelines whose runs the report lays out (``metrics["pipeline"]``).
-PIPELINES = ("classification", "detection", "federated", "bench_privacy")
-
-
 def _utility_name(metrics: Mapping[str, Any]) -> str:
     return "mAP@.5" if pipeline_of(metrics) == "detection" else "accuracy"
 
@@ -943,8 +940,10 @@ def pipeline_of(metrics: Mapping[str, Any]) -> str:
     """Which pipeline wrote a run: its ``metrics["pipeline"]``. Runs of earlier versions have no
     such field; theirs is told from the keys only they write (detection's ``map``, federated's
     ``engine`` or ``stages``, the benchmark's ``methods``), else classification."""
+    from scl.pipelines import MODULES
+
     recorded = metrics.get("pipeline")
-    if recorded in PIPELINES:
+    if recorded in MODULES:
         return str(recorded)
     if "map" in metrics:
         return "detection"
@@ -965,7 +964,8 @@ def write_report(
 
     Args:
         run_dir: a run folder written by an scl command.
-        captions: figure captions keyed by file stem, on top of :data:`CAPTIONS`.
+        captions: figure captions keyed by file stem, on top of :data:`CAPTIONS` and of the
+            ``CAPTIONS`` of the pipeline that wrote the run (:func:`pipeline_of`).
         name: the run's name to show (default: the folder's name; a pipeline writing into a
             temporary folder passes the final name).
 
@@ -981,7 +981,9 @@ def write_report(
         raise SCLError(f"cannot write the report: run folder {run_dir} does not exist")
     config = _read_json(run_dir / "config.json")
     metrics = _read_json(run_dir / "metrics.json")
-    all_captions = {**CAPTIONS, **(captions or {})}
+    from scl import pipelines
+
+    all_captions = {**CAPTIONS, **pipelines.get(pipeline_of(metrics)).CAPTIONS, **(captions or {})}
 
     dataset = metrics.get("dataset", config.get("dataset"))
     dataset_text = str(dataset) if dataset not in (None, "") else "unknown data set"

@@ -1,5 +1,6 @@
 """The run folder, in one place: its layout, its atomic writing, its log, and reading a run back
-(its label-free obfuscator and the input shape it recorded). Every command writes its folder
+(its config and metrics, its checkpoints, its label-free obfuscator and the input shape it
+recorded). Every command writes its folder
 through :func:`run_folder`; ``scl obfuscate``, ``scl export`` and ``scl evaluate`` read it back here.
 
 A run folder::
@@ -20,23 +21,26 @@ import datetime
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from scl.errors import CheckpointError, ConfigError
-from scl.io import atomic_write, load
+from scl.io import atomic_write, load, write_json
 from scl.obfuscator import Obfuscator
 from scl.selection import GatedSelection
 
 __all__ = [
     "CHECKPOINTS",
     "RunLog",
+    "load_checkpoint",
     "load_label_free",
+    "read_run",
     "recorded_shape",
     "run_folder",
     "run_selection",
     "write_log",
+    "write_results",
 ]
 
 #: The checkpoints a run may hold, by role, in ``RUN/checkpoints/``.
@@ -101,6 +105,35 @@ def run_selection(checkpoints: Path, selection: str | None) -> str:
     if selection is None:
         return "gated" if (Path(checkpoints) / CHECKPOINTS["gated"]).is_file() else "soft"
     return selection
+
+
+def write_results(folder: Path, config: Mapping[str, Any], metrics: Mapping[str, Any]) -> None:
+    """``config.json`` and ``metrics.json`` of a run, each written atomically."""
+    write_json(Path(folder) / "metrics.json", dict(metrics))
+    write_json(Path(folder) / "config.json", dict(config))
+
+
+def read_run(run: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run folder's ``(config, metrics)``; metrics ``{}`` where the run has none yet (``scl train``
+    writes them as it goes). A :class:`ConfigError` when ``run`` is not a run folder."""
+    run = Path(run)
+    try:
+        config = json.loads((run / "config.json").read_text())
+    except OSError:
+        raise ConfigError(
+            f"{str(run)!r} is not a run folder (no config.json); run `scl train` or `scl demo` first"
+        ) from None
+    metrics_path = run / "metrics.json"
+    return config, json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+
+
+def load_checkpoint(run: Path, role: str) -> Any:
+    """The module a run saved as ``role`` (a key of :data:`CHECKPOINTS`), or a :class:`ConfigError`
+    naming the missing file."""
+    path = Path(run) / "checkpoints" / CHECKPOINTS[role]
+    if not path.is_file():
+        raise ConfigError(f"{str(run)!r} has no checkpoints/{CHECKPOINTS[role]}; the run is incomplete")
+    return load(path)
 
 
 def load_obfuscator(path: Path) -> Obfuscator:

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scl.report import PIPELINES
+from scl.pipelines import MODULES
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 300
@@ -123,7 +123,7 @@ def assert_run_folder(out: Path, checkpoints: set[str], figures: set[str]) -> di
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.partial")]
     assert_checkpoints_load_after_import_scl(out)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics.get("pipeline") in PIPELINES, "metrics.json must say which pipeline wrote it"
+    assert metrics.get("pipeline") in MODULES, "metrics.json must say which pipeline wrote it"
     return metrics
 
 

@@ -11,7 +11,17 @@ import torch
 
 import scl
 from scl.errors import CheckpointError, ConfigError
-from scl.runs import CHECKPOINTS, RunLog, load_label_free, recorded_shape, run_folder, write_log
+from scl.runs import (
+    CHECKPOINTS,
+    RunLog,
+    load_checkpoint,
+    load_label_free,
+    read_run,
+    recorded_shape,
+    run_folder,
+    write_log,
+    write_results,
+)
 
 C = 3
 
@@ -96,3 +106,25 @@ def test_the_recorded_shape_is_read_or_none(tmp_path):
     assert recorded_shape(tmp_path / "nowhere") is None
     (tmp_path / "run" / "metrics.json").write_text("{not json")
     assert recorded_shape(tmp_path / "run") is None
+
+
+def test_results_written_are_read_back_and_a_missing_config_is_explained(tmp_path):
+    # prepare
+    folder = tmp_path / "run"
+    folder.mkdir()
+    # execute
+    write_results(folder, {"seed": 3}, {"pipeline": "classification", "accuracy": {"clean": 0.9}})
+    config, metrics = read_run(folder)
+    # assert
+    assert config == {"seed": 3} and metrics["accuracy"] == {"clean": 0.9}
+    (folder / "metrics.json").unlink()
+    assert read_run(folder) == ({"seed": 3}, {})  # a run still training has no metrics yet
+    with pytest.raises(ConfigError, match=r"is not a run folder \(no config.json\); run `scl train`"):
+        read_run(tmp_path / "elsewhere")
+
+
+def test_a_checkpoint_is_loaded_by_role_or_its_absence_named(tmp_path):
+    run = _run(tmp_path, gated=False)
+    assert isinstance(load_checkpoint(run, "obfuscator"), scl.Obfuscator)
+    with pytest.raises(ConfigError, match=r"has no checkpoints/gated.safetensors; the run is incomplete"):
+        load_checkpoint(run, "gated")

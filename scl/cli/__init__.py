@@ -82,7 +82,7 @@ def _config(
     quick: bool, config: Path | None, sets: list[str] | None, data: str | None, network: Path | None,
     max_accuracy_loss: float | None = None,
 ) -> dict:
-    from scl.pipelines import config as cfg
+    from scl.pipelines import classification
 
     overrides: dict = {}
     if max_accuracy_loss is not None:
@@ -91,53 +91,22 @@ def _config(
         overrides["data"] = data
     if network is not None:
         overrides["network"] = {"checkpoint": str(network)}
-    return cfg.build(quick=quick, config_file=config, assignments=sets or (), overrides=overrides)
-
-
-def _cell(value: object, kind: str) -> str:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return "—"
-    return {"pct": f"{100 * value:.1f}%", "db": f"{value:.1f} dB"}.get(kind, f"{value:.3f}")
+    return classification.build_config(quick=quick, config_file=config, assignments=sets or (), overrides=overrides)
 
 
 def _summary(metrics: dict, out: Path) -> None:
-    from rich.table import Table
+    """The run's summary, from the pipeline that wrote it (:class:`scl.pipelines.Pipeline`), and
+    where its folder is."""
+    from rich.markup import escape
+    from rich.text import Text
+
+    from scl import pipelines
+    from scl.report import pipeline_of
 
     console = _console()
-    table = Table(title="scl: results on the test split", show_lines=False)
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    table.add_column("beside", justify="right")
-    acc = metrics.get("accuracy", {})
-    mean8 = metrics.get("accuracy_mean8", {})
-    for name, value in acc.items():
-        extra = f"mean of 8: {100 * mean8[name]:.1f}%" if name in mean8 and name != "clean" else ""
-        table.add_row(f"accuracy ({name})", f"{100 * value:.1f}%", extra)
-    console.print(table)
-    from scl.report import budget_lines
-
-    for line, met in budget_lines(metrics):
-        console.print(f"  {line}", style="green" if met else "bold red")
-    priv = metrics.get("privacy", {})
-    from scl.report import gaussian_verdicts, release_table
-
-    releases = release_table(priv, short=True)
-    if releases is not None:
-        header, rows = releases
-        privacy = Table(title=f"privacy on the test split, attack budget {priv.get('budget', '?')} (lower is "
-                        f"more private; gaussian = plain noise at the {priv.get('reference_release', 'soft')} "
-                        "accuracy)")
-        for i, title in enumerate(header):
-            privacy.add_column(title, justify="right" if i else "left")
-        for row in rows:
-            privacy.add_row(row[0][0], *(_cell(value, kind) for value, kind in row[1:]))
-        console.print(privacy)
-        for line in gaussian_verdicts(priv):
-            console.print(f"  {line}", style="red" if "NOT" in line else "green")
-    for target in metrics.get("targets", []):
-        mark = "[green]met[/green]" if target["met"] else "[red]not met[/red]"
-        console.print(f"  target {target['name']}: {target['value']:.3f} {target['target']} {mark}")
-    console.print(f"\nrun folder: [bold]{out}[/bold]  (open {out / 'report.html'})")
+    for item in pipelines.get(pipeline_of(metrics)).summary(metrics):
+        console.print(item, highlight=False, soft_wrap=isinstance(item, Text))  # lines as they are, tables fitted
+    console.print(f"\nrun folder: [bold]{escape(str(out))}[/bold]  (open {escape(str(out / 'report.html'))})")
 
 
 @app.command()
@@ -353,18 +322,11 @@ def bench_privacy(
 
     with _user_errors():
         chosen = job.parse_budgets(budgets, quick=quick)
-        cfg = job.build_config(quick=quick, config_file=config, assignments=set_ or (), data=data)
+        cfg = job.build_config(quick=quick, config_file=config, assignments=set_ or (),
+                               overrides=None if data is None else {"data": data})
         out = out or _default_out("bench-privacy")
         folder, metrics = job.run(cfg, out, budgets=chosen, console=_console(), show_progress=not no_progress)
-    from rich.markup import escape
-
-    from scl.report import verdict_lines
-
-    console = _console()
-    console.print(escape(job.markdown_table(metrics, verdict=False)), highlight=False, soft_wrap=True)
-    for line, met in verdict_lines(metrics):
-        console.print(f"  {escape(line)}", style="green" if met else "bold red", highlight=False)
-    console.print(f"\nrun folder: [bold]{escape(str(folder))}[/bold]  (open {escape(str(folder / 'report.html'))})")
+    _summary(metrics, folder)
 
 
 @app.command()
@@ -399,42 +361,7 @@ def federated(
         cfg = job.build_config(quick=quick, config_file=config, assignments=set_ or (), overrides=overrides)
         out = out or _default_out("federated")
         folder, metrics = job.run(cfg, out, console=_console(), show_progress=not no_progress)
-    _federated_summary(metrics, folder)
-
-
-def _federated_summary(metrics: dict, out: Path) -> None:
-    from rich.table import Table
-
-    console = _console()
-    table = Table(title=f"scl federated ({metrics.get('engine')}): test accuracy against the clean share p")
-    columns = [
-        ("p", "p"),
-        ("clean share only", "accuracy_clean_share"),
-        ("no screening", "accuracy_no_screening"),
-        ("screening", "accuracy_screening"),
-        ("rounds", "rounds"),
-        ("failures", "failures"),
-    ]
-    for title, _ in columns:
-        table.add_column(title, justify="right")
-    for stage in metrics.get("stages", []):
-        cells = []
-        for _, key in columns:
-            value = stage.get(key)
-            if value is None:
-                cells.append("-")
-            elif key == "p" or key.startswith("accuracy"):
-                cells.append(f"{100 * value:.1f}%")
-            else:
-                cells.append(str(value))
-        table.add_row(*cells)
-    console.print(table)
-    if "accuracy_all_clean" in metrics:
-        console.print(f"  all data clean (ceiling): {100 * metrics['accuracy_all_clean']:.1f}%")
-    reached = "[green]reached[/green]" if metrics.get("target_reached") else "[yellow]not reached[/yellow]"
-    console.print(f"  target accuracy {100 * metrics.get('target_accuracy', 0):.1f}%: {reached}")
-    console.print(f"  client failures: {metrics.get('failures', 0)} in {metrics.get('rounds', 0)} rounds")
-    console.print(f"\nrun folder: [bold]{out}[/bold]  (open {out / 'report.html'})")
+    _summary(metrics, folder)
 
 
 @app.command()
@@ -466,7 +393,6 @@ def detect(
     Example: `scl detect --quick --out runs/boxes`
     """
     from scl.pipelines import detection
-    from scl.report import budget_lines
 
     overrides: dict = {}
     if data is not None:
@@ -478,18 +404,7 @@ def detect(
                                      overrides=overrides or None)
         out = out or _default_out("detect")
         folder, metrics = detection.run(cfg, out, console=_console(), show_progress=not no_progress)
-    console = _console()
-    console.print(detection.summary_table(metrics))
-    from scl.report import gaussian_verdicts
-
-    for line in gaussian_verdicts(metrics.get("privacy", {}), "mAP@.5"):
-        console.print(f"  {line}", style="red" if "NOT" in line else "green")
-    for line, met in budget_lines(metrics):
-        console.print(f"  {line}", style="green" if met else "bold red")
-    for target in metrics.get("targets", []):
-        mark = "[green]met[/green]" if target["met"] else "[red]not met[/red]"
-        console.print(f"  target {target['name']}: {target['value']:.3f} {target['target']} {mark}")
-    console.print(f"\nrun folder: [bold]{folder}[/bold]  (open {folder / 'report.html'})")
+    _summary(metrics, folder)
 
 
 def main() -> None:

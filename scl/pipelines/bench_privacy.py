@@ -49,7 +49,7 @@ from scl.baselines import (
     Shredder,
 )
 from scl.errors import ConfigError, SCLError
-from scl.io import atomic_write, write_json
+from scl.io import atomic_write
 from scl.pipelines import classification as cls
 from scl.pipelines import config as configuration
 from scl.pipelines import engine
@@ -65,13 +65,15 @@ from scl.pipelines.stages import (
     train_within_budget,
 )
 from scl.progress import make_progress
-from scl.runs import RunLog, run_folder, write_log
+from scl.runs import RunLog, run_folder, write_log, write_results
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
 __all__ = [
+    "CAPTIONS",
     "DEFAULT_BUDGETS",
+    "NAME",
     "QUICK_BUDGETS",
     "LABEL_FREE",
     "METHODS",
@@ -88,6 +90,11 @@ METHODS = ("identity", "gaussian", "laplace", "shredder", "cloak", "nopeek", "sc
 #: scl's releases that need no label at inference: what the verdict is about.
 LABEL_FREE = ("scl-soft", "scl-gated")
 #: The budgets of a run without ``--budgets``, in points of accuracy.
+#: The name this pipeline records in ``metrics.json`` (:class:`scl.pipelines.Pipeline`).
+NAME = "bench_privacy"
+#: Its figure captions beyond the report's own (the frontier's figures are captioned by the report).
+CAPTIONS: dict[str, str] = {}
+
 DEFAULT_BUDGETS = (0.5, 1.0, 2.0, 5.0)
 #: ``--quick`` without ``--budgets``: the two budgets the targets are about, so that the smoke test of
 #: the whole sweep stays within 4 minutes on 2 cores (all four took 4 min 43 s there).
@@ -134,13 +141,12 @@ def parse_budgets(text: str | Sequence[float] | None, *, quick: bool = False) ->
 
 def build_config(
     *, quick: bool = False, config_file: str | Path | None = None, assignments: Iterable[str] = (),
-    data: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The classification experiment's config (``scl demo``'s defaults, ``--quick``, the file, ``--set``):
     N, scl's stages and the attacks are trained exactly as there. ``--quick`` keeps N's full training
     (about 15 s on 2 cores): every method of the frontier is read by N, and at ``scl demo --quick``'s 6
     epochs N is right on two thirds of the clean digits, which would make the whole frontier noise."""
-    overrides = {"data": data} if data is not None else None
     quick_overrides = {k: v for k, v in configuration.QUICK.items() if k != "network"}
     return configuration.build(quick=quick, config_file=config_file, assignments=assignments, overrides=overrides,
                                quick_overrides=quick_overrides)
@@ -362,7 +368,7 @@ def run(
         seconds.update(score.seconds)
         seconds["total"] = time.perf_counter() - total
         metrics = {
-            "pipeline": "bench_privacy",
+            "pipeline": NAME,
             "dataset": exp.dataset.name,
             "num_classes": exp.dataset.num_classes,
             "input_shape": list(exp.dataset.image_shape),
@@ -495,9 +501,20 @@ def write_outputs(folder: Path, metrics: dict[str, Any], config: Mapping[str, An
                              ("reid_top1", "frontier_reid", refs.get("reid_floor_top1"))):
         figures.frontier(metrics["methods"], key, folder / "figures" / f"{stem}.png",
                          clean_accuracy=metrics["accuracy_clean"], floor=floor, budgets=metrics["budgets"])
-    write_json(folder / "metrics.json", metrics)
-    write_json(folder / "config.json", dict(config))
+    write_results(folder, config, metrics)
     with atomic_write(folder / "table.md") as handle:
         handle.write(markdown_table(metrics))
     write_log(folder, log)
     write_report(folder, name=name)
+
+
+def summary(metrics: Mapping[str, Any]) -> list[Any]:
+    """The run's results for the terminal (:class:`scl.pipelines.Pipeline`): the frontier's table
+    (as in ``table.md``) and the verdict at each budget."""
+    from rich.text import Text
+
+    from scl.report import verdict_lines
+
+    out: list[Any] = [Text(markdown_table(metrics, verdict=False))]
+    return out + [Text(f"  {line}", style="green" if met else "bold red") for line, met in verdict_lines(metrics)]
+

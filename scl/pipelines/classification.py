@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -31,10 +30,11 @@ from torch import Tensor, nn
 
 from scl.data import Dataset, load_digits, load_user_data, split
 from scl.errors import ConfigError, SCLError
-from scl.io import load, save, write_json
+from scl.io import load, save
 from scl.layers import StochasticConditionalAdditive, StochasticConditionalLayer
 from scl.models import SmallCNN
 from scl.obfuscator import Obfuscator, freeze
+from scl.pipelines import config as configuration
 from scl.pipelines import engine
 from scl.pipelines.config import stage_patience
 from scl.pipelines.stages import (
@@ -51,11 +51,25 @@ from scl.pipelines.stages import (
 )
 from scl.progress import make_progress
 from scl.random import deterministic
-from scl.runs import CHECKPOINTS, RunLog, run_folder, write_log
+from scl.runs import CHECKPOINTS, RunLog, load_checkpoint, read_run, run_folder, write_log, write_results
 from scl.selection import GatedSelection, SoftSelection
 
 if TYPE_CHECKING:
     from rich.progress import Progress
+
+#: The name this pipeline records in ``metrics.json`` (:class:`scl.pipelines.Pipeline`).
+NAME = "classification"
+#: Its figure captions beyond the report's own (none: the report's are the classification ones).
+CAPTIONS: dict[str, str] = {}
+
+
+def build_config(
+    *, quick: bool = False, config_file: str | Path | None = None, assignments: Iterable[str] = (),
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The resolved config of a classification run (:func:`scl.pipelines.config.build`)."""
+    return configuration.build(quick=quick, config_file=config_file, assignments=assignments, overrides=overrides)
+
 
 @dataclass
 class Experiment:
@@ -661,23 +675,13 @@ def save_checkpoints(exp: Experiment, folder: Path) -> None:
 
 def load_run(run: Path) -> Experiment:
     """Rebuild an experiment (data splits, N, obfuscators) from a run folder."""
-    run = Path(run)
-    config_path = run / "config.json"
-    if not config_path.is_file():
-        raise ConfigError(f"{str(run)!r} is not a run folder (no config.json); run `scl train` or `scl demo` first")
-    config = json.loads(config_path.read_text())
+    config, metrics = read_run(run)
     exp = prepare(config)
-    ckpt = run / "checkpoints"
-    for key in ("network", "obfuscator"):
-        if not (ckpt / CHECKPOINTS[key]).is_file():
-            raise ConfigError(f"{str(run)!r} has no checkpoints/{CHECKPOINTS[key]}; the run is incomplete")
-    exp.network = freeze(load(ckpt / CHECKPOINTS["network"])).eval()
-    exp.obfuscator = load(ckpt / CHECKPOINTS["obfuscator"]).eval()
-    if (ckpt / CHECKPOINTS["gated"]).is_file():
-        exp.gated = exp.obfuscator.with_selection(load(ckpt / CHECKPOINTS["gated"])).eval()
-    metrics_path = run / "metrics.json"
-    if metrics_path.is_file():
-        exp.metrics = json.loads(metrics_path.read_text())
+    exp.network = freeze(load_checkpoint(run, "network")).eval()
+    exp.obfuscator = load_checkpoint(run, "obfuscator").eval()
+    if (Path(run) / "checkpoints" / CHECKPOINTS["gated"]).is_file():
+        exp.gated = exp.obfuscator.with_selection(load_checkpoint(run, "gated")).eval()
+    exp.metrics = metrics
     return exp
 
 
@@ -723,14 +727,13 @@ def write_outputs(exp: Experiment, folder: Path, log: RunLog, name: str | None =
         figures.budget_curves(exp.metrics["utility"], budget_test_losses(exp.metrics), fig / "utility_budget.png")
     if exp.metrics.get("sweep"):
         figures.tradeoff_curve(exp.metrics["sweep"], fig / "tradeoff.png")
-    exp.metrics["pipeline"] = "classification"  # what the report reads to lay the run out
+    exp.metrics["pipeline"] = NAME  # what the report reads to lay the run out
     exp.metrics["dataset"] = exp.dataset.name
     exp.metrics["num_classes"] = exp.dataset.num_classes
     exp.metrics["input_shape"] = list(exp.dataset.image_shape)
     exp.metrics["splits"] = {name: len(part) for name, part in exp.splits.items()}  # images per split
     exp.metrics["targets"] = targets(exp.metrics)
-    write_json(folder / "metrics.json", exp.metrics)
-    write_json(folder / "config.json", exp.config)
+    write_results(folder, exp.config, exp.metrics)
     write_log(folder, log)
     write_report(folder, name=name)
 
@@ -781,6 +784,10 @@ def demo(
     return out, exp.metrics
 
 
+#: ``scl demo``: the whole experiment (:class:`scl.pipelines.Pipeline`'s ``run``).
+run = demo
+
+
 def train_command(
     config: dict[str, Any], out: Path, *, console: Any = None, show_progress: bool = True
 ) -> tuple[Path, dict[str, Any]]:
@@ -812,3 +819,60 @@ def update_run(run: Path, action: str, *, console: Any = None, show_progress: bo
                 exp.metrics.setdefault("seconds", {})["attacks"] = time.perf_counter() - start
     write_outputs(exp, Path(run), log)
     return exp.metrics
+
+
+# -- the terminal summary ----------------------------------------------------------------------------
+def _cell(value: object, kind: str) -> str:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "—"
+    return {"pct": f"{100 * value:.1f}%", "db": f"{value:.1f} dB"}.get(kind, f"{value:.3f}")
+
+
+def summary(metrics: Mapping[str, Any]) -> list[Any]:
+    """The run's results for the terminal (:class:`scl.pipelines.Pipeline`): accuracy, the budget,
+    the privacy table beside plain noise, and the targets."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from scl.report import budget_lines, gaussian_verdicts, release_table
+
+    out: list[Any] = []
+    table = Table(title="scl: results on the test split", show_lines=False)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_column("beside", justify="right")
+    acc = metrics.get("accuracy", {})
+    mean8 = metrics.get("accuracy_mean8", {})
+    for name, value in acc.items():
+        extra = f"mean of 8: {100 * mean8[name]:.1f}%" if name in mean8 and name != "clean" else ""
+        table.add_row(f"accuracy ({name})", f"{100 * value:.1f}%", extra)
+    out.append(table)
+    out += [Text(f"  {line}", style="green" if met else "bold red") for line, met in budget_lines(metrics)]
+    priv = metrics.get("privacy", {})
+    releases = release_table(priv, short=True)
+    if releases is not None:
+        header, rows = releases
+        privacy = Table(title=f"privacy on the test split, attack budget {priv.get('budget', '?')} (lower is "
+                        f"more private; gaussian = plain noise at the {priv.get('reference_release', 'soft')} "
+                        "accuracy)")
+        for i, title in enumerate(header):
+            privacy.add_column(title, justify="right" if i else "left")
+        for row in rows:
+            privacy.add_row(row[0][0], *(_cell(value, kind) for value, kind in row[1:]))
+        out.append(privacy)
+        out += [Text(f"  {line}", style="red" if "NOT" in line else "green") for line in gaussian_verdicts(priv)]
+    out += target_lines(metrics)
+    return out
+
+
+def target_lines(metrics: Mapping[str, Any]) -> list[Any]:
+    """One line per target of ``metrics["targets"]``, met or not (every pipeline that sets targets)."""
+    from rich.text import Text
+
+    lines = []
+    for target in metrics.get("targets", []):
+        line = Text(f"  target {target['name']}: {target['value']:.3f} {target['target']} ")
+        line.append("met" if target["met"] else "not met", style="green" if target["met"] else "red")
+        lines.append(line)
+    return lines
+

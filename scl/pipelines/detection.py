@@ -40,7 +40,7 @@ from torch import Tensor
 
 from scl.data.scenes import DetectionData, load_detection_data, make_scenes, split_detection
 from scl.errors import ConfigError, SCLError
-from scl.io import load, save, write_json
+from scl.io import load, save
 from scl.layers import StochasticConditionalConv2d
 from scl.models.detector import CenterNet
 from scl.obfuscator import Obfuscator, freeze
@@ -60,13 +60,17 @@ from scl.pipelines.stages import (
     validation_cut,
 )
 from scl.progress import make_progress
-from scl.runs import RunLog, run_folder, write_log
+from scl.runs import RunLog, run_folder, write_log, write_results
 from scl.selection import HardSelection, SoftSelection
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-__all__ = ["DEFAULTS", "QUICK", "DetectionExperiment", "build_config", "run", "summary_table", "targets"]
+__all__ = ["CAPTIONS", "DEFAULTS", "NAME", "QUICK", "DetectionExperiment", "build_config", "run", "summary",
+           "summary_table", "targets"]
+
+#: The name this pipeline records in ``metrics.json`` (:class:`scl.pipelines.Pipeline`).
+NAME = "detection"
 
 CHECKPOINTS = {"network": "detector.safetensors", "obfuscator": "obfuscator.safetensors"}
 
@@ -606,7 +610,7 @@ def write_outputs(exp: DetectionExperiment, folder: Path, log: RunLog, name: str
         from scl.report import budget_test_losses
 
         figures.budget_curves(exp.metrics["utility"], budget_test_losses(exp.metrics), fig / "utility_budget.png")
-    exp.metrics["pipeline"] = "detection"  # what the report reads to lay the run out
+    exp.metrics["pipeline"] = NAME  # what the report reads to lay the run out
     exp.metrics["dataset"] = exp.dataset.name
     exp.metrics["num_classes"] = exp.dataset.num_classes
     exp.metrics["class_names"] = list(names)
@@ -614,10 +618,9 @@ def write_outputs(exp: DetectionExperiment, folder: Path, log: RunLog, name: str
     exp.metrics["splits"] = {name: len(part) for name, part in exp.splits.items()}  # images per split
     exp.metrics["objects"] = {k: v.num_objects for k, v in exp.splits.items()}
     exp.metrics["targets"] = targets(exp.metrics)
-    write_json(folder / "metrics.json", exp.metrics)
-    write_json(folder / "config.json", exp.config)
+    write_results(folder, exp.config, exp.metrics)
     write_log(folder, log)
-    write_report(folder, captions=CAPTIONS, name=name)
+    write_report(folder, name=name)
 
 
 def save_checkpoints(exp: DetectionExperiment, folder: Path) -> None:
@@ -687,3 +690,19 @@ def summary_table(metrics: Mapping[str, Any]) -> Any:
         if key in priv:
             table.add_row(label, f"{priv[key]:.3f}", text.format(priv[other]) if other in priv else "")
     return table
+
+
+def summary(metrics: Mapping[str, Any]) -> list[Any]:
+    """The run's results for the terminal (:class:`scl.pipelines.Pipeline`): :func:`summary_table`,
+    plain noise's verdicts, the budget and the targets."""
+    from rich.text import Text
+
+    from scl.pipelines.classification import target_lines
+    from scl.report import budget_lines, gaussian_verdicts
+
+    out: list[Any] = [summary_table(metrics)]
+    out += [Text(f"  {line}", style="red" if "NOT" in line else "green")
+            for line in gaussian_verdicts(metrics.get("privacy", {}), "mAP@.5")]
+    out += [Text(f"  {line}", style="green" if met else "bold red") for line, met in budget_lines(metrics)]
+    return out + target_lines(metrics)
+

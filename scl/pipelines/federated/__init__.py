@@ -18,18 +18,20 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from scl.errors import ConfigError
-from scl.io import write_json
 from scl.pipelines import classification
 from scl.pipelines.federated.screening import screen, screening_mask
 from scl.pipelines.federated.task import build_config, run_procedure, shares
 from scl.progress import make_progress
-from scl.runs import CHECKPOINTS, RunLog, run_folder, write_log
+from scl.runs import CHECKPOINTS, RunLog, run_folder, write_log, write_results
 
 __all__ = [
+    "CAPTIONS",
+    "NAME",
     "build_config",
     "flower_installed",
     "require_flower",
@@ -38,7 +40,13 @@ __all__ = [
     "screen",
     "screening_mask",
     "shares",
+    "summary",
 ]
+
+#: The name this pipeline records in ``metrics.json`` (:class:`scl.pipelines.Pipeline`).
+NAME = "federated"
+#: Its figure captions beyond the report's own (none).
+CAPTIONS: dict[str, str] = {}
 
 INSTALL_HINT = "pip install 'scl[federated]'"
 
@@ -70,10 +78,9 @@ def write_outputs(result: Any, config: dict[str, Any], folder: Path, log: RunLog
     figures.image_grid(result.samples, fig / "client_samples.png", title="A client's data, and what N trains on")
     data = classification.load_dataset(config)
     shape = list(data.image_shape)
-    result.metrics.update({"pipeline": "federated", "dataset": data.name, "num_classes": data.num_classes,
+    result.metrics.update({"pipeline": NAME, "dataset": data.name, "num_classes": data.num_classes,
                            "input_shape": shape})
-    write_json(folder / "metrics.json", result.metrics)
-    write_json(folder / "config.json", config)
+    write_results(folder, config, result.metrics)
     write_log(folder, log)
     write_report(folder, name=name)
 
@@ -118,3 +125,43 @@ def run(
         result.metrics["seconds"]["total"] = time.perf_counter() - start
         write_outputs(result, config, folder, log, out.name)
     return out, result.metrics
+
+
+def summary(metrics: Mapping[str, Any]) -> list[Any]:
+    """The run's results for the terminal (:class:`scl.pipelines.Pipeline`): test accuracy against
+    the clean share p, the ceiling, the target and the clients' failures."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"scl federated ({metrics.get('engine')}): test accuracy against the clean share p")
+    columns = [
+        ("p", "p"),
+        ("clean share only", "accuracy_clean_share"),
+        ("no screening", "accuracy_no_screening"),
+        ("screening", "accuracy_screening"),
+        ("rounds", "rounds"),
+        ("failures", "failures"),
+    ]
+    for title, _ in columns:
+        table.add_column(title, justify="right")
+    for stage in metrics.get("stages", []):
+        cells = []
+        for _, key in columns:
+            value = stage.get(key)
+            if value is None:
+                cells.append("-")
+            elif key == "p" or key.startswith("accuracy"):
+                cells.append(f"{100 * value:.1f}%")
+            else:
+                cells.append(str(value))
+        table.add_row(*cells)
+    out: list[Any] = [table]
+    if "accuracy_all_clean" in metrics:
+        out.append(Text(f"  all data clean (ceiling): {100 * metrics['accuracy_all_clean']:.1f}%"))
+    reached = metrics.get("target_reached")
+    line = Text(f"  target accuracy {100 * metrics.get('target_accuracy', 0):.1f}%: ")
+    line.append("reached" if reached else "not reached", style="green" if reached else "yellow")
+    out.append(line)
+    out.append(Text(f"  client failures: {metrics.get('failures', 0)} in {metrics.get('rounds', 0)} rounds"))
+    return out
+

@@ -1,0 +1,43 @@
+"""The pipelines' one interface (scl.pipelines.Pipeline): every command's pipeline builds a config,
+runs, and summarises through it, and the report takes its captions."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+
+import pytest
+from rich.console import Console
+
+from scl import pipelines
+from scl.errors import ConfigError
+from scl.report import pipeline_of
+
+
+@pytest.mark.parametrize("name", sorted(pipelines.MODULES))
+def test_every_pipeline_provides_the_interface_under_the_name_it_records(name):
+    # prepare / execute
+    pipeline = pipelines.get(name)
+    # assert
+    assert pipeline.NAME == name and pipeline_of({"pipeline": name}) == name
+    assert isinstance(pipeline.CAPTIONS, Mapping)
+    for function in ("build_config", "run", "summary"):
+        assert callable(getattr(pipeline, function)), f"{name} has no {function}"
+    run = inspect.signature(pipeline.run).parameters
+    assert list(run)[:2] == ["config", "out"] and {"console", "show_progress"} <= set(run)
+    config = pipeline.build_config(quick=True, assignments=["seed=3"])
+    assert config["seed"] == 3
+
+
+@pytest.mark.parametrize("name", sorted(pipelines.MODULES))
+def test_every_summary_prints_for_a_run_that_recorded_little(name):
+    # `scl evaluate` on a run without attacks, or a run of an earlier version: no key may be assumed
+    console = Console(record=True, width=120)
+    for item in pipelines.get(name).summary({"pipeline": name}):
+        console.print(item)
+    assert console.export_text().strip() != ""
+
+
+def test_an_unknown_pipeline_is_named_with_the_known_ones():
+    with pytest.raises(ConfigError, match=r"unknown pipeline 'nope'; scl has \['bench_privacy', 'classification'"):
+        pipelines.get("nope")
