@@ -20,6 +20,7 @@ import torch
 
 from scl.errors import SCLError, ShapeError
 from scl.io import atomic_write
+from scl.metrics import LEAKS, STAGE_RELEASES
 
 if TYPE_CHECKING:
     from matplotlib.colors import ListedColormap
@@ -552,7 +553,7 @@ def boxes_overlay(
 
 
 #: The release each constrained stage shapes, for the budget figure and the report.
-BUDGET_STAGES = {"stage1": "hard", "soft": "soft", "gated": "gated"}
+BUDGET_STAGES = STAGE_RELEASES
 
 
 def budget_curves(
@@ -620,7 +621,7 @@ _FRONTIER_STYLE = {
     "scl-soft": ("#64b5cd", "P"),
     "scl-gated": ("#55a868", "X"),
 }
-_FRONTIER_LABELS = {"decoder_ssim": "decoder SSIM", "reid_top1": "re-identification top-1"}
+_FRONTIER_LABELS = {m.key: m.name for m in LEAKS}
 
 
 def frontier(

@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 from scl.errors import SCLError
 from scl.io import atomic_write
+from scl.metrics import LEAKS, MEASURES, RELEASES, STAGE_RELEASES
 
 __all__ = ["CAPTIONS", "write_report"]
 
@@ -303,31 +304,14 @@ def _first(mapping: Mapping[str, Any], keys: Sequence[str]) -> Any:
 
 
 #: The releases of a classification run, in table order, with their column titles.
-RELEASE_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("soft", "soft (label-free)"),
-    ("gated", "gated (label-free)"),
-    ("hard", "hard (labels known)"),
-    ("gaussian", "plain noise (same accuracy)"),
-)
+RELEASE_COLUMNS: tuple[tuple[str, str], ...] = RELEASES
 
 #: (label, key, floor keys, ceiling keys, format) of the per-release privacy table.
-RELEASE_ROWS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...], str], ...] = (
-    ("Re-identification, top-1", "reid_top1", ("reid_floor_top1",), ("reid_clean_top1",), "pct"),
-    ("Re-identification, top-5", "reid_top5", ("reid_floor_top5",), ("reid_clean_top5",), "pct"),
-    ("Decoder inversion, SSIM", "decoder_ssim", ("decoder_ssim_label_floor",), ("decoder_ssim_clean",), "float"),
-    ("Decoder inversion, PSNR", "decoder_psnr", ("decoder_psnr_label_floor",), ("decoder_psnr_clean",), "db"),
-    ("Decoder SSIM, 8 noisy copies averaged", "decoder_ssim_avg8", ("decoder_ssim_label_floor",),
-     ("decoder_ssim_clean",), "float"),
-    ("Decoder SSIM of luminance", "decoder_ssim_luma", ("decoder_ssim_luma_label_floor",),
-     ("decoder_ssim_luma_clean",), "float"),
-    ("White-box inversion, SSIM", "whitebox_ssim", ("decoder_ssim_label_floor",), ("decoder_ssim_clean",), "float"),
-    ("Attribute inference, accuracy", "attribute_accuracy", ("attribute_chance",), ("attribute_clean",), "pct"),
-    ("dCor(input, release), bias-corrected", "dcor", ("dcor_label_floor",), (), "float"),
+RELEASE_ROWS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...], str], ...] = tuple(
+    (m.label, m.key, m.floor, m.ceiling, m.format) for m in MEASURES
 )
 
-_VERDICT_NAMES = {"decoder_ssim": "decoder SSIM", "decoder_psnr": "decoder PSNR", "reid_top1": "re-identification "
-                  "top-1", "reid_top5": "re-identification top-5", "attribute_accuracy": "attribute inference",
-                  "dcor": "dCor"}
+_VERDICT_NAMES = {m.key: m.name for m in LEAKS}
 
 
 def release_table(
@@ -477,7 +461,7 @@ def _privacy_section(metrics: Mapping[str, Any]) -> str:
     )
 
 
-_BUDGET_RELEASES = {"stage1": "hard", "soft": "soft", "gated": "gated"}
+_BUDGET_RELEASES = STAGE_RELEASES
 
 
 def _budget_of(record: Mapping[str, Any]) -> Any:
@@ -657,9 +641,7 @@ def verdict_lines(metrics: Mapping[str, Any]) -> list[tuple[str, bool]]:
 #: (header, entry key, format). Short headers: eleven columns fit a laptop's window.
 FRONTIER_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("budget (pt)", "budget", "budget"), ("accuracy", "accuracy", "pct"), ("within (val)", "feasible", "yes/NO"),
-    ("epoch kept", "epoch", "int"), ("SSIM", "decoder_ssim", "float"), ("PSNR", "decoder_psnr", "db"),
-    ("re-id @1", "reid_top1", "pct"), ("re-id @5", "reid_top5", "pct"), ("attribute", "attribute_accuracy", "pct"),
-    ("dCor", "dcor", "float"),
+    ("epoch kept", "epoch", "int"), *((m.column, m.key, m.format) for m in LEAKS),
 )
 #: What the frontier's figures mean, in a sentence under its table.
 FRONTIER_READING = ("Lower is more private (SSIM and PSNR: the decoder's; re-id @k: re-identification top-k). "

@@ -41,3 +41,24 @@ def test_every_summary_prints_for_a_run_that_recorded_little(name):
 def test_an_unknown_pipeline_is_named_with_the_known_ones():
     with pytest.raises(ConfigError, match=r"unknown pipeline 'nope'; scl has \['bench_privacy', 'classification'"):
         pipelines.get("nope")
+
+
+def test_a_task_network_checkpoint_of_the_wrong_kind_or_shape_names_its_setting(tmp_path):
+    # prepare
+    import scl
+    from scl.models import SmallCNN
+    from scl.pipelines import stages
+
+    path = tmp_path / "n.safetensors"
+    scl.save(SmallCNN(1, 10, width=4), path)
+    # execute / assert: the right kind loads; another channel count, class count or kind is refused
+    assert isinstance(stages.load_task_network(path, SmallCNN, channels=1, num_classes=10, option="--network"),
+                      SmallCNN)
+    with pytest.raises(ConfigError, match=r"--network '.*n.safetensors' must be a SmallCNN for 3 channels and 10"):
+        stages.load_task_network(path, SmallCNN, channels=3, num_classes=10, option="--network")
+    with pytest.raises(ConfigError, match=r"must be a SmallCNN for 1 channels and 4 classes"):
+        stages.load_task_network(path, SmallCNN, channels=1, num_classes=4, option="--network")
+    from scl.models.detector import CenterNet
+
+    with pytest.raises(ConfigError, match=r"detector.checkpoint '.*' must be a CenterNet"):
+        stages.load_task_network(path, CenterNet, channels=1, num_classes=10, option="detector.checkpoint")

@@ -50,6 +50,7 @@ from scl.baselines import (
 )
 from scl.errors import ConfigError, SCLError
 from scl.io import atomic_write
+from scl.metrics import leak_keys
 from scl.pipelines import classification as cls
 from scl.pipelines import config as configuration
 from scl.pipelines import engine
@@ -114,7 +115,7 @@ DESCRIPTIONS = {
     "scl-gated": "scl, gated selection (label-free)",
 }
 #: The privacy figures of every entry (lower is more private).
-FIGURES = ("decoder_ssim", "decoder_psnr", "reid_top1", "reid_top5", "attribute_accuracy", "dcor")
+FIGURES = leak_keys()
 
 
 def parse_budgets(text: str | Sequence[float] | None, *, quick: bool = False) -> list[float]:

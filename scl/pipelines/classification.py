@@ -30,8 +30,9 @@ from torch import Tensor, nn
 
 from scl.data import Dataset, load_digits, load_user_data, split
 from scl.errors import ConfigError, SCLError
-from scl.io import load, save
+from scl.io import save
 from scl.layers import StochasticConditionalAdditive, StochasticConditionalLayer
+from scl.metrics import leak_keys, release_names
 from scl.models import SmallCNN
 from scl.obfuscator import Obfuscator, freeze
 from scl.pipelines import config as configuration
@@ -44,8 +45,10 @@ from scl.pipelines.stages import (
     build_image_layer,
     class_mean_init,
     layer_start,
+    load_task_network,
     run_noise,
     stage_generator,
+    train_task_network,
     train_within_budget,
     validation_cut,
 )
@@ -104,16 +107,8 @@ def prepare(config: dict[str, Any]) -> Experiment:
 def train_network(exp: Experiment, progress: Progress | None, log: RunLog) -> None:
     cfg, data = exp.config, exp.splits["task"]
     if cfg["network"]["checkpoint"]:
-        network = load(cfg["network"]["checkpoint"])
-        if (
-            not isinstance(network, SmallCNN)
-            or network.in_channels != exp.dataset.channels
-            or (network.num_classes != exp.dataset.num_classes)
-        ):
-            raise ConfigError(
-                f"--network {cfg['network']['checkpoint']!r} must be a SmallCNN for "
-                f"{exp.dataset.channels} channels and {exp.dataset.num_classes} classes"
-            )
+        network = load_task_network(cfg["network"]["checkpoint"], SmallCNN, channels=exp.dataset.channels,
+                                    num_classes=exp.dataset.num_classes, option="--network")
         log(f"loaded task network N from {cfg['network']['checkpoint']}")
     else:
         torch.manual_seed(cfg["seed"])
@@ -124,18 +119,10 @@ def train_network(exp: Experiment, progress: Progress | None, log: RunLog) -> No
             acc = float((logits.argmax(-1) == y).float().mean())
             return F.cross_entropy(logits, y), {"accuracy": acc}
 
-        network.train()
-        exp.history["network"] = engine.train(
-            loss_fn,
-            list(network.parameters()),
-            (data.x, data.y),
-            epochs=cfg["network"]["epochs"],
-            lr=cfg["network"]["lr"],
-            batch_size=cfg["batch_size"],
-            generator=stage_generator(cfg, 1),
-            progress=progress,
+        exp.history["network"] = train_task_network(
+            network, loss_fn, (data.x, data.y), epochs=cfg["network"]["epochs"], lr=cfg["network"]["lr"],
+            batch_size=cfg["batch_size"], generator=stage_generator(cfg, 1), progress=progress,
             description="task network N (clean data)",
-            cosine=True,
         )
     network.eval()
     freeze(network)  # frozen in stages 1 and 2 (spec §3)
@@ -386,9 +373,9 @@ def evaluate(exp: Experiment) -> dict[str, Any]:
 #: The releases attacked, in the order of every table: the label-free ones (what leaves the owner
 #: at inference) first, then the hard one (labels known), then plain noise at the accuracy of the
 #: headline label-free release (:func:`headline_release`).
-RELEASES = ("soft", "gated", "hard", "gaussian")
+RELEASES = release_names()
 #: Attack figures that every release reports; lower is more private.
-LEAK_KEYS = ("decoder_ssim", "decoder_psnr", "reid_top1", "reid_top5", "attribute_accuracy", "dcor")
+LEAK_KEYS = leak_keys()
 
 
 def headline_release(accuracy: dict[str, Any]) -> str:

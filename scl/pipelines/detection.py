@@ -40,7 +40,7 @@ from torch import Tensor
 
 from scl.data.scenes import DetectionData, load_detection_data, make_scenes, split_detection
 from scl.errors import ConfigError, SCLError
-from scl.io import load, save
+from scl.io import save
 from scl.layers import StochasticConditionalConv2d
 from scl.models.detector import CenterNet
 from scl.obfuscator import Obfuscator, freeze
@@ -53,9 +53,11 @@ from scl.pipelines.stages import (
     PrivacyObjective,
     build_image_layer,
     conv_class_mean_init,
+    load_task_network,
     privacy_term,
     run_noise,
     stage_generator,
+    train_task_network,
     train_within_budget,
     validation_cut,
 )
@@ -224,14 +226,8 @@ def train_detector(exp: DetectionExperiment, progress: Progress | None, log: Run
     cfg, data = exp.config, exp.splits["train"]
     checkpoint = cfg["detector"]["checkpoint"]
     if checkpoint:
-        network = load(checkpoint)
-        if not isinstance(network, CenterNet) or network.in_channels != exp.dataset.channels or (
-            network.num_classes != exp.dataset.num_classes
-        ):
-            raise ConfigError(
-                f"detector.checkpoint {checkpoint!r} must be a CenterNet for {exp.dataset.channels} "
-                f"channels and {exp.dataset.num_classes} classes"
-            )
+        network = load_task_network(checkpoint, CenterNet, channels=exp.dataset.channels,
+                                    num_classes=exp.dataset.num_classes, option="detector.checkpoint")
         log(f"loaded detector N from {checkpoint}")
     else:
         torch.manual_seed(cfg["seed"])
@@ -240,11 +236,10 @@ def train_detector(exp: DetectionExperiment, progress: Progress | None, log: Run
         def loss_fn(x: Tensor, *enc: Tensor) -> tuple[Tensor, dict[str, float]]:
             return network.loss_from_encoded(network(x), _unpack(*enc))
 
-        network.train()
-        exp.history["detector"] = engine.train(
-            loss_fn, list(network.parameters()), (data.images, *_encoded(network, data)),
-            epochs=cfg["detector"]["epochs"], lr=cfg["detector"]["lr"], batch_size=cfg["batch_size"],
-            generator=stage_generator(cfg, 1), progress=progress, description="detector N (clean scenes)", cosine=True,
+        exp.history["detector"] = train_task_network(
+            network, loss_fn, (data.images, *_encoded(network, data)), epochs=cfg["detector"]["epochs"],
+            lr=cfg["detector"]["lr"], batch_size=cfg["batch_size"], generator=stage_generator(cfg, 1),
+            progress=progress, description="detector N (clean scenes)",
         )
     network.eval()
     freeze(network)  # frozen in stages 1 and 2 (spec §3)

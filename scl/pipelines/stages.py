@@ -35,14 +35,17 @@ import copy
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scl.errors import ConfigError, DataError
+from scl.io import load
 from scl.layers import StochasticConditionalAdditive, StochasticConditionalConv2d, StochasticConditionalLayer
+from scl.pipelines import engine
 from scl.progress import task
 from scl.random import deterministic
 from scl.training import shuffled_batches
@@ -64,9 +67,11 @@ __all__ = [
     "identity_init",
     "init_scale",
     "layer_start",
+    "load_task_network",
     "privacy_term",
     "run_noise",
     "stage_generator",
+    "train_task_network",
     "train_within_budget",
     "validation_cut",
     "within_class_information",
@@ -96,6 +101,35 @@ def stage_generator(config: Mapping[str, Any], offset: int) -> torch.Generator:
     draw), ``offset`` telling the uses apart: 1 the task network, 2 stage 1, 3 the selections,
     5 the budget's validation cut, 7 plain noise's calibration draw."""
     return torch.Generator().manual_seed(config["seed"] * 1000 + offset)
+
+
+# -- the task network ----------------------------------------------------------------------------
+TaskNetwork = TypeVar("TaskNetwork", bound=nn.Module)
+
+
+def load_task_network(path: str | Path, kind: type[TaskNetwork], *, channels: int, num_classes: int,
+                      option: str) -> TaskNetwork:
+    """A task network N saved by ``scl.save`` at ``path``: a ``kind`` for ``channels`` input channels
+    and ``num_classes`` classes, or a :class:`ConfigError` naming the setting ``option`` that gave it."""
+    network = load(path)
+    if (not isinstance(network, kind) or getattr(network, "in_channels", None) != channels
+            or getattr(network, "num_classes", None) != num_classes):
+        raise ConfigError(
+            f"{option} {str(path)!r} must be a {kind.__name__} for {channels} channels and {num_classes} classes"
+        )
+    return network
+
+
+def train_task_network(
+    network: nn.Module, loss_fn: Callable[..., tuple[Tensor, dict[str, float]]], data: Sequence[Tensor], *,
+    epochs: int, lr: float, batch_size: int, generator: torch.Generator, progress: Progress | None,
+    description: str,
+) -> dict[str, list[float]]:
+    """Train N on clean data, ``loss_fn(*batch) -> (loss, stats)`` over the tensors ``data``, with a
+    cosine schedule (see :func:`scl.training.fit`); returns the per-epoch history."""
+    network.train()
+    return engine.train(loss_fn, list(network.parameters()), data, epochs=epochs, lr=lr, batch_size=batch_size,
+                        generator=generator, progress=progress, description=description, cosine=True)
 
 
 # -- the layer and where it starts ---------------------------------------------------------------
