@@ -288,8 +288,17 @@ class LaplaceNoise(_LocationScale):
 
     def from_noise(self, dist: Distribution, noise: Tensor, *, training: bool) -> Tensor:
         loc, scale = dist.loc, dist.scale  # type: ignore[attr-defined]
-        u = _open(noise) * 2.0 - 1.0  # inverse CDF
-        return loc - scale * u.sign() * torch.log1p(-u.abs())
+        return loc + scale * laplace_from_uniform(noise)
+
+
+def laplace_from_uniform(uniform: Tensor) -> Tensor:
+    """Standard Laplace(0, 1) draws from uniforms in [0, 1), by the inverse CDF:
+    ``-sign(u) * log1p(-|u|)`` with ``u = 2 * uniform - 1``, the uniform first kept inside the open
+    interval. scl's one Laplace formula: the layers' samples, plain Laplace noise and the ONNX graph
+    all make theirs with it. Written by hand because ``torch.distributions.Laplace`` samples from
+    torch's generator only, not from given uniforms (the cipher stream's, or one fixed draw)."""
+    u = _open(uniform) * 2.0 - 1.0
+    return -u.sign() * torch.log1p(-u.abs())
 
 
 class BinomialFraction(Distribution):

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from scl.baselines.learned import Cloak, LearnedBaseline, NoPeek, Shredder
+from scl.distributions import laplace_from_uniform
 from scl.errors import ConfigError
 
 __all__ = [
@@ -104,10 +105,8 @@ class LaplaceNoise(PlainNoise):
 
     @staticmethod
     def unit_noise(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        # the inverse CDF of Laplace(0, 1) on a uniform draw in (-1/2, 1/2): torch.distributions'
-        # Laplace.sample takes no generator, and the bench needs one fixed draw
-        u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device) - 0.5
-        return -torch.sign(u) * torch.log((1.0 - 2.0 * u.abs()).clamp_min(torch.finfo(x.dtype).tiny))
+        # torch.distributions' Laplace.sample takes no generator, and the bench needs one fixed draw
+        return laplace_from_uniform(torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device))
 
 
 def calibrate_scale(
