@@ -62,3 +62,16 @@ def test_a_task_network_checkpoint_of_the_wrong_kind_or_shape_names_its_setting(
 
     with pytest.raises(ConfigError, match=r"detector.checkpoint '.*' must be a CenterNet"):
         stages.load_task_network(path, CenterNet, channels=1, num_classes=10, option="detector.checkpoint")
+
+
+@pytest.mark.parametrize("name", sorted(pipelines.MODULES))
+def test_a_runs_config_json_builds_the_same_config_again(tmp_path, name):
+    # config.json of a run, passed back as --config, must give the run's config (to re-run it)
+    from scl.runs import read_run, write_results
+
+    pipeline = pipelines.get(name)
+    config = pipeline.build_config(quick=True, assignments=["seed=5"])
+    write_results(tmp_path, config, {"pipeline": name})
+    saved, _ = read_run(tmp_path)
+    assert saved == config
+    assert pipeline.build_config(config_file=tmp_path / "config.json") == config
