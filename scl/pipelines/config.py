@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +174,62 @@ def build(
     return config
 
 
+# -- the checks every pipeline's validator is made of (one message each) -----------------------------
+def value_at(config: Mapping[str, Any], dotted: str) -> Any:
+    """``config["a"]["b"]`` for ``"a.b"``."""
+    value: Any = config
+    for key in dotted.split("."):
+        value = value[key]
+    return value
+
+
+def check_positive_int(name: str, value: Any) -> None:
+    """An int >= 1 (not a bool), or ``name must be a positive integer, but got ...``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, but got {value!r}")
+
+
+def check_number(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> None:
+    """A number in ``[low, high]`` (``(low, high]`` with ``low_open``), not a bool."""
+    bad = isinstance(value, bool) or not isinstance(value, int | float)
+    if bad or value > high or value < low or (low_open and value == low):
+        bracket = "(" if low_open else "["
+        raise ConfigError(f"{name} must be a number in {bracket}{low}, {high}], but got {value!r}")
+
+
+def check_positive_ints(config: Mapping[str, Any], names: Iterable[str]) -> None:
+    """:func:`check_positive_int` of each dotted name."""
+    for name in names:
+        check_positive_int(name, value_at(config, name))
+
+
+def check_choices(config: Mapping[str, Any], choices: Mapping[str, Sequence[Any]]) -> None:
+    """Each dotted name's value among its choices."""
+    for name, allowed in choices.items():
+        value = value_at(config, name)
+        if value not in allowed:
+            raise ConfigError(f"{name} must be one of {list(allowed)}, but got {value!r}")
+
+
+def check_budget(name: str, option: str, value: Any, unit: str) -> None:
+    """A utility budget: null (no budget), or points of ``unit`` in [0, 100)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not 0 <= value < 100):
+        raise ConfigError(f"{name} ({option}) must be null or a number of points {unit}in [0, 100), but got {value!r}")
+
+
+def check_stages(config: Mapping[str, Any]) -> None:
+    """What every pipeline with a stage 1, attacks and a budget shares: ``stage1.lam``,
+    ``attacks.max_epochs``, ``utility.validation_fraction`` and ``patience``, ``layer.init_scale``."""
+    lam = config["stage1"]["lam"]
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 0:
+        raise ConfigError(f"stage1.lam must be a number >= 0, but got {lam!r}")
+    cap = config["attacks"]["max_epochs"]
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise ConfigError(f"attacks.max_epochs must be null or a positive integer, but got {cap!r}")
+    check_fraction_and_scale(config)
+
+
 def check_fraction_and_scale(config: Mapping[str, Any]) -> None:
     """``utility.validation_fraction`` and ``layer.init_scale``, as every pipeline with a budget has them."""
     fraction = config["utility"]["validation_fraction"]
@@ -195,40 +251,18 @@ def stage_patience(config: Mapping[str, Any]) -> int | None:
 
 
 def validate(config: Mapping[str, Any]) -> None:
-    for dotted, choices in CHOICES.items():
-        section, key = dotted.split(".")
-        if config[section][key] not in choices:
-            raise ConfigError(f"{dotted} must be one of {list(choices)}, but got {config[section][key]!r}")
-    for section, key in (
-        ("network", "epochs"),
-        ("stage1", "epochs"),
-        ("stage2", "epochs"),
-        ("attacks", "whitebox_images"),
-        ("attacks", "averaged_copies"),
-    ):
-        value = config[section][key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{section}.{key} must be a positive integer, but got {value!r}")
+    """The classification experiment's config (``scl demo``, ``scl train``, and the sections
+    federated and the benchmark share with it)."""
+    check_choices(config, CHOICES)
+    check_positive_ints(config, ("network.epochs", "stage1.epochs", "stage2.epochs", "attacks.whitebox_images",
+                                 "attacks.averaged_copies", "batch_size", "image_size"))
     epochs = config["gated"]["epochs"]
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ConfigError(f"gated.epochs must be an integer >= 0 (0: the gate as it starts), but got {epochs!r}")
-    if epochs == 0 and config["gated"].get("init", "scratch") == "scratch":
+    if epochs == 0 and config["gated"]["init"] == "scratch":
         raise ConfigError("gated.init=scratch needs training: set gated.epochs to 1 or more (e.g. 100)")
-    for key in ("batch_size", "image_size"):
-        value = config[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{key} must be a positive integer, but got {value!r}")
-    lam = config["stage1"]["lam"]
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 0:
-        raise ConfigError(f"stage1.lam must be a number >= 0, but got {lam!r}")
-    budget = config["utility"]["max_accuracy_loss"]
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
-                               or not 0 <= budget < 100):
-        raise ConfigError(
-            f"utility.max_accuracy_loss (--max-accuracy-loss) must be null or a number of points in "
-            f"[0, 100), but got {budget!r}"
-        )
-    check_fraction_and_scale(config)
+    check_budget("utility.max_accuracy_loss", "--max-accuracy-loss", config["utility"]["max_accuracy_loss"], "")
+    check_stages(config)
     if not isinstance(config["layer"]["learn_gain"], bool):
         raise ConfigError(f"layer.learn_gain must be true or false, but got {config['layer']['learn_gain']!r}")
     if config["layer"]["start"] == "class_mean" and not (
@@ -238,6 +272,3 @@ def validate(config: Mapping[str, Any]) -> None:
             f"layer.learn_gain=true (got kind={config['layer']['kind']!r}, learn_gain="
             f"{config['layer']['learn_gain']!r}); set layer.start=input or auto"
         )
-    cap = config["attacks"]["max_epochs"]
-    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-        raise ConfigError(f"attacks.max_epochs must be null or a positive integer, but got {cap!r}")

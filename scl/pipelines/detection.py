@@ -46,7 +46,7 @@ from scl.models.detector import CenterNet
 from scl.obfuscator import Obfuscator, freeze
 from scl.pipelines import engine
 from scl.pipelines.coco import coco_map
-from scl.pipelines.config import build, check_fraction_and_scale
+from scl.pipelines.config import build, check_budget, check_choices, check_positive_ints, check_stages
 from scl.pipelines.stages import (
     BudgetResult,
     DetectionBudget,
@@ -120,11 +120,8 @@ QUICK: dict[str, Any] = {
 #: the objectives that work with per-pixel classes (scl.pipelines.stages.OBJECTIVES)
 PRIVACY = ("within", "entropy", "ssim", "both")
 
-_POSITIVE_INTS = (
-    ("num_images",), ("image_size",), ("batch_size",), ("detector", "epochs"), ("detector", "width"),
-    ("layer", "kernel_size"), ("stage1", "epochs"), ("stage2", "epochs"), ("eval", "top_k"),
-    ("attacks", "averaged_copies"),
-)
+_POSITIVE_INTS = ("num_images", "image_size", "batch_size", "detector.epochs", "detector.width", "layer.kernel_size",
+                  "stage1.epochs", "stage2.epochs", "eval.top_k", "attacks.averaged_copies")
 
 
 def build_config(*, quick: bool = False, config_file: str | Path | None = None, assignments: Iterable[str] = (),
@@ -135,39 +132,23 @@ def build_config(*, quick: bool = False, config_file: str | Path | None = None, 
 
 
 def validate(config: Mapping[str, Any]) -> None:
-    for keys in _POSITIVE_INTS:
-        value: Any = config
-        for key in keys:
-            value = value[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{'.'.join(keys)} must be a positive integer, but got {value!r}")
+    """The detection experiment's config (``scl detect``)."""
+    check_positive_ints(config, _POSITIVE_INTS)
     if config["image_size"] % 4 or config["image_size"] < 16:
         raise ConfigError(f"image_size must be a multiple of 4 and at least 16, but got {config['image_size']}")
     if config["layer"]["kernel_size"] % 2 == 0:
         raise ConfigError(f"layer.kernel_size must be odd (padding 'same'), but got {config['layer']['kernel_size']}")
-    if config["layer"]["start"] not in ("input", "class_mean"):
-        raise ConfigError(f"layer.start must be 'input' or 'class_mean', but got {config['layer']['start']!r}")
+    check_choices(config, {"layer.start": ("input", "class_mean")})
     if config["stage1"]["privacy"] not in PRIVACY:
         raise ConfigError(f"stage1.privacy must be one of {list(PRIVACY)} (the objectives that take per-pixel "
                           f"classes), but got {config['stage1']['privacy']!r}")
     budget = config["utility"]["max_map_loss"]
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
-                               or not 0 <= budget < 100):
-        raise ConfigError(f"utility.max_map_loss (--max-map-loss) must be null or a number of points of mAP@.5 "
-                          f"in [0, 100), but got {budget!r}")
+    check_budget("utility.max_map_loss", "--max-map-loss", budget, "of mAP@.5 ")
     if budget is None and config["stage1"]["privacy"] == "within":
         raise ConfigError("stage1.privacy='within' is minimised within the mAP budget; with "
                           "utility.max_map_loss=null choose a weighted term: --set stage1.privacy=entropy")
-    check_fraction_and_scale(config)
-    if config["attacks"]["budget"] not in ("quick", "standard", "strong"):
-        raise ConfigError(f"attacks.budget must be one of ['quick', 'standard', 'strong'], but got "
-                          f"{config['attacks']['budget']!r}")
-    cap = config["attacks"]["max_epochs"]
-    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-        raise ConfigError(f"attacks.max_epochs must be null or a positive integer, but got {cap!r}")
-    lam = config["stage1"]["lam"]
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 0:
-        raise ConfigError(f"stage1.lam must be a number >= 0, but got {lam!r}")
+    check_choices(config, {"attacks.budget": ("quick", "standard", "strong")})
+    check_stages(config)
     threads = config["threads"]
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
         raise ConfigError(f"threads must be an integer >= 0 (0: torch's default), but got {threads!r}")

@@ -43,7 +43,7 @@ from scl.data.partition import PARTITIONS, partition, share_order
 from scl.errors import ConfigError, SCLError
 from scl.obfuscator import Obfuscator, freeze
 from scl.pipelines import classification, engine
-from scl.pipelines.config import DEFAULTS, build, merge, validate
+from scl.pipelines.config import DEFAULTS, build, check_number, check_positive_int, merge, validate
 from scl.pipelines.federated.screening import screen
 from scl.pipelines.stages import build_image_layer, run_noise
 from scl.progress import task as progress_task
@@ -110,18 +110,6 @@ def build_config(
                  defaults=defaults(), quick_overrides=QUICK, check=validate_config)
 
 
-def _number(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> None:
-    bad = isinstance(value, bool) or not isinstance(value, int | float)
-    if bad or value > high or value < low or (low_open and value == low):
-        bracket = "(" if low_open else "["
-        raise ConfigError(f"{name} must be a number in {bracket}{low}, {high}], but got {value!r}")
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, but got {value!r}")
-
-
 def validate_config(config: Mapping[str, Any]) -> None:
     """Check the shared sections (as ``scl train`` does) and the ``federated`` section."""
     shared = {**defaults(), **config}
@@ -140,16 +128,16 @@ def validate_config(config: Mapping[str, Any]) -> None:
     if f["partition"] not in PARTITIONS:
         raise ConfigError(f"federated.partition must be one of {list(PARTITIONS)}, but got {f['partition']!r}")
     for key in ("clients", "rounds", "local_epochs", "min_steps"):
-        _positive_int(f"federated.{key}", f[key])
-    _number("federated.alpha", f["alpha"], 0.0, float("inf"), low_open=True)
-    _number("federated.start", f["start"], 0.0, 1.0, low_open=True)
-    _number("federated.step", f["step"], 0.0, 1.0, low_open=True)
-    _number("federated.max_share", f["max_share"], f["start"], 1.0)
-    _number("federated.target_accuracy", f["target_accuracy"], 0.0, 1.0)
-    _number("federated.lr", f["lr"], 0.0, float("inf"), low_open=True)
-    _number("federated.test_fraction", f["test_fraction"], 0.0, 0.9, low_open=True)
-    _number("federated.screening.share", f["screening"]["share"], 0.0, 1.0)
-    _positive_int("federated.screening.patch", f["screening"]["patch"])
+        check_positive_int(f"federated.{key}", f[key])
+    check_number("federated.alpha", f["alpha"], 0.0, float("inf"), low_open=True)
+    check_number("federated.start", f["start"], 0.0, 1.0, low_open=True)
+    check_number("federated.step", f["step"], 0.0, 1.0, low_open=True)
+    check_number("federated.max_share", f["max_share"], f["start"], 1.0)
+    check_number("federated.target_accuracy", f["target_accuracy"], 0.0, 1.0)
+    check_number("federated.lr", f["lr"], 0.0, float("inf"), low_open=True)
+    check_number("federated.test_fraction", f["test_fraction"], 0.0, 0.9, low_open=True)
+    check_number("federated.screening.share", f["screening"]["share"], 0.0, 1.0)
+    check_positive_int("federated.screening.patch", f["screening"]["patch"])
     fail = f["fail"]
     if not isinstance(fail, list) or not all(
         isinstance(item, list) and len(item) == 2 and all(isinstance(v, int) for v in item) for item in fail
