@@ -151,9 +151,11 @@ def load_obfuscator(path: Path) -> Obfuscator:
     return module
 
 
-def load_label_free(run: Path, selection: str | None = None) -> tuple[Obfuscator, str]:
+def load_label_free(run: Path, selection: str | None = None, *, instead: str = "") -> tuple[Obfuscator, str]:
     """The run's obfuscator with its label-free selection attached, in eval mode, and which one:
-    ``selection`` ``"soft"`` or ``"gated"`` (``None``: see :func:`run_selection`)."""
+    ``selection`` ``"soft"`` or ``"gated"`` (``None``: see :func:`run_selection`). ``instead``: what
+    else the caller takes, for the message when ``run`` has no obfuscator (``"an obfuscator
+    checkpoint (.safetensors)"``)."""
     run = Path(run)
     ckpt = run / "checkpoints"
     selection = run_selection(ckpt, selection)
@@ -163,7 +165,7 @@ def load_label_free(run: Path, selection: str | None = None) -> tuple[Obfuscator
     if not path.is_file():
         raise ConfigError(
             f"{str(run)!r} has no checkpoints/{CHECKPOINTS['obfuscator']}; pass a run folder written by "
-            "`scl train` or `scl demo`"
+            f"`scl train` or `scl demo`{', or ' + instead if instead else ''}"
         )
     obfuscator = load_obfuscator(path)
     if selection == "gated":

@@ -93,8 +93,12 @@ def test_without_a_gated_checkpoint_soft_is_loaded_and_gated_is_refused(tmp_path
 
 
 def test_a_folder_without_an_obfuscator_or_holding_another_module_is_explained(tmp_path):
-    with pytest.raises(ConfigError, match="has no checkpoints/obfuscator.safetensors"):
+    with pytest.raises(ConfigError, match=r"has no checkpoints/obfuscator.safetensors; pass a run folder written "
+                                          r"by `scl train` or `scl demo`$"):
         load_label_free(tmp_path)
+    # scl export also takes a checkpoint file, and says so
+    with pytest.raises(ConfigError, match=r"`scl demo`, or an obfuscator checkpoint \(.safetensors\)$"):
+        load_label_free(tmp_path, instead="an obfuscator checkpoint (.safetensors)")
     run = _run(tmp_path, gated=True)
     (run / "checkpoints" / CHECKPOINTS["gated"]).replace(run / "checkpoints" / CHECKPOINTS["obfuscator"])
     with pytest.raises(CheckpointError, match="holds a GatedSelection, not an Obfuscator"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from scl.errors import CheckpointError, ConfigError
 from scl.obfuscator import Obfuscator
-from scl.runs import CHECKPOINTS, load_label_free, load_obfuscator, recorded_shape
+from scl.runs import load_label_free, load_obfuscator, recorded_shape
 from scl.selection import SoftSelection
 
 
@@ -32,12 +32,7 @@ def load_for_export(
         raise ConfigError(f"selection must be 'soft' or 'gated', but got {selection!r}")
     source = Path(source)
     if source.is_dir():
-        if not (source / "checkpoints" / CHECKPOINTS["obfuscator"]).is_file():
-            raise ConfigError(
-                f"{str(source)!r} is a folder without checkpoints/{CHECKPOINTS['obfuscator']}; pass a run "
-                "folder written by `scl train` or `scl demo`, or an obfuscator checkpoint (.safetensors)"
-            )
-        obfuscator, _ = load_label_free(source, selection)
+        obfuscator, _ = load_label_free(source, selection, instead="an obfuscator checkpoint (.safetensors)")
         return obfuscator, recorded_shape(source)
     if not source.is_file():
         raise CheckpointError(
