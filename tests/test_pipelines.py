@@ -75,3 +75,18 @@ def test_a_runs_config_json_builds_the_same_config_again(tmp_path, name):
     saved, _ = read_run(tmp_path)
     assert saved == config
     assert pipeline.build_config(config_file=tmp_path / "config.json") == config
+
+
+def test_federated_configs_are_checked_by_classifications_checks_without_its_other_sections():
+    # federated shares classification's network, layer and stage1 sections, and has no attacks,
+    # budget or gate: the shared checks run on what it has, nothing is filled in to satisfy them
+    from scl.pipelines.federated import task
+
+    config = task.build_config(quick=True)
+    assert not {"attacks", "utility", "gated", "stage2"} & set(config)
+    with pytest.raises(ConfigError, match=r"stage1.lam must be a number >= 0, but got -1"):
+        task.build_config(assignments=["stage1.lam=-1"])
+    with pytest.raises(ConfigError, match=r"layer.kind must be one of \['additive', 'conv'\], but got 'dense'"):
+        task.build_config(assignments=["layer.kind=dense"])
+    with pytest.raises(ConfigError, match=r"network.epochs must be a positive integer, but got 0"):
+        task.build_config(assignments=["network.epochs=0"])

@@ -218,26 +218,35 @@ def check_budget(name: str, option: str, value: Any, unit: str) -> None:
         raise ConfigError(f"{name} ({option}) must be null or a number of points {unit}in [0, 100), but got {value!r}")
 
 
+def present(config: Mapping[str, Any], names: Iterable[str]) -> list[str]:
+    """The dotted names whose section the config has (federated's has no attacks, budget or gate)."""
+    return [name for name in names if name.split(".")[0] in config]
+
+
 def check_stages(config: Mapping[str, Any]) -> None:
-    """What every pipeline with a stage 1, attacks and a budget shares: ``stage1.lam``,
-    ``attacks.max_epochs``, ``utility.validation_fraction`` and ``patience``, ``layer.init_scale``."""
+    """What every pipeline with a stage 1 shares: ``stage1.lam``, ``layer.init_scale`` and, where
+    the config has them, ``attacks.max_epochs`` and ``utility.validation_fraction`` and ``patience``."""
     lam = config["stage1"]["lam"]
     if isinstance(lam, bool) or not isinstance(lam, (int, float)) or lam < 0:
         raise ConfigError(f"stage1.lam must be a number >= 0, but got {lam!r}")
-    cap = config["attacks"]["max_epochs"]
-    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-        raise ConfigError(f"attacks.max_epochs must be null or a positive integer, but got {cap!r}")
+    if "attacks" in config:
+        cap = config["attacks"]["max_epochs"]
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise ConfigError(f"attacks.max_epochs must be null or a positive integer, but got {cap!r}")
     check_fraction_and_scale(config)
 
 
 def check_fraction_and_scale(config: Mapping[str, Any]) -> None:
-    """``utility.validation_fraction`` and ``layer.init_scale``, as every pipeline with a budget has them."""
-    fraction = config["utility"]["validation_fraction"]
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-        raise ConfigError(f"utility.validation_fraction must be a number in (0, 1), but got {fraction!r}")
-    patience = config["utility"].get("patience")
-    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
-        raise ConfigError(f"utility.patience must be null or a positive integer (epochs), but got {patience!r}")
+    """``utility.validation_fraction`` and ``patience`` (where the config has a budget) and
+    ``layer.init_scale``."""
+    if "utility" in config:
+        fraction = config["utility"]["validation_fraction"]
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+            raise ConfigError(f"utility.validation_fraction must be a number in (0, 1), but got {fraction!r}")
+        patience = config["utility"].get("patience")
+        if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+            raise ConfigError(
+                f"utility.patience must be null or a positive integer (epochs), but got {patience!r}")
     scale = config["layer"]["init_scale"]
     if scale != "auto" and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0):
         raise ConfigError(f"layer.init_scale must be \"auto\" or a number > 0, but got {scale!r}")
@@ -251,17 +260,20 @@ def stage_patience(config: Mapping[str, Any]) -> int | None:
 
 
 def validate(config: Mapping[str, Any]) -> None:
-    """The classification experiment's config (``scl demo``, ``scl train``, and the sections
-    federated and the benchmark share with it)."""
-    check_choices(config, CHOICES)
-    check_positive_ints(config, ("network.epochs", "stage1.epochs", "stage2.epochs", "attacks.whitebox_images",
-                                 "attacks.averaged_copies", "batch_size", "image_size"))
-    epochs = config["gated"]["epochs"]
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ConfigError(f"gated.epochs must be an integer >= 0 (0: the gate as it starts), but got {epochs!r}")
-    if epochs == 0 and config["gated"]["init"] == "scratch":
-        raise ConfigError("gated.init=scratch needs training: set gated.epochs to 1 or more (e.g. 100)")
-    check_budget("utility.max_accuracy_loss", "--max-accuracy-loss", config["utility"]["max_accuracy_loss"], "")
+    """The classification experiment's config (``scl demo``, ``scl train``, the benchmark), or the
+    sections of it another pipeline has (federated: no stage 2, gate, attacks or budget)."""
+    check_choices(config, {name: CHOICES[name] for name in present(config, CHOICES)})
+    check_positive_ints(config, present(config, ("network.epochs", "stage1.epochs", "stage2.epochs",
+                                                 "attacks.whitebox_images", "attacks.averaged_copies", "batch_size",
+                                                 "image_size")))
+    if "gated" in config:
+        epochs = config["gated"]["epochs"]
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise ConfigError(f"gated.epochs must be an integer >= 0 (0: the gate as it starts), but got {epochs!r}")
+        if epochs == 0 and config["gated"]["init"] == "scratch":
+            raise ConfigError("gated.init=scratch needs training: set gated.epochs to 1 or more (e.g. 100)")
+    if "utility" in config:
+        check_budget("utility.max_accuracy_loss", "--max-accuracy-loss", config["utility"]["max_accuracy_loss"], "")
     check_stages(config)
     if not isinstance(config["layer"]["learn_gain"], bool):
         raise ConfigError(f"layer.learn_gain must be true or false, but got {config['layer']['learn_gain']!r}")

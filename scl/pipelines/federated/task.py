@@ -111,10 +111,8 @@ def build_config(
 
 
 def validate_config(config: Mapping[str, Any]) -> None:
-    """Check the shared sections (as ``scl train`` does) and the ``federated`` section."""
-    shared = {**defaults(), **config}
-    shared.update({k: copy.deepcopy(DEFAULTS[k]) for k in DEFAULTS if k not in SHARED_SECTIONS})
-    validate(shared)
+    """Check the shared sections (with classification's checks) and the ``federated`` section."""
+    validate(config)
     if config.get("layer", {}).get("pre", "none") != "none":
         # the clients rebuild the layer from its arrays alone (build_obfuscator); pre-layers would
         # be trained in stage 1 and then missing on every client
