@@ -17,7 +17,7 @@ from typing import Any, Protocol, cast
 
 from scl.errors import ConfigError
 
-__all__ = ["MODULES", "Pipeline", "get"]
+__all__ = ["MODULES", "Pipeline", "get", "noise_verdict_lines", "summary_lines", "target_lines"]
 
 #: The pipelines by the name they record in ``metrics.json``, and the module of each (imported on
 #: first use: the federated one needs Flower, the others matplotlib only for their reports).
@@ -65,3 +65,29 @@ def get(name: str) -> Pipeline:
     if name not in MODULES:
         raise ConfigError(f"unknown pipeline {name!r}; scl has {sorted(MODULES)}")
     return cast(Pipeline, importlib.import_module(MODULES[name]))
+
+
+# -- what the pipelines' summaries share -----------------------------------------------------------
+def summary_lines(lines: Iterable[tuple[str, bool]], *, failed: str = "bold red") -> list[Any]:
+    """Indented terminal lines of ``(text, ok)``: green where ``ok``, else in the style ``failed``."""
+    from rich.text import Text
+
+    return [Text(f"  {text}", style="green" if ok else failed) for text, ok in lines]
+
+
+def noise_verdict_lines(verdicts: Iterable[str]) -> list[Any]:
+    """:func:`scl.report.gaussian_verdicts`'s sentences, red where a release does NOT beat plain noise."""
+    return summary_lines(((line, "NOT" not in line) for line in verdicts), failed="red")
+
+
+def target_lines(metrics: Mapping[str, Any]) -> list[Any]:
+    """One line per target of ``metrics["targets"]``, met or not (every pipeline that sets targets)."""
+    from rich.text import Text
+
+    lines = []
+    for target in metrics.get("targets", []):
+        line = Text(f"  target {target['name']}: {target['value']:.3f} {target['target']} ")
+        line.append("met" if target["met"] else "not met", style="green" if target["met"] else "red")
+        lines.append(line)
+    return lines
+

@@ -514,8 +514,8 @@ def summary(metrics: Mapping[str, Any]) -> list[Any]:
     (as in ``table.md``) and the verdict at each budget."""
     from rich.text import Text
 
+    from scl.pipelines import summary_lines
     from scl.report import verdict_lines
 
-    out: list[Any] = [Text(markdown_table(metrics, verdict=False))]
-    return out + [Text(f"  {line}", style="green" if met else "bold red") for line, met in verdict_lines(metrics)]
+    return [Text(markdown_table(metrics, verdict=False)), *summary_lines(verdict_lines(metrics))]
 

@@ -819,8 +819,8 @@ def summary(metrics: Mapping[str, Any]) -> list[Any]:
     """The run's results for the terminal (:class:`scl.pipelines.Pipeline`): accuracy, the budget,
     the privacy table beside plain noise, and the targets."""
     from rich.table import Table
-    from rich.text import Text
 
+    from scl.pipelines import noise_verdict_lines, summary_lines, target_lines
     from scl.report import budget_lines, gaussian_verdicts, release_table
 
     out: list[Any] = []
@@ -834,7 +834,7 @@ def summary(metrics: Mapping[str, Any]) -> list[Any]:
         extra = f"mean of 8: {100 * mean8[name]:.1f}%" if name in mean8 and name != "clean" else ""
         table.add_row(f"accuracy ({name})", f"{100 * value:.1f}%", extra)
     out.append(table)
-    out += [Text(f"  {line}", style="green" if met else "bold red") for line, met in budget_lines(metrics)]
+    out += summary_lines(budget_lines(metrics))
     priv = metrics.get("privacy", {})
     releases = release_table(priv, short=True)
     if releases is not None:
@@ -847,19 +847,7 @@ def summary(metrics: Mapping[str, Any]) -> list[Any]:
         for row in rows:
             privacy.add_row(row[0][0], *(_cell(value, kind) for value, kind in row[1:]))
         out.append(privacy)
-        out += [Text(f"  {line}", style="red" if "NOT" in line else "green") for line in gaussian_verdicts(priv)]
+        out += noise_verdict_lines(gaussian_verdicts(priv))
     out += target_lines(metrics)
     return out
-
-
-def target_lines(metrics: Mapping[str, Any]) -> list[Any]:
-    """One line per target of ``metrics["targets"]``, met or not (every pipeline that sets targets)."""
-    from rich.text import Text
-
-    lines = []
-    for target in metrics.get("targets", []):
-        line = Text(f"  target {target['name']}: {target['value']:.3f} {target['target']} ")
-        line.append("met" if target["met"] else "not met", style="green" if target["met"] else "red")
-        lines.append(line)
-    return lines
 

@@ -671,14 +671,9 @@ def summary_table(metrics: Mapping[str, Any]) -> Any:
 def summary(metrics: Mapping[str, Any]) -> list[Any]:
     """The run's results for the terminal (:class:`scl.pipelines.Pipeline`): :func:`summary_table`,
     plain noise's verdicts, the budget and the targets."""
-    from rich.text import Text
-
-    from scl.pipelines.classification import target_lines
+    from scl.pipelines import noise_verdict_lines, summary_lines, target_lines
     from scl.report import budget_lines, gaussian_verdicts
 
-    out: list[Any] = [summary_table(metrics)]
-    out += [Text(f"  {line}", style="red" if "NOT" in line else "green")
-            for line in gaussian_verdicts(metrics.get("privacy", {}), "mAP@.5")]
-    out += [Text(f"  {line}", style="green" if met else "bold red") for line, met in budget_lines(metrics)]
-    return out + target_lines(metrics)
-
+    verdicts = gaussian_verdicts(metrics.get("privacy", {}), "mAP@.5")
+    return [summary_table(metrics), *noise_verdict_lines(verdicts), *summary_lines(budget_lines(metrics)),
+            *target_lines(metrics)]
