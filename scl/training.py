@@ -112,6 +112,9 @@ def fit(
                 module.train()
             sums: dict[str, float] = {}
             count = 0
+            # the loss is summed on its device and read once an epoch: no host sync per step (on a
+            # GPU each would stall the queue); float64, as the stats' Python floats are summed
+            loss_sum: Tensor | None = None
             for batch in shuffled_batches(index, batch_size, generator, min_batch=min_batch):
                 loss, stats = step(batch)
                 optimiser.zero_grad(set_to_none=True)
@@ -121,10 +124,14 @@ def fit(
                     schedule.step()
                 weight = batch.numel()
                 count += weight
-                for key, value in {"loss": float(loss.detach()), **stats}.items():
+                weighted = loss.detach().double() * weight
+                loss_sum = weighted if loss_sum is None else loss_sum + weighted
+                for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + value * weight
+            if loss_sum is not None:
+                history.setdefault("loss", []).append(float(loss_sum) / count)
             for key, value in sums.items():
-                history.setdefault(key, []).append(value / max(count, 1))
+                history.setdefault(key, []).append(value / count)
             if validate is not None:
                 value = float(validate())
                 history.setdefault("validation", []).append(value)
