@@ -1,5 +1,5 @@
-"""The stage code every pipeline shares: a run's randomness, the layer and where it starts, the
-privacy objectives, the utility budget and constrained training. Classification's task network and
+"""The stage code every pipeline shares: a run's randomness, the task network, the layer and where
+it starts, the privacy objectives, the utility budget and constrained training. Classification's
 stage functions, which federated reuses, still live in ``classification.py``.
 
 Privacy at a utility budget.
@@ -121,7 +121,7 @@ def load_task_network(path: str | Path, kind: type[TaskNetwork], *, channels: in
 
 
 def train_task_network(
-    network: nn.Module, loss_fn: Callable[..., tuple[Tensor, dict[str, float]]], data: Sequence[Tensor], *,
+    network: nn.Module, loss_fn: engine.LossFn, data: Sequence[Tensor], *,
     epochs: int, lr: float, batch_size: int, generator: torch.Generator, progress: Progress | None,
     description: str,
 ) -> dict[str, list[float]]:
