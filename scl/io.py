@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -39,10 +39,20 @@ def _umask() -> int:
     return mask
 
 
+def plain(value: Any) -> Any:
+    """``value`` with every mapping (a config section included) as a dict and every tuple as a list:
+    what :mod:`json` writes."""
+    if isinstance(value, Mapping):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
+    return value
+
+
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
-    """Write ``data`` as indented JSON, atomically."""
+    """Write ``data`` (:func:`plain`) as indented JSON, atomically."""
     with atomic_write(path) as handle:
-        json.dump(data, handle, indent=2, sort_keys=False)
+        json.dump(plain(data), handle, indent=2, sort_keys=False)
         handle.write("\n")
 
 

@@ -51,7 +51,7 @@ def test_additive_baselines_train_at_scls_rate_scaled_as_their_start():
     config = build_config()
     for method in ("shredder", "cloak"):
         assert baseline_lr(method, config) == pytest.approx(BASELINE_INIT_FRACTION * config["stage1"]["lr"])
-    config["stage1"]["lr"] = 0.1  # follows the stage's rate, e.g. from --set stage1.lr=0.1
+    config = config.updated({"stage1": {"lr": 0.1}})  # follows the stage's rate, e.g. from --set stage1.lr=0.1
     assert baseline_lr("shredder", config) == pytest.approx(BASELINE_INIT_FRACTION * 0.1)
     # NoPeek's parameters are a network's weights: its own rate, whatever scl's is
     assert baseline_lr("nopeek", config) == baseline_lr("nopeek", build_config())

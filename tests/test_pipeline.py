@@ -179,7 +179,7 @@ def test_beats_gaussian_compares_every_release_with_plain_noise():
 def test_sweep_gives_one_point_per_lambda_and_keeps_the_main_obfuscator(trained, tmp_path):
     exp, _ = trained
     main = exp.obfuscator
-    exp.config["sweep"] = {"lams": [0.0, 1.0], "stage1_epochs": 1, "decoder_epochs": 1}
+    exp.config = exp.config.updated({"sweep": {"lams": [0.0, 1.0], "stage1_epochs": 1, "decoder_epochs": 1}})
     with stages.run_noise(exp.config):
         points = clf.sweep(exp, None, RunLog())
     assert [p["lam"] for p in points] == [0.0, 1.0]

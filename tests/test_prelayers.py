@@ -58,7 +58,7 @@ def test_a_run_with_pre_layers_trains_them_and_every_release_uses_them(tmp_path)
     frozen = [p.requires_grad for p in pre.parameters()]
     assert not any(frozen)  # stage 2 trains the selection only
     clf.save_checkpoints(exp, tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
     loaded = clf.load_run(tmp_path)
     x, y = exp.splits["test"].x[:4], exp.splits["test"].y[:4]
     with torch.no_grad():

@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from scl.pipelines.config import ClassificationConfig
 
 app = typer.Typer(
     name="scl",
@@ -81,7 +84,7 @@ def _default_out(command: str) -> Path:
 def _config(
     quick: bool, config: Path | None, sets: list[str] | None, data: str | None, network: Path | None,
     max_accuracy_loss: float | None = None,
-) -> dict:
+) -> ClassificationConfig:
     from scl.pipelines import classification
 
     overrides: dict = {}

@@ -13,9 +13,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from scl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from scl.pipelines.config import Section
 
 __all__ = ["MODULES", "Pipeline", "get", "noise_verdict_lines", "summary_lines", "target_lines"]
 
@@ -43,16 +46,17 @@ class Pipeline(Protocol):
     def build_config(
         self, *, quick: bool = False, config_file: str | Path | None = None, assignments: Iterable[str] = (),
         overrides: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """The resolved config: the defaults (or the quick ones), then a JSON file, ``--set``
-        assignments and the command's own options (``overrides``); validated, with an error that
-        says what to change."""
+    ) -> Section:
+        """The resolved config, a frozen :class:`~scl.pipelines.config.Section`: the defaults (or the
+        quick ones), then a JSON file, ``--set`` assignments and the command's own options
+        (``overrides``); validated, with an error that says what to change."""
         ...
 
     def run(
-        self, config: dict[str, Any], out: Path, *, console: Any = None, show_progress: bool = True
+        self, config: Mapping[str, Any], out: Path, *, console: Any = None, show_progress: bool = True
     ) -> tuple[Path, dict[str, Any]]:
-        """Run the whole experiment into the new run folder ``out``: ``(folder, metrics)``."""
+        """Run the whole experiment into the new run folder ``out``: ``(folder, metrics)``. ``config``
+        is :meth:`build_config`'s, or a mapping of the same JSON (checked as one)."""
         ...
 
     def summary(self, metrics: Mapping[str, Any]) -> list[Any]:

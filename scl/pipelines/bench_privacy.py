@@ -27,7 +27,6 @@ The run folder holds ``metrics.json``, ``table.md``, ``figures/frontier_ssim.png
 from __future__ import annotations
 
 import contextlib
-import copy
 import html
 import math
 import time
@@ -54,7 +53,7 @@ from scl.metrics import leak_keys
 from scl.pipelines import classification as cls
 from scl.pipelines import config as configuration
 from scl.pipelines import engine
-from scl.pipelines.config import stage_patience
+from scl.pipelines.config import ClassificationConfig, Shared, stage_patience
 from scl.pipelines.stages import (
     BudgetResult,
     PrivacyObjective,
@@ -143,14 +142,14 @@ def parse_budgets(text: str | Sequence[float] | None, *, quick: bool = False) ->
 def build_config(
     *, quick: bool = False, config_file: str | Path | None = None, assignments: Iterable[str] = (),
     overrides: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> ClassificationConfig:
     """The classification experiment's config (``scl demo``'s defaults, ``--quick``, the file, ``--set``):
     N, scl's stages and the attacks are trained exactly as there. ``--quick`` keeps N's full training
     (about 15 s on 2 cores): every method of the frontier is read by N, and at ``scl demo --quick``'s 6
     epochs N is right on two thirds of the clean digits, which would make the whole frontier noise."""
     quick_overrides = {k: v for k, v in configuration.QUICK.items() if k != "network"}
-    return configuration.build(quick=quick, config_file=config_file, assignments=assignments, overrides=overrides,
-                               quick_overrides=quick_overrides)
+    return configuration.build_as(ClassificationConfig, quick=quick, config_file=config_file,
+                                  assignments=assignments, overrides=overrides, quick_overrides=quick_overrides)
 
 
 # -- training the baselines -----------------------------------------------------------------------
@@ -231,7 +230,7 @@ class _Scorer:
         self.first = True
         self.seconds: dict[str, float] = {}
         start = time.perf_counter()
-        log(f"attack budget {exp.config['attacks']['budget']}: label-only floor and clean ceiling")
+        log(f"attack budget {cls.classification_config(exp).attacks.budget}: label-only floor and clean ceiling")
         self.shared, _ = cls.reference_attacks(exp, self.common)
         self.seconds["references"] = time.perf_counter() - start
         network = exp.network
@@ -285,7 +284,7 @@ def _learned(method: str, exp: cls.Experiment, scale: float) -> LearnedBaseline:
     return NoPeek(exp.dataset.channels)
 
 
-def baseline_lr(method: str, config: Mapping[str, Any]) -> float:
+def baseline_lr(method: str, config: Shared) -> float:
     """The learning rate a learned baseline trains at.
 
     The additive ones (Shredder, Cloak) take scl's stage-1 rate scaled as their start is
@@ -297,7 +296,7 @@ def baseline_lr(method: str, config: Mapping[str, Any]) -> float:
     the pixels' scale: it keeps ``_NOPEEK_LR``."""
     if method == "nopeek":
         return _NOPEEK_LR
-    return BASELINE_INIT_FRACTION * float(config["stage1"]["lr"])
+    return BASELINE_INIT_FRACTION * float(config.stage1.lr)
 
 
 #: NoPeek's learning rate. On the digits at 2 points, 1e-2, 3e-3 and 1e-3 kept epochs 30, 14 and
@@ -307,10 +306,11 @@ _NOPEEK_LR = 1e-2
 
 
 def run(
-    config: dict[str, Any], out: Path, *, budgets: Sequence[float] = DEFAULT_BUDGETS, console: Any = None,
+    config: Mapping[str, Any], out: Path, *, budgets: Sequence[float] = DEFAULT_BUDGETS, console: Any = None,
     show_progress: bool = True,
 ) -> tuple[Path, dict[str, Any]]:
     """The whole benchmark into the run folder ``out``; returns ``(out, metrics)``."""
+    config = ClassificationConfig.coerce(config)
     budgets = parse_budgets(list(budgets))
     log = RunLog(console)
     total = time.perf_counter()
@@ -333,7 +333,7 @@ def run(
                                              validation_loss=0.0))
             train, (xv, yv) = cls.budget_splits(exp)
             train_xy = (train[0], train[1])
-            init = init_scale(config["layer"]["init_scale"], exp.dataset.x)
+            init = init_scale(config.layer.init_scale, exp.dataset.x)
             for budget in budgets:
                 log(f"budget {budget_words(budget)}")
                 limit = UtilityBudget(budget, network, xv, yv)
@@ -345,13 +345,13 @@ def run(
                                                  feasible=val_loss <= budget, validation_loss=val_loss))
                 for method in ("shredder", "cloak", "nopeek"):
                     start = time.perf_counter()
-                    torch.manual_seed(config["seed"] + 1)
+                    torch.manual_seed(config.seed + 1)
                     learned = _learned(method, exp, init)
                     _, result = train_baseline(
                         learned, limit, train_xy, num_classes=exp.dataset.num_classes,
-                        epochs=config["stage1"]["epochs"],
+                        epochs=config.stage1.epochs,
                         lr=baseline_lr(method, config),
-                        batch_size=config["batch_size"], generator=stage_generator(config, 2), progress=progress,
+                        batch_size=config.batch_size, generator=stage_generator(config, 2), progress=progress,
                         description=f"{method} (budget {budget:g} pt)", patience=stage_patience(config),
                     )
                     log(result.message(method))
@@ -374,7 +374,7 @@ def run(
             "num_classes": exp.dataset.num_classes,
             "input_shape": list(exp.dataset.image_shape),
             "splits": {name: len(part) for name, part in exp.splits.items()},
-            "attack_budget": config["attacks"]["budget"],
+            "attack_budget": config.attacks.budget,
             "budgets": budgets,
             "accuracy_clean": score.clean,
             "references": dict(score.shared),
@@ -393,8 +393,7 @@ def _scl_stages(
 ) -> dict[str, tuple[Callable[[Tensor, Tensor], Tensor], dict[str, Any]]]:
     """Scl's stage 1 and stage 2 at ``budget``, as ``scl demo --max-accuracy-loss budget`` trains
     them: ``{"scl-hard": (release, budget record), "scl-soft": ..., "scl-gated": ...}``."""
-    config = copy.deepcopy(exp.config)
-    config["utility"]["max_accuracy_loss"] = budget
+    config = exp.config.updated({"utility": {"max_accuracy_loss": budget}})
     run = cls.Experiment(config, exp.dataset, exp.splits, network=exp.network)
     obfuscator = cls.train_stage1(run, progress, log)
     cls.train_stage2(run, obfuscator, progress, log=log)

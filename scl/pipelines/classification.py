@@ -37,7 +37,7 @@ from scl.models import SmallCNN
 from scl.obfuscator import Obfuscator, freeze
 from scl.pipelines import config as configuration
 from scl.pipelines import engine
-from scl.pipelines.config import stage_patience
+from scl.pipelines.config import ClassificationConfig, Gated, Shared, Stage2, stage_patience
 from scl.pipelines.stages import (
     BudgetResult,
     PrivacyObjective,
@@ -69,16 +69,17 @@ CAPTIONS: dict[str, str] = {}
 def build_config(
     *, quick: bool = False, config_file: str | Path | None = None, assignments: Iterable[str] = (),
     overrides: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> ClassificationConfig:
     """The resolved config of a classification run (:func:`scl.pipelines.config.build`)."""
     return configuration.build(quick=quick, config_file=config_file, assignments=assignments, overrides=overrides)
 
 
 @dataclass
 class Experiment:
-    """What a run holds in memory."""
+    """What a run holds in memory (``config``: the classification experiment's, or the sections of it
+    the federated procedure shares)."""
 
-    config: dict[str, Any]
+    config: Shared
     dataset: Dataset
     splits: dict[str, Dataset]
     network: nn.Module | None = None
@@ -90,29 +91,36 @@ class Experiment:
 
 
 # -- data -------------------------------------------------------------------------------------------
-def load_dataset(config: dict[str, Any]) -> Dataset:
-    """The embedded tinted digits, or the user's folder / .npz (resized to ``image_size``)."""
-    source = config["data"]
+def load_dataset(config: Shared) -> Dataset:
+    """The data set of ``config.data`` (:func:`dataset_of`)."""
+    return dataset_of(config.data, image_size=config.image_size, seed=config.seed)
+
+
+def dataset_of(source: str, *, image_size: int, seed: int) -> Dataset:
+    """The embedded tinted digits (``"digits"``, at ``image_size``), or the user's folder / .npz."""
     if source == "digits":
-        return load_digits(size=config["image_size"], attribute=True, seed=config["seed"])
+        return load_digits(size=image_size, attribute=True, seed=seed)
     return load_user_data(source)
 
 
-def prepare(config: dict[str, Any]) -> Experiment:
+def prepare(config: Mapping[str, Any]) -> Experiment:
+    """The experiment of ``config`` (a :class:`ClassificationConfig`, or a mapping checked as one):
+    its data set and splits."""
+    config = ClassificationConfig.coerce(config)
     dataset = load_dataset(config)
-    return Experiment(config, dataset, split(dataset, seed=config["seed"]))
+    return Experiment(config, dataset, split(dataset, seed=config.seed))
 
 
 # -- stage 0: the task network ------------------------------------------------------------------------
 def train_network(exp: Experiment, progress: Progress | None, log: RunLog) -> None:
     cfg, data = exp.config, exp.splits["task"]
-    if cfg["network"]["checkpoint"]:
-        network = load_task_network(cfg["network"]["checkpoint"], SmallCNN, channels=exp.dataset.channels,
+    if cfg.network.checkpoint:
+        network = load_task_network(cfg.network.checkpoint, SmallCNN, channels=exp.dataset.channels,
                                     num_classes=exp.dataset.num_classes, option="--network")
-        log(f"loaded task network N from {cfg['network']['checkpoint']}")
+        log(f"loaded task network N from {cfg.network.checkpoint}")
     else:
-        torch.manual_seed(cfg["seed"])
-        network = SmallCNN(exp.dataset.channels, exp.dataset.num_classes, width=cfg["network"]["width"])
+        torch.manual_seed(cfg.seed)
+        network = SmallCNN(exp.dataset.channels, exp.dataset.num_classes, width=cfg.network.width)
 
         def loss_fn(x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
             logits = network(x)
@@ -120,8 +128,8 @@ def train_network(exp: Experiment, progress: Progress | None, log: RunLog) -> No
             return F.cross_entropy(logits, y), {"accuracy": acc}
 
         exp.history["network"] = train_task_network(
-            network, loss_fn, (data.x, data.y), epochs=cfg["network"]["epochs"], lr=cfg["network"]["lr"],
-            batch_size=cfg["batch_size"], generator=stage_generator(cfg, 1), progress=progress,
+            network, loss_fn, (data.x, data.y), epochs=cfg.network.epochs, lr=cfg.network.lr,
+            batch_size=cfg.batch_size, generator=stage_generator(cfg, 1), progress=progress,
             description="task network N (clean data)",
         )
     network.eval()
@@ -130,14 +138,14 @@ def train_network(exp: Experiment, progress: Progress | None, log: RunLog) -> No
 
 
 # -- stage 1 ------------------------------------------------------------------------------------------
-def build_layer(config: Mapping[str, Any], dataset: Dataset) -> StochasticConditionalLayer:
+def build_layer(config: Shared, dataset: Dataset) -> StochasticConditionalLayer:
     """The run's stochastic conditional layer (:func:`~scl.pipelines.stages.build_image_layer`)."""
-    return build_image_layer(config["layer"], dataset.x, dataset.num_classes)
+    return build_image_layer(config.layer, dataset.x, dataset.num_classes)
 
 
-def build_pre(config: dict[str, Any], dataset: Dataset) -> nn.Module | None:
+def build_pre(config: Shared, dataset: Dataset) -> nn.Module | None:
     """The trainable pre-layers L of ``layer.pre`` (spec §5.1), or ``None`` for ``"none"``."""
-    kind = config["layer"].get("pre", "none")
+    kind = config.layer.pre
     if kind == "none":
         return None
     if kind == "residual":
@@ -147,17 +155,26 @@ def build_pre(config: dict[str, Any], dataset: Dataset) -> nn.Module | None:
     raise ConfigError(f"layer.pre must be 'none' or 'residual', but got {kind!r}")
 
 
-def max_accuracy_loss(config: dict[str, Any]) -> float | None:
-    """The utility budget in points (``utility.max_accuracy_loss``), or ``None``: the fixed-λ
-    stages of earlier versions (also for configs written before the budget existed)."""
-    value = config.get("utility", {}).get("max_accuracy_loss")
-    return None if value is None else float(value)
+def max_accuracy_loss(config: Shared) -> float | None:
+    """The utility budget in points (``utility.max_accuracy_loss``), or ``None``: the fixed-λ stages
+    (also for federated's config, which has no budget)."""
+    utility = getattr(config, "utility", None)
+    return None if utility is None or utility.max_accuracy_loss is None else float(utility.max_accuracy_loss)
+
+
+def classification_config(exp: Experiment) -> ClassificationConfig:
+    """``exp.config`` for the steps only the classification experiment has (the budget's split, stage
+    2, the gate, the attacks, the sweep)."""
+    if not isinstance(exp.config, ClassificationConfig):
+        raise SCLError(f"this step needs the classification experiment's config, but the experiment has a "
+                       f"{type(exp.config).__name__}")
+    return exp.config
 
 
 def budget_splits(exp: Experiment) -> tuple[tuple[Tensor, ...], tuple[Tensor, Tensor]]:
     """The obfuscator split cut into a training part and the validation part that measures the
     budget (``utility.validation_fraction``, seeded): ``((x, y[, attribute]), (x_val, y_val))``."""
-    data, fraction = exp.splits["obfuscator"], float(exp.config["utility"]["validation_fraction"])
+    data, fraction = exp.splits["obfuscator"], float(classification_config(exp).utility.validation_fraction)
     train, val = validation_cut(len(data), fraction, stage_generator(exp.config, 5), "utility.max_accuracy_loss")
     parts = [data.x[train], data.y[train]]
     if data.attribute is not None:
@@ -167,7 +184,7 @@ def budget_splits(exp: Experiment) -> tuple[tuple[Tensor, ...], tuple[Tensor, Te
 
 def _objective(exp: Experiment, image_shape: tuple[int, ...]) -> PrivacyObjective:
     names = exp.dataset.attribute_names
-    return PrivacyObjective(exp.config["stage1"]["privacy"], num_classes=exp.dataset.num_classes,
+    return PrivacyObjective(exp.config.stage1.privacy, num_classes=exp.dataset.num_classes,
                             image_shape=image_shape, in_shape=exp.dataset.image_shape,
                             num_attributes=None if names is None else len(names))
 
@@ -186,20 +203,20 @@ def train_stage1(
     privacy term."""
     cfg = exp.config
     budget = max_accuracy_loss(cfg) if lam is None else None
-    lam = cfg["stage1"]["lam"] if lam is None else lam
+    lam = cfg.stage1.lam if lam is None else lam
     network = exp.network
     if network is None:
         raise SCLError("train the task network first")
-    torch.manual_seed(cfg["seed"] + 1)
+    torch.manual_seed(cfg.seed + 1)
     layer = build_layer(cfg, exp.dataset)
     pre = build_pre(cfg, exp.dataset)
     obfuscator = Obfuscator(layer, pre=pre)
     trained = [layer] if pre is None else [pre, layer]
     parameters = [p for module in trained for p in module.parameters()]
     data = exp.splits["obfuscator"]
-    kind = cfg["stage1"]["privacy"]
+    kind = cfg.stage1.privacy
     train, (xv, yv) = budget_splits(exp) if budget is not None else ((data.x, data.y), (data.x, data.y))
-    if layer_start(cfg["layer"]) == "class_mean":
+    if layer_start(cfg.layer) == "class_mean":
         # L starts as the identity, so the class means of L(x) are those of x
         class_mean_init(cast(StochasticConditionalAdditive, layer), train[0], train[1])
     if budget is not None:
@@ -208,7 +225,7 @@ def train_stage1(
             parameters, trained,
             obfuscator.sample_with_distribution,
             objective, UtilityBudget(budget, network, xv, yv), train,
-            epochs=epochs or cfg["stage1"]["epochs"], lr=cfg["stage1"]["lr"], batch_size=cfg["batch_size"],
+            epochs=epochs or cfg.stage1.epochs, lr=cfg.stage1.lr, batch_size=cfg.batch_size,
             generator=stage_generator(cfg, 2), evaluate=lambda x, y: obfuscator(x, y), progress=progress,
             description=f"stage 1: layer, hard selection ({kind}, budget {budget:g} pt)",
             patience=stage_patience(cfg),
@@ -236,24 +253,24 @@ def train_stage1(
         loss_fn,
         parameters,
         (data.x, data.y, data.attribute) if with_attribute and data.attribute is not None else (data.x, data.y),
-        epochs=epochs or cfg["stage1"]["epochs"],
-        lr=cfg["stage1"]["lr"],
-        batch_size=cfg["batch_size"],
+        epochs=epochs or cfg.stage1.epochs,
+        lr=cfg.stage1.lr,
+        batch_size=cfg.batch_size,
         generator=stage_generator(cfg, 2),
         progress=progress,
         description=f"stage 1: layer, hard selection (λ={lam:g})",
     )
-    if lam == cfg["stage1"]["lam"] and epochs is None:
+    if lam == cfg.stage1.lam and epochs is None:
         exp.history["stage1"] = history
     return obfuscator
 
 
 # -- stage 2 ------------------------------------------------------------------------------------------
-def soft_shape(config: dict[str, Any], layer: StochasticConditionalLayer, dataset: Dataset) -> tuple[int, ...]:
+def soft_shape(config: ClassificationConfig, layer: StochasticConditionalLayer, dataset: Dataset) -> tuple[int, ...]:
     """The shape of each class tensor of the soft selection: ``input`` (C_in, H, W), the size
     of the input as spec §2.2.1 puts it; ``spatial`` (1, H, W); ``channel`` (C_in, 1, 1); or
     ``scalar`` ()."""
-    kind = config["stage2"]["soft_shape"]
+    kind = config.stage2.soft_shape
     c, h, w = dataset.image_shape
     return {"input": (c, h, w), "spatial": (1, h, w), "channel": (c, 1, 1), "scalar": ()}[kind]
 
@@ -271,7 +288,8 @@ def _train_selection(
     """Train a label-free selection on the frozen layer: within the utility budget with the same
     objective as stage 1 when a budget is set (and ``epochs`` is not, i.e. not in the sweep), else
     on the task loss alone."""
-    cfg, network, data = exp.config, exp.network, exp.splits["obfuscator"]
+    cfg, network, data = classification_config(exp), exp.network, exp.splits["obfuscator"]
+    settings: Stage2 | Gated = cfg.stage2 if section == "stage2" else cfg.gated
     if network is None:
         raise SCLError("train or load the task network first")
     obfuscator.freeze_layer()
@@ -290,7 +308,7 @@ def _train_selection(
         history, result = train_within_budget(
             parameters, [selection], lambda x, y: obfuscator.sample_with_distribution(x),
             _objective(exp, shape), UtilityBudget(budget, network, xv, yv), train,
-            epochs=cfg[section]["epochs"], lr=cfg[section]["lr"], batch_size=cfg["batch_size"],
+            epochs=settings.epochs, lr=settings.lr, batch_size=cfg.batch_size,
             generator=stage_generator(cfg, 3), evaluate=lambda x, y: obfuscator(x), progress=progress,
             description=f"{description} (budget {budget:g} pt)", supervised=supervised,
             patience=stage_patience(cfg),
@@ -308,9 +326,9 @@ def _train_selection(
         loss_fn,
         parameters,
         (data.x, data.y),
-        epochs=epochs or cfg[section]["epochs"],
-        lr=cfg[section]["lr"],
-        batch_size=cfg["batch_size"],
+        epochs=epochs or settings.epochs,
+        lr=settings.lr,
+        batch_size=cfg.batch_size,
         generator=stage_generator(cfg, 3),
         progress=progress,
         description=description,
@@ -324,8 +342,8 @@ def train_stage2(
     epochs: int | None = None, log: RunLog | None = None,
 ) -> None:
     """Soft selection on the frozen layer (spec §3.1.2); the gated extension beside it."""
-    cfg = exp.config
-    torch.manual_seed(cfg["seed"] + 2)
+    cfg = classification_config(exp)
+    torch.manual_seed(cfg.seed + 2)
     soft = SoftSelection(exp.dataset.num_classes, soft_shape(cfg, obfuscator.layer, exp.dataset))
     obfuscator.selection = soft
     history = _train_selection(exp, obfuscator, soft, "stage2", progress, "stage 2: soft selection", epochs, log)
@@ -333,9 +351,9 @@ def train_stage2(
         exp.history["stage2 soft"] = history
         exp.obfuscator = obfuscator
     if gated:
-        start = copy.deepcopy(exp.network) if cfg["gated"].get("init", "scratch") == "network" else None
+        start = copy.deepcopy(exp.network) if cfg.gated.init == "network" else None
         gate = GatedSelection(exp.dataset.num_classes, exp.dataset.channels, network=start,
-                              pick=cfg["gated"].get("pick", "softmax"))
+                              pick=cfg.gated.pick)
         gated_obfuscator = obfuscator.with_selection(gate)
         exp.history["stage2 gated"] = _train_selection(
             exp, gated_obfuscator, gate, "gated", progress, "stage 2: gated selection (extension)", log=log
@@ -425,9 +443,9 @@ def attack_settings(exp: Experiment, progress: Progress | None) -> dict[str, Any
     (``attacks.budget``, capped by ``attacks.max_epochs``) and the progress display."""
     from scl.attacks.budget import get_budget
 
-    acfg = exp.config["attacks"]
-    return dict(num_classes=exp.dataset.num_classes, seed=exp.config["seed"],
-                budget=get_budget(acfg["budget"]).capped(acfg["max_epochs"]), progress=progress)
+    acfg = classification_config(exp).attacks
+    return dict(num_classes=exp.dataset.num_classes, seed=exp.config.seed,
+                budget=get_budget(acfg.budget).capped(acfg.max_epochs), progress=progress)
 
 
 def reference_attacks(exp: Experiment, common: dict[str, Any]) -> tuple[dict[str, float], Tensor]:
@@ -469,8 +487,8 @@ def attack_release(
     attacker, test = exp.splits["attacker"], exp.splits["test"]
     block: dict[str, Any] = {}
     shared: dict[str, float] = {}
-    decoded = decoder_attack(release, attacker, test, averaged_copies=exp.config["attacks"]["averaged_copies"],
-                             **common)
+    copies = classification_config(exp).attacks.averaged_copies
+    decoded = decoder_attack(release, attacker, test, averaged_copies=copies, **common)
     block.update(decoded.metrics)
     block["decoder_attacker"] = decoded.attacker
     reid = reidentification_attack(release, attacker, test, reconstructions=decoded.test_reconstructions, **common)
@@ -480,7 +498,7 @@ def attack_release(
                                   references=references, **common)
         shared.update({k: v for k, v in result.items() if k != "attribute_accuracy"})
         block["attribute_accuracy"] = result["attribute_accuracy"]
-    with torch.no_grad(), deterministic(exp.config["seed"] + 11):
+    with torch.no_grad(), deterministic(exp.config.seed + 11):
         h = release(test.x, test.y)
         block["dcor"] = distance_correlation(test.x, h, bias_corrected=True)
         block["dcor_vstatistic"] = distance_correlation(test.x, h)
@@ -498,13 +516,13 @@ def run_attacks(exp: Experiment, progress: Progress | None, log: RunLog) -> dict
     """
     from scl.attacks.whitebox import whitebox_attack
 
-    cfg, obf = exp.config, exp.obfuscator
+    cfg, obf = classification_config(exp), exp.obfuscator
     if obf is None or exp.network is None:
         raise SCLError("nothing to attack: train the obfuscator first")
     test = exp.splits["test"]
-    acfg = cfg["attacks"]
+    acfg = cfg.attacks
     seconds: dict[str, float] = {}
-    privacy: dict[str, Any] = {"budget": acfg["budget"]}
+    privacy: dict[str, Any] = {"budget": acfg.budget}
     exp.metrics["privacy"] = privacy
 
     if "soft" not in exp.metrics.get("accuracy", {}):
@@ -519,11 +537,11 @@ def run_attacks(exp: Experiment, progress: Progress | None, log: RunLog) -> dict
 
     common = attack_settings(exp, progress)
     start = time.perf_counter()
-    log(f"attack budget {acfg['budget']}: label-only floor and clean ceiling of the decoder")
+    log(f"attack budget {acfg.budget}: label-only floor and clean ceiling of the decoder")
     shared, floor_images = reference_attacks(exp, common)
     has_attribute = test.attribute is not None and exp.splits["attacker"].attribute is not None
     seconds["references"] = time.perf_counter() - start
-    n_wb = min(acfg["whitebox_images"], len(test))
+    n_wb = min(acfg.whitebox_images, len(test))
     figures: dict[str, Tensor] = {"decoder_label_floor": floor_images}
     for index, (name, release) in enumerate(releases(exp).items()):
         start = time.perf_counter()
@@ -532,7 +550,7 @@ def run_attacks(exp: Experiment, progress: Progress | None, log: RunLog) -> dict
         block, extra, figures[f"decoder_{name}"] = attack_release(exp, release, common, references=index == 0)
         shared.update(extra)
         if name != "gaussian":  # the white-box attacker inverts scl's layer; plain noise has none
-            wb = whitebox_attack(obf.layer, test.x[:n_wb], test.y[:n_wb], steps=acfg["whitebox_steps"],
+            wb = whitebox_attack(obf.layer, test.x[:n_wb], test.y[:n_wb], steps=acfg.whitebox_steps,
                                  observe=release, pre=obf.pre)
             figures[f"whitebox_{name}"] = wb.pop("reconstructions")
             block.update(wb)
@@ -605,12 +623,12 @@ def sweep(exp: Experiment, progress: Progress | None, log: RunLog) -> list[dict[
     """Accuracy against decoder SSIM over lam (shorter training per point)."""
     from scl.attacks import decoder_attack
 
-    cfg, test = exp.config, exp.splits["test"]
+    cfg, test = classification_config(exp), exp.splits["test"]
     points = []
-    for lam in cfg["sweep"]["lams"]:
+    for lam in cfg.sweep.lams:
         log(f"sweep: λ = {lam}")
-        obf = train_stage1(exp, progress, log, lam=float(lam), epochs=cfg["sweep"]["stage1_epochs"])
-        train_stage2(exp, obf, progress, gated=False, epochs=max(1, cfg["stage2"]["epochs"] // 2))
+        obf = train_stage1(exp, progress, log, lam=float(lam), epochs=cfg.sweep.stage1_epochs)
+        train_stage2(exp, obf, progress, gated=False, epochs=max(1, cfg.stage2.epochs // 2))
         obf.eval()
         if exp.network is None:
             raise SCLError("train or load the task network first")
@@ -628,8 +646,8 @@ def sweep(exp: Experiment, progress: Progress | None, log: RunLog) -> list[dict[
             exp.splits["attacker"],
             test,
             num_classes=exp.dataset.num_classes,
-            epochs=cfg["sweep"]["decoder_epochs"],
-            seed=cfg["seed"],
+            epochs=cfg.sweep.decoder_epochs,
+            seed=cfg.seed,
             progress=progress,
         )
         points.append(
@@ -663,7 +681,7 @@ def save_checkpoints(exp: Experiment, folder: Path) -> None:
 def load_run(run: Path) -> Experiment:
     """Rebuild an experiment (data splits, N, obfuscators) from a run folder."""
     config, metrics = read_run(run)
-    exp = prepare(config)
+    exp = prepare(ClassificationConfig.from_dict(config, legacy=True))
     exp.network = freeze(load_checkpoint(run, "network")).eval()
     exp.obfuscator = load_checkpoint(run, "obfuscator").eval()
     if (Path(run) / "checkpoints" / CHECKPOINTS["gated"]).is_file():
@@ -746,9 +764,10 @@ def run_training(exp: Experiment, progress: Progress | None, log: RunLog) -> Non
 
 
 def demo(
-    config: dict[str, Any], out: Path, *, sweep_lams: bool = False, console: Any = None, show_progress: bool = True
+    config: Mapping[str, Any], out: Path, *, sweep_lams: bool = False, console: Any = None, show_progress: bool = True
 ) -> tuple[Path, dict[str, Any]]:
     """The whole experiment into the run folder ``out``; returns ``(out, metrics)``."""
+    config = ClassificationConfig.coerce(config)
     log = RunLog(console)
     total = time.perf_counter()
     with run_folder(out) as folder, run_noise(config):
@@ -776,9 +795,10 @@ run = demo
 
 
 def train_command(
-    config: dict[str, Any], out: Path, *, console: Any = None, show_progress: bool = True
+    config: Mapping[str, Any], out: Path, *, console: Any = None, show_progress: bool = True
 ) -> tuple[Path, dict[str, Any]]:
     """Train N, stage 1 and stage 2, evaluate accuracy; no attacks."""
+    config = ClassificationConfig.coerce(config)
     log = RunLog(console)
     with run_folder(out) as folder, run_noise(config):
         progress = make_progress(show_progress, console)

@@ -46,7 +46,29 @@ from scl.models.detector import CenterNet
 from scl.obfuscator import Obfuscator, freeze
 from scl.pipelines import engine
 from scl.pipelines.coco import coco_map
-from scl.pipelines.config import build, check_budget, check_choices, check_positive_ints, check_stages
+from scl.pipelines.config import (
+    ATTACK_BUDGETS,
+    Section,
+    Stage1,
+    auto_or_positive,
+    boolean,
+    budget,
+    build_as,
+    choice,
+    count,
+    frozen,
+    half_open_unit,
+    integer,
+    non_negative,
+    open_unit,
+    option,
+    optional_path,
+    optional_positive_int,
+    positive_int,
+    positive_number,
+    section,
+    string,
+)
 from scl.pipelines.stages import (
     BudgetResult,
     DetectionBudget,
@@ -76,38 +98,132 @@ NAME = "detection"
 
 CHECKPOINTS = {"network": "detector.safetensors", "obfuscator": "obfuscator.safetensors"}
 
-DEFAULTS: dict[str, Any] = {
-    "seed": 0,
+#: the objectives that work with per-pixel classes (scl.pipelines.stages.OBJECTIVES)
+PRIVACY = ("within", "entropy", "ssim", "both")
+
+
+def _scene_size(name: str, value: Any) -> None:
+    positive_int(name, value)
+    if value % 4 or value < 16:
+        raise ConfigError(f"{name} must be a multiple of 4 and at least 16, but got {value}")
+
+
+def _odd(name: str, value: Any) -> None:
+    positive_int(name, value)
+    if value % 2 == 0:
+        raise ConfigError(f"{name} must be odd (padding 'same'), but got {value}")
+
+
+@frozen
+class Detector(Section):
+    """The task network N, a CenterNet (``detector``)."""
+
+    epochs: int = option(30, positive_int)
+    lr: float = option(3e-3, positive_number)
+    width: int = option(16, positive_int)
+    #: a CenterNet checkpoint to use instead of training one (``--detector``)
+    checkpoint: str | None = option(None, optional_path)
+
+
+@frozen
+class DetectionLayer(Section):
+    """The conv layer with per-pixel (box) selection (``layer``).
+
+    ``init_scale``: a number, or "auto" (the pixels' standard deviation, as in classification).
+    ``start``: "input" (x plus noise: every class's mean kernels at the identity) or "class_mean" (mean
+    kernels at 0 and each class's bias at its mean colour inside its boxes, the background's outside
+    them: the release starts as the box masks plus noise, and the budget lets x in).
+    """
+
+    distribution: str = option("gaussian", string)
+    kernel_size: int = option(3, _odd)
+    init_scale: float | str = option("auto", auto_or_positive)
+    start: str = option("input", choice("input", "class_mean"))
+
+
+@frozen
+class DetectionStage1(Stage1):
+    """Stage 1 under box selection (``stage1``). The layer is tiny (C + 1 pairs of 3x3 kernels), so a
+    large learning rate is safe and needed. ``privacy``: "within" (what the release carries beyond the
+    box masks), "entropy", "ssim" or "both"; ``lam`` weighs it only without a budget
+    (``utility.max_map_loss = null``)."""
+
+    epochs: int = option(30, positive_int)
+    privacy: str = option("within", choice(*PRIVACY, note="the objectives that take per-pixel classes"))
+    lam: float = option(0.3, non_negative)
+
+
+@frozen
+class DetectionStage2(Section):
+    """Stage 2: the soft selection maps (``stage2``)."""
+
+    epochs: int = option(15, positive_int)
+    lr: float = option(0.05, positive_number)
+
+
+@frozen
+class DetectionUtility(Section):
+    """The utility budget: the most mAP@.5 a release may lose against clean scenes, in points
+    (``--max-map-loss``), measured on ``validation_fraction`` of the obfuscator split (``utility``)."""
+
+    max_map_loss: float | None = option(3.0, budget("--max-map-loss", "of mAP@.5 "))
+    validation_fraction: float = option(0.5, open_unit)
+
+
+@frozen
+class Eval(Section):
+    """Decoding detections (``eval``)."""
+
+    top_k: int = option(20, positive_int)
+    score_threshold: float = option(0.01, half_open_unit)
+
+
+@frozen
+class DetectionAttacks(Section):
+    """The attackers (``attacks``).
+
+    ``budget``: quick | standard | strong (scl.attacks.budget); ``soft``: also attack the box-free
+    release. ``max_epochs`` caps every attacker's epochs: a 48 x 48 scene costs 9 times a 16 x 16 digit
+    per epoch, and the standard decoder's 100 epochs took over 30 minutes per release on 2 cores; 20
+    cosine-annealed epochs of the same UNet (null: the budget's own 100).
+    """
+
+    budget: str = option("standard", choice(*ATTACK_BUDGETS))
+    max_epochs: int | None = option(20, optional_positive_int())
+    averaged_copies: int = option(8, positive_int)
+    soft: bool = option(True, boolean)
+
+
+@frozen
+class DetectionConfig(Section):
+    """The detection experiment's config (``scl detect``)."""
+
+    seed: int = option(0, integer)
     # "scenes" (embedded: digits 0, 1, 7 pasted on a canvas), or a path: .npz or COCO .json
-    "data": "scenes",
-    "num_images": 1600,  # embedded scenes only
-    "image_size": 48,  # embedded scenes and COCO images (resized); a multiple of 4
-    "batch_size": 32,
-    "reproducible": True,
+    data: str = option("scenes", string)
+    num_images: int = option(1600, positive_int)  # embedded scenes only
+    image_size: int = option(48, _scene_size)  # embedded scenes and COCO images (resized)
+    batch_size: int = option(32, positive_int)
+    reproducible: bool = option(True, boolean)
     # intra-op threads while the run lasts (0: torch's default). The tensors are tiny, so extra
     # threads mostly add synchronisation, which is very slow on busy machines.
-    "threads": 1,
-    "detector": {"epochs": 30, "lr": 3e-3, "width": 16, "checkpoint": None},
-    # init_scale: a number, or "auto" (the pixels' standard deviation, as in classification)
-    # start: "input" (x plus noise: every class's mean kernels at the identity) or "class_mean"
-    # (mean kernels at 0 and each class's bias at its mean colour inside its boxes, the background's
-    # outside them: the release starts as the box masks plus noise, and the budget lets x in)
-    "layer": {"distribution": "gaussian", "kernel_size": 3, "init_scale": "auto", "start": "input"},
-    # the layer is tiny (C + 1 pairs of 3x3 kernels), so a large learning rate is safe and needed.
-    # privacy: "within" (what the release carries beyond the box masks), "entropy", "ssim" or
-    # "both"; lam weighs it only without a budget (utility.max_map_loss = null)
-    "stage1": {"epochs": 30, "lr": 0.03, "privacy": "within", "lam": 0.3},
-    "stage2": {"epochs": 15, "lr": 0.05},
-    # the utility budget: the most mAP@.5 a release may lose against clean scenes, in points
-    # (--max-map-loss), measured on validation_fraction of the obfuscator split
-    "utility": {"max_map_loss": 3.0, "validation_fraction": 0.5},
-    "eval": {"top_k": 20, "score_threshold": 0.01},
-    # budget: quick | standard | strong (scl.attacks.budget); soft: also attack the box-free
-    # release. max_epochs caps every attacker's epochs: a 48 x 48 scene costs 9 times a 16 x 16
-    # digit per epoch, and the standard decoder's 100 epochs took over 30 minutes per release on
-    # 2 cores; 20 cosine-annealed epochs of the same UNet (null: the budget's own 100)
-    "attacks": {"budget": "standard", "max_epochs": 20, "averaged_copies": 8, "soft": True},
-}
+    threads: int = option(1, count("torch's default"))
+    detector: Detector = section(Detector)
+    layer: DetectionLayer = section(DetectionLayer)
+    stage1: DetectionStage1 = section(DetectionStage1)
+    stage2: DetectionStage2 = section(DetectionStage2)
+    utility: DetectionUtility = section(DetectionUtility)
+    eval: Eval = section(Eval)
+    attacks: DetectionAttacks = section(DetectionAttacks)
+
+    def check(self) -> None:
+        if self.utility.max_map_loss is None and self.stage1.privacy == "within":
+            raise ConfigError("stage1.privacy='within' is minimised within the mAP budget; with "
+                              "utility.max_map_loss=null choose a weighted term: --set stage1.privacy=entropy")
+
+
+#: The detection defaults as JSON (``DetectionConfig().to_dict()``), for reading.
+DEFAULTS: dict[str, Any] = DetectionConfig().to_dict()
 
 QUICK: dict[str, Any] = {
     "num_images": 800,
@@ -117,51 +233,19 @@ QUICK: dict[str, Any] = {
     "attacks": {"budget": "quick", "soft": False},
 }
 
-#: the objectives that work with per-pixel classes (scl.pipelines.stages.OBJECTIVES)
-PRIVACY = ("within", "entropy", "ssim", "both")
-
-_POSITIVE_INTS = ("num_images", "image_size", "batch_size", "detector.epochs", "detector.width", "layer.kernel_size",
-                  "stage1.epochs", "stage2.epochs", "eval.top_k", "attacks.averaged_copies")
-
 
 def build_config(*, quick: bool = False, config_file: str | Path | None = None, assignments: Iterable[str] = (),
-                 overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 overrides: Mapping[str, Any] | None = None) -> DetectionConfig:
     """Defaults, then ``--quick``, then the JSON file, then ``overrides``, then ``--set``; validated."""
-    return build(quick=quick, config_file=config_file, assignments=assignments, overrides=overrides,
-                 defaults=DEFAULTS, quick_overrides=QUICK, check=validate)
-
-
-def validate(config: Mapping[str, Any]) -> None:
-    """The detection experiment's config (``scl detect``)."""
-    check_positive_ints(config, _POSITIVE_INTS)
-    if config["image_size"] % 4 or config["image_size"] < 16:
-        raise ConfigError(f"image_size must be a multiple of 4 and at least 16, but got {config['image_size']}")
-    if config["layer"]["kernel_size"] % 2 == 0:
-        raise ConfigError(f"layer.kernel_size must be odd (padding 'same'), but got {config['layer']['kernel_size']}")
-    check_choices(config, {"layer.start": ("input", "class_mean")})
-    if config["stage1"]["privacy"] not in PRIVACY:
-        raise ConfigError(f"stage1.privacy must be one of {list(PRIVACY)} (the objectives that take per-pixel "
-                          f"classes), but got {config['stage1']['privacy']!r}")
-    budget = config["utility"]["max_map_loss"]
-    check_budget("utility.max_map_loss", "--max-map-loss", budget, "of mAP@.5 ")
-    if budget is None and config["stage1"]["privacy"] == "within":
-        raise ConfigError("stage1.privacy='within' is minimised within the mAP budget; with "
-                          "utility.max_map_loss=null choose a weighted term: --set stage1.privacy=entropy")
-    check_choices(config, {"attacks.budget": ("quick", "standard", "strong")})
-    check_stages(config)
-    threads = config["threads"]
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-        raise ConfigError(f"threads must be an integer >= 0 (0: torch's default), but got {threads!r}")
-    threshold = config["eval"]["score_threshold"]
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
-        raise ConfigError(f"eval.score_threshold must be in [0, 1), but got {threshold!r}")
+    return build_as(DetectionConfig, quick=quick, config_file=config_file, assignments=assignments,
+                    overrides=overrides, quick_overrides=QUICK)
 
 
 @dataclass
 class DetectionExperiment:
     """What a detection run holds in memory."""
 
-    config: dict[str, Any]
+    config: DetectionConfig
     dataset: DetectionData
     splits: dict[str, DetectionData]
     network: CenterNet | None = None
@@ -181,16 +265,18 @@ class DetectionExperiment:
 
 
 # -- data -------------------------------------------------------------------------------------------
-def load_dataset(config: Mapping[str, Any]) -> DetectionData:
+def load_dataset(config: DetectionConfig) -> DetectionData:
     """The embedded scenes, or the user's ``.npz`` / COCO ``.json``."""
-    if config["data"] == "scenes":
-        return make_scenes(config["num_images"], size=config["image_size"], seed=config["seed"])
-    return load_detection_data(config["data"], image_size=config["image_size"])
+    if config.data == "scenes":
+        return make_scenes(config.num_images, size=config.image_size, seed=config.seed)
+    return load_detection_data(config.data, image_size=config.image_size)
 
 
-def prepare(config: dict[str, Any]) -> DetectionExperiment:
+def prepare(config: Mapping[str, Any]) -> DetectionExperiment:
+    """The experiment of ``config`` (a :class:`DetectionConfig`, or a mapping checked as one)."""
+    config = DetectionConfig.coerce(config)
     dataset = load_dataset(config)
-    return DetectionExperiment(config, dataset, split_detection(dataset, seed=config["seed"]))
+    return DetectionExperiment(config, dataset, split_detection(dataset, seed=config.seed))
 
 
 def _encoded(network: CenterNet, data: DetectionData) -> tuple[Tensor, ...]:
@@ -205,21 +291,21 @@ def _unpack(heat: Tensor, size: Tensor, offset: Tensor, mask: Tensor) -> dict[st
 # -- stage 0: the detector ------------------------------------------------------------------------------
 def train_detector(exp: DetectionExperiment, progress: Progress | None, log: RunLog) -> None:
     cfg, data = exp.config, exp.splits["train"]
-    checkpoint = cfg["detector"]["checkpoint"]
+    checkpoint = cfg.detector.checkpoint
     if checkpoint:
         network = load_task_network(checkpoint, CenterNet, channels=exp.dataset.channels,
                                     num_classes=exp.dataset.num_classes, option="detector.checkpoint")
         log(f"loaded detector N from {checkpoint}")
     else:
-        torch.manual_seed(cfg["seed"])
-        network = CenterNet(exp.dataset.channels, exp.dataset.num_classes, width=cfg["detector"]["width"])
+        torch.manual_seed(cfg.seed)
+        network = CenterNet(exp.dataset.channels, exp.dataset.num_classes, width=cfg.detector.width)
 
         def loss_fn(x: Tensor, *enc: Tensor) -> tuple[Tensor, dict[str, float]]:
             return network.loss_from_encoded(network(x), _unpack(*enc))
 
         exp.history["detector"] = train_task_network(
-            network, loss_fn, (data.images, *_encoded(network, data)), epochs=cfg["detector"]["epochs"],
-            lr=cfg["detector"]["lr"], batch_size=cfg["batch_size"], generator=stage_generator(cfg, 1),
+            network, loss_fn, (data.images, *_encoded(network, data)), epochs=cfg.detector.epochs,
+            lr=cfg.detector.lr, batch_size=cfg.batch_size, generator=stage_generator(cfg, 1),
             progress=progress, description="detector N (clean scenes)",
         )
     network.eval()
@@ -228,10 +314,10 @@ def train_detector(exp: DetectionExperiment, progress: Progress | None, log: Run
 
 
 # -- stage 1 ------------------------------------------------------------------------------------------
-def build_layer(config: Mapping[str, Any], dataset: DetectionData) -> StochasticConditionalConv2d:
+def build_layer(config: DetectionConfig, dataset: DetectionData) -> StochasticConditionalConv2d:
     """Image in, image-shaped sample out; C + 1 classes (the last one is the background). A
     Gaussian or Laplace layer starts at the identity: N detects on its first release."""
-    layer = {**config["layer"], "kind": "conv", "selection_at": "input"}
+    layer = {**config.layer, "kind": "conv", "selection_at": "input"}
     return cast(StochasticConditionalConv2d, build_image_layer(layer, dataset.images, dataset.num_classes + 1))
 
 
@@ -241,16 +327,16 @@ def box_masks(exp: DetectionExperiment, data: DetectionData) -> Tensor:
     return hard.from_boxes(data.targets(), data.image_size, data.image_size)
 
 
-def max_map_loss(config: Mapping[str, Any]) -> float | None:
+def max_map_loss(config: DetectionConfig) -> float | None:
     """The mAP@.5 budget in points (``utility.max_map_loss``), or ``None``: fixed-λ stages."""
-    value = config.get("utility", {}).get("max_map_loss")
+    value = config.utility.max_map_loss
     return None if value is None else float(value)
 
 
 def budget_parts(exp: DetectionExperiment) -> tuple[DetectionData, DetectionData]:
     """The obfuscator split cut (seeded) into a training part and the validation part on which
     the mAP budget is measured (``utility.validation_fraction`` of it)."""
-    data, fraction = exp.splits["obfuscator"], float(exp.config["utility"]["validation_fraction"])
+    data, fraction = exp.splits["obfuscator"], float(exp.config.utility.validation_fraction)
     train, val = validation_cut(len(data), fraction, stage_generator(exp.config, 5), "utility.max_map_loss")
     return data.subset(train.sort().values), data.subset(val.sort().values)
 
@@ -265,8 +351,8 @@ def _within_budget(
     assert network is not None
     train, val = budget_parts(exp)
     budget = DetectionBudget(cast(float, max_map_loss(cfg)), network, val.images, box_masks(exp, val), val.targets(),
-                             top_k=cfg["eval"]["top_k"], score_threshold=cfg["eval"]["score_threshold"])
-    objective = PrivacyObjective(cfg["stage1"]["privacy"], num_classes=exp.dataset.num_classes + 1,
+                             top_k=cfg.eval.top_k, score_threshold=cfg.eval.score_threshold)
+    objective = PrivacyObjective(cfg.stage1.privacy, num_classes=exp.dataset.num_classes + 1,
                                  image_shape=(exp.dataset.channels, *exp.dataset.image_size))
 
     def task_loss(h: Tensor, batch: Sequence[Tensor]) -> Tensor:
@@ -275,7 +361,7 @@ def _within_budget(
     history, result = train_within_budget(
         parameters, [module], release, objective, budget,
         (train.images, box_masks(exp, train), *_encoded(network, train)),
-        epochs=epochs, lr=lr, batch_size=cfg["batch_size"], generator=stage_generator(cfg, offset), evaluate=evaluate,
+        epochs=epochs, lr=lr, batch_size=cfg.batch_size, generator=stage_generator(cfg, offset), evaluate=evaluate,
         progress=progress, description=f"{description} ({objective.kind}, budget {budget.max_loss:g} pt mAP@.5)",
         task_loss=task_loss, dual_every_step=False,
     )
@@ -293,18 +379,18 @@ def train_stage1(exp: DetectionExperiment, progress: Progress | None, log: RunLo
     cfg, network = exp.config, exp.network
     if network is None:
         raise SCLError("train the detector first")
-    torch.manual_seed(cfg["seed"] + 1)
+    torch.manual_seed(cfg.seed + 1)
     layer = build_layer(cfg, exp.dataset)
     obfuscator = Obfuscator(layer, box_background=exp.background)
     data = exp.splits["obfuscator"]
-    kind, lam = cfg["stage1"]["privacy"], float(cfg["stage1"]["lam"])
-    if cfg["layer"]["start"] == "class_mean":
+    kind, lam = cfg.stage1.privacy, float(cfg.stage1.lam)
+    if cfg.layer.start == "class_mean":
         part = budget_parts(exp)[0] if max_map_loss(cfg) is not None else data
         conv_class_mean_init(layer, part.images, box_masks(exp, part))
     if max_map_loss(cfg) is not None:
         exp.history["stage1"] = _within_budget(
             exp, "stage1", list(layer.parameters()), layer, layer.sample_with_distribution,
-            lambda x, masks: layer(x, masks), cfg["stage1"]["epochs"], cfg["stage1"]["lr"], 2, progress,
+            lambda x, masks: layer(x, masks), cfg.stage1.epochs, cfg.stage1.lr, 2, progress,
             "stage 1: layer, box selection", log,
         )
         layer.eval()
@@ -319,7 +405,7 @@ def train_stage1(exp: DetectionExperiment, progress: Progress | None, log: RunLo
     layer.train()
     exp.history["stage1"] = engine.train(
         loss_fn, list(layer.parameters()), (data.images, box_masks(exp, data), *_encoded(network, data)),
-        epochs=cfg["stage1"]["epochs"], lr=cfg["stage1"]["lr"], batch_size=cfg["batch_size"],
+        epochs=cfg.stage1.epochs, lr=cfg.stage1.lr, batch_size=cfg.batch_size,
         generator=stage_generator(cfg, 2), progress=progress, description=f"stage 1: layer, box selection (λ={lam:g})",
     )
     layer.eval()
@@ -335,7 +421,7 @@ def train_stage2(exp: DetectionExperiment, obfuscator: Obfuscator, progress: Pro
     cfg, network, data = exp.config, exp.network, exp.splits["obfuscator"]
     if network is None:
         raise SCLError("train the detector first")
-    torch.manual_seed(cfg["seed"] + 2)
+    torch.manual_seed(cfg.seed + 2)
     soft = SoftSelection(exp.dataset.num_classes + 1, (1, *exp.dataset.image_size))
     obfuscator.selection = soft
     obfuscator.freeze_layer()
@@ -344,7 +430,7 @@ def train_stage2(exp: DetectionExperiment, obfuscator: Obfuscator, progress: Pro
         exp.history["stage2 soft"] = _within_budget(
             exp, "soft", obfuscator.selection_parameters(), soft,
             lambda x, masks: obfuscator.sample_with_distribution(x), lambda x, masks: obfuscator(x),
-            cfg["stage2"]["epochs"], cfg["stage2"]["lr"], 3, progress, "stage 2: soft selection maps", log,
+            cfg.stage2.epochs, cfg.stage2.lr, 3, progress, "stage 2: soft selection maps", log,
         )
         obfuscator.eval()
         exp.obfuscator = obfuscator
@@ -355,7 +441,7 @@ def train_stage2(exp: DetectionExperiment, obfuscator: Obfuscator, progress: Pro
 
     exp.history["stage2 soft"] = engine.train(
         loss_fn, obfuscator.selection_parameters(), (data.images, *_encoded(network, data)),
-        epochs=cfg["stage2"]["epochs"], lr=cfg["stage2"]["lr"], batch_size=cfg["batch_size"],
+        epochs=cfg.stage2.epochs, lr=cfg.stage2.lr, batch_size=cfg.batch_size,
         generator=stage_generator(cfg, 3), progress=progress, description="stage 2: soft selection maps",
     )
     obfuscator.eval()
@@ -373,14 +459,14 @@ def predict(exp: DetectionExperiment, data: DetectionData, transform: Transform 
     network = exp.network
     if network is None:
         raise SCLError("train the detector first")
-    ecfg = exp.config["eval"]
+    ecfg = exp.config.eval
     out: list[dict[str, Tensor]] = []
     for start in range(0, len(data), batch_size):
         index = list(range(start, min(start + batch_size, len(data))))
         x = data.images[index]
         if transform is not None:
             x = transform(x, data.targets(index))
-        out.extend(network.detect(x, k=ecfg["top_k"], threshold=ecfg["score_threshold"]))
+        out.extend(network.detect(x, k=ecfg.top_k, threshold=ecfg.score_threshold))
     return out
 
 
@@ -438,7 +524,7 @@ def run_attacks(exp: DetectionExperiment, progress: Progress | None, log: RunLog
     if obf is None:
         raise SCLError("nothing to attack: train the obfuscator first")
     obf.eval()
-    acfg = cfg["attacks"]
+    acfg = cfg.attacks
     attacker, test = exp.splits["attacker"], exp.splits["test"]
     n_a, n_t = len(attacker), len(test)
     index_a, index_t = torch.arange(n_a), n_a + torch.arange(n_t)
@@ -447,8 +533,8 @@ def run_attacks(exp: DetectionExperiment, progress: Progress | None, log: RunLog
     # obf(x, boxes=targets[i]) (HardSelection.from_boxes with the background class), without
     # rebuilding the masks for every batch of every epoch
     masks = torch.cat([box_masks(exp, attacker), box_masks(exp, test)])
-    common = {"num_classes": n_a + n_t, "budget": get_budget(acfg["budget"]).capped(acfg["max_epochs"]),
-              "seed": cfg["seed"], "progress": progress, "batch_size": cfg["batch_size"]}
+    common: dict[str, Any] = {"num_classes": n_a + n_t, "budget": get_budget(acfg.budget).capped(acfg.max_epochs),
+              "seed": cfg.seed, "progress": progress, "batch_size": cfg.batch_size}
 
     def hard(x: Tensor, index: Tensor) -> Tensor:
         return obf.layer(obf.features(x), masks[index])
@@ -459,9 +545,9 @@ def run_attacks(exp: DetectionExperiment, progress: Progress | None, log: RunLog
     def masks_only(x: Tensor, index: Tensor) -> Tensor:
         return masks[index, :, 0]
 
-    privacy: dict[str, Any] = {"budget": acfg["budget"]}
-    log(f"attack budget {acfg['budget']}: learned decoder on the hard (box) release")
-    result = decoder_attack(hard, split_a, split_t, averaged_copies=acfg["averaged_copies"], **common)
+    privacy: dict[str, Any] = {"budget": acfg.budget}
+    log(f"attack budget {acfg.budget}: learned decoder on the hard (box) release")
+    result = decoder_attack(hard, split_a, split_t, averaged_copies=acfg.averaged_copies, **common)
     privacy.update(result.metrics)
     exp.figures["decoder"] = result.reconstructions
     log("attack: the same decoder given only the class masks (floor)")
@@ -484,7 +570,7 @@ def run_attacks(exp: DetectionExperiment, progress: Progress | None, log: RunLog
     from scl.baselines import GaussianNoise
 
     noise = GaussianNoise(scale)
-    plain = decoder_attack(lambda x, index: noise(x), split_a, split_t, averaged_copies=acfg["averaged_copies"],
+    plain = decoder_attack(lambda x, index: noise(x), split_a, split_t, averaged_copies=acfg.averaged_copies,
                            **common)
     privacy["decoder_ssim_gaussian"] = plain.metrics["decoder_ssim"]
     privacy["decoder_psnr_gaussian"] = plain.metrics["decoder_psnr"]
@@ -492,7 +578,7 @@ def run_attacks(exp: DetectionExperiment, progress: Progress | None, log: RunLog
     # as in classification: does the hard release leak less than plain noise at the same mAP@.5
     privacy["beats_gaussian"] = {"hard": {key: bool(privacy[key] < privacy[f"{key}_gaussian"])
                                           for key in ("decoder_ssim", "decoder_psnr")}}
-    if acfg["soft"]:
+    if acfg.soft:
         log("attack: learned decoder on the box-free (soft) release")
         soft_result = decoder_attack(soft, split_a, split_t, averaged_copies=1, **common)
         privacy["decoder_ssim_soft"] = soft_result.metrics["decoder_ssim"]
@@ -611,12 +697,13 @@ def _fmt_maps(result: Mapping[str, Mapping[str, float]]) -> str:
     return ", ".join(f"{mode} {100 * r['map']:.1f} / {100 * r['map50']:.1f}" for mode, r in result.items())
 
 
-def run(config: dict[str, Any], out: Path, *, console: Any = None, show_progress: bool = True
+def run(config: Mapping[str, Any], out: Path, *, console: Any = None, show_progress: bool = True
         ) -> tuple[Path, dict[str, Any]]:
     """The whole detection experiment into the run folder ``out``; returns ``(out, metrics)``."""
+    config = DetectionConfig.coerce(config)
     log = RunLog(console)
     total = time.perf_counter()
-    with run_folder(out) as folder, run_noise(config), engine.threads(config["threads"]):
+    with run_folder(out) as folder, run_noise(config), engine.threads(config.threads):
         progress = make_progress(show_progress, console)
         with progress if progress is not None else contextlib.nullcontext():
             exp = prepare(config)

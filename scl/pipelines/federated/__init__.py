@@ -25,7 +25,7 @@ from typing import Any
 from scl.errors import ConfigError
 from scl.pipelines import classification
 from scl.pipelines.federated.screening import screen, screening_mask
-from scl.pipelines.federated.task import build_config, run_procedure, shares
+from scl.pipelines.federated.task import FederatedConfig, build_config, run_procedure, shares
 from scl.progress import make_progress
 from scl.runs import CHECKPOINTS, RunLog, run_folder, write_log, write_results
 
@@ -65,7 +65,7 @@ def require_flower() -> None:
         )
 
 
-def write_outputs(result: Any, config: dict[str, Any], folder: Path, log: RunLog, name: str) -> None:
+def write_outputs(result: Any, config: FederatedConfig, folder: Path, log: RunLog, name: str) -> None:
     """Checkpoints, figures, metrics.json, config.json, log.txt and report.html of a federated run."""
     from scl import figures
     from scl.io import save
@@ -86,7 +86,7 @@ def write_outputs(result: Any, config: dict[str, Any], folder: Path, log: RunLog
 
 
 def run(
-    config: dict[str, Any],
+    config: Mapping[str, Any],
     out: str | Path,
     *,
     console: Any = None,
@@ -106,15 +106,16 @@ def run(
         ``(out, metrics)``.
 
     """
+    config = FederatedConfig.coerce(config)
     out = Path(out)
-    if config["federated"]["engine"] == "flower":
+    if config.federated.engine == "flower":
         require_flower()
     log = RunLog(console)
     start = time.perf_counter()
     with run_folder(out) as folder:
         progress = make_progress(show_progress, console)
         with progress if progress is not None else contextlib.nullcontext():
-            if config["federated"]["engine"] == "flower":
+            if config.federated.engine == "flower":
                 from scl.pipelines.federated.server_app import run_flower
 
                 result = run_flower(config, progress, log, inspect)

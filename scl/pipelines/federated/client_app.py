@@ -45,7 +45,7 @@ def reply_content(update: task.Update) -> RecordDict:
 def train(msg: Message, context: Context) -> Message:
     """Steps 3 and 4 of §2.3 on this client (:func:`~.task.client_update`)."""
     record = msg.content["config"]
-    config = json.loads(str(record["scl-config"]))
+    config = task.FederatedConfig.from_dict(json.loads(str(record["scl-config"])))
     client = int(context.node_config["partition-id"])
     # one intra-op thread per simulated client (the clients already run side by side), for this
     # message only: a deployment's SuperNode process keeps its own setting

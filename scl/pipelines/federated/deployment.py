@@ -32,7 +32,7 @@ from scl.runs import RunLog, run_folder
 app = ServerApp()
 
 
-def config_from_run_config(run_config: dict[str, Any]) -> dict[str, Any]:
+def config_from_run_config(run_config: dict[str, Any]) -> task.FederatedConfig:
     """The procedure's config from the Flower run config (keys ``quick``, ``config-file``, ``set``)."""
     config_file = str(run_config.get("config-file", "")) or None
     assignments = str(run_config.get("set", "")).split()

@@ -7,7 +7,6 @@ each client's :func:`~.task.client_update` is a call, and FedAvg is :func:`~.tas
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from torch import Tensor
 
@@ -26,7 +25,7 @@ class LocalTransport:
 
     name = "local"
 
-    def __init__(self, config: dict[str, Any], inspect: Callable[[int, task.Update], None] | None = None) -> None:
+    def __init__(self, config: task.FederatedConfig, inspect: Callable[[int, task.Update], None] | None = None) -> None:
         self.config = config
         self.inspect = inspect
 
@@ -39,7 +38,7 @@ class LocalTransport:
     ) -> task.RoundResult:
         updates = [clean]
         errors: list[str] = []
-        for client in range(self.config["federated"]["clients"]):
+        for client in range(self.config.federated.clients):
             try:
                 update = task.client_update(self.config, arrays, layer_arrays, client=client, info=info)
             except Exception as exc:  # a failing client must not stop the round (issue 5, faults)

@@ -72,10 +72,10 @@ class FlowerTransport:
     name = "flower"
 
     def __init__(
-        self, grid: Grid, config: dict[str, Any], inspect: Inspect | None = None, timeout: float | None = 600.0
+        self, grid: Grid, config: task.FederatedConfig, inspect: Inspect | None = None, timeout: float | None = 600.0
     ) -> None:
         self.grid, self.config, self.inspect, self.timeout = grid, config, inspect, timeout
-        self.config_json = json.dumps(config)
+        self.config_json = json.dumps(config.to_dict())
 
     def round(
         self,
@@ -84,7 +84,7 @@ class FlowerTransport:
         clean: task.Update,
         info: task.RoundInfo,
     ) -> task.RoundResult:
-        k = self.config["federated"]["clients"]
+        k = self.config.federated.clients
         strategy = ClientsFedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=k, min_available_nodes=k)
         record = ConfigRecord(
             {
@@ -168,7 +168,7 @@ def simulation_environment() -> Iterator[None]:
 
 
 def run_flower(
-    config: dict[str, Any], progress: Progress | None, log: RunLog, inspect: Inspect | None = None
+    config: task.FederatedConfig, progress: Progress | None, log: RunLog, inspect: Inspect | None = None
 ) -> task.Result:
     """The procedure on Flower's simulation runtime with ``federated.clients`` SuperNodes (Ray)."""
     from scl.pipelines.federated.client_app import app as client_app
@@ -193,7 +193,7 @@ def run_flower(
         # imported inside: on its first import flwr.simulation sets an environment variable for Ray
         from flwr.simulation import run_simulation
 
-        run_simulation(server, client_app, num_supernodes=config["federated"]["clients"], backend_config=backend)
+        run_simulation(server, client_app, num_supernodes=config.federated.clients, backend_config=backend)
     if "error" in holder:
         raise holder["error"]
     if "result" not in holder:

@@ -24,7 +24,6 @@ and scalar metrics, never samples.
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import math
@@ -43,7 +42,19 @@ from scl.data.partition import PARTITIONS, partition, share_order
 from scl.errors import ConfigError, SCLError
 from scl.obfuscator import Obfuscator, freeze
 from scl.pipelines import classification, engine
-from scl.pipelines.config import DEFAULTS, build, check_number, check_positive_int, merge, validate
+from scl.pipelines.config import (
+    Section,
+    Shared,
+    boolean,
+    build_as,
+    check_number,
+    choice,
+    frozen,
+    number_in,
+    option,
+    positive_int,
+    section,
+)
 from scl.pipelines.federated.screening import screen
 from scl.pipelines.stages import build_image_layer, run_noise
 from scl.progress import task as progress_task
@@ -55,29 +66,67 @@ if TYPE_CHECKING:
 
 ENGINES = ("flower", "local")
 
-#: The sections of the classification config that the procedure uses, plus ``federated``.
-SHARED_SECTIONS = ("seed", "data", "image_size", "batch_size", "reproducible", "network", "layer", "stage1")
+def _fail_pairs(name: str, value: Any) -> None:
+    if not isinstance(value, list) or not all(
+        isinstance(item, list) and len(item) == 2 and all(isinstance(v, int) for v in item) for item in value
+    ):
+        raise ConfigError(f"{name} must be a list of [client, round] pairs, but got {value!r}")
 
-FEDERATED: dict[str, Any] = {
-    "engine": "flower",  # flower (simulation, Ray backend) | local (one process, no Flower)
-    "clients": 3,
-    "partition": "iid",  # iid | dirichlet
-    "alpha": 0.5,  # Dirichlet concentration (smaller: more skewed)
-    "start": 0.05,  # first clean share p
-    "step": 0.05,  # p grows by this much per stage
-    "max_share": 0.3,
-    "target_accuracy": 0.97,  # stop when NN'-p (with screening) reaches it on the test split
+
+@frozen
+class Screening(Section):
+    """Spec §2.3.1: hide this ``share`` of ``patch`` x ``patch`` squares (``federated.screening``)."""
+
+    share: float = option(0.25, number_in(0.0, 1.0))
+    patch: int = option(4, positive_int)
+
+
+@frozen
+class Federated(Section):
+    """The procedure (``federated``)."""
+
+    engine: str = option("flower", choice(*ENGINES))  # flower (simulation, Ray backend) | local (one process)
+    clients: int = option(3, positive_int)
+    partition: str = option("iid", choice(*PARTITIONS))  # iid | dirichlet
+    alpha: float = option(0.5, number_in(0.0, float("inf"), low_open=True))  # Dirichlet concentration
+    start: float = option(0.05, number_in(0.0, 1.0, low_open=True))  # first clean share p
+    step: float = option(0.05, number_in(0.0, 1.0, low_open=True))  # p grows by this much per stage
+    max_share: float = option(0.3, number_in(0.0, 1.0))
+    # stop when NN'-p (with screening) reaches it on the test split
+    target_accuracy: float = option(0.97, number_in(0.0, 1.0))
     # NN-p and SL-p train for at least this many optimisation steps, however small the share
     # (``network.epochs`` and ``stage1.epochs`` epochs of 72 samples would be a handful of steps)
-    "min_steps": 300,
-    "rounds": 3,  # FedAvg rounds per stage (step 4)
-    "local_epochs": 1,
-    "lr": 1e-3,
-    "screening": {"share": 0.25, "patch": 4},  # spec §2.3.1: hide this share of patch x patch squares
-    "ablation": True,  # also run without screening, and train on all data clean (the ceiling)
-    "test_fraction": 0.2,
-    "fail": [],  # fault injection for tests: [[client, round], ...] makes client k raise in global round r
-}
+    min_steps: int = option(300, positive_int)
+    rounds: int = option(3, positive_int)  # FedAvg rounds per stage (step 4)
+    local_epochs: int = option(1, positive_int)
+    lr: float = option(1e-3, number_in(0.0, float("inf"), low_open=True))
+    screening: Screening = section(Screening)
+    # also run without screening, and train on all data clean (the ceiling)
+    ablation: bool = option(True, boolean)
+    test_fraction: float = option(0.2, number_in(0.0, 0.9, low_open=True))
+    # fault injection for tests: [[client, round], ...] makes client k raise in global round r
+    fail: list[list[int]] = option([], _fail_pairs)
+
+    def check(self) -> None:
+        check_number("federated.max_share", self.max_share, self.start, 1.0)
+
+
+@frozen
+class FederatedConfig(Shared):
+    """The federated procedure's config (``scl federated``): the classification experiment's data,
+    N, layer and stage 1 (:class:`~scl.pipelines.config.Shared`), and ``federated``."""
+
+    federated: Federated = section(Federated)
+
+    def check(self) -> None:
+        if self.layer.pre != "none":
+            # the clients rebuild the layer from its arrays alone (build_obfuscator); pre-layers would
+            # be trained in stage 1 and then missing on every client
+            raise ConfigError(
+                f"layer.pre={self.layer.pre!r} is not supported by the federated procedure "
+                "(clients receive the layer's parameters only); set layer.pre=none"
+            )
+
 
 QUICK: dict[str, Any] = {
     "network": {"epochs": 4},
@@ -91,66 +140,26 @@ class ClientFailure(RuntimeError):
 
 
 # -- configuration -----------------------------------------------------------------------------------
-def defaults() -> dict[str, Any]:
-    """The classification sections the procedure shares, plus the ``federated`` section."""
-    config = {key: copy.deepcopy(DEFAULTS[key]) for key in SHARED_SECTIONS}
-    config["federated"] = copy.deepcopy(FEDERATED)
-    return config
-
-
 def build_config(
     *,
     quick: bool = False,
     config_file: str | Path | None = None,
     assignments: Iterable[str] = (),
     overrides: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> FederatedConfig:
     """Defaults, then ``--quick``, then the JSON file, then ``overrides``, then ``--set``; validated."""
-    return build(quick=quick, config_file=config_file, assignments=assignments, overrides=overrides,
-                 defaults=defaults(), quick_overrides=QUICK, check=validate_config)
+    return build_as(FederatedConfig, quick=quick, config_file=config_file, assignments=assignments,
+                    overrides=overrides, quick_overrides=QUICK)
 
 
-def validate_config(config: Mapping[str, Any]) -> None:
-    """Check the shared sections (with classification's checks) and the ``federated`` section."""
-    validate(config)
-    if config.get("layer", {}).get("pre", "none") != "none":
-        # the clients rebuild the layer from its arrays alone (build_obfuscator); pre-layers would
-        # be trained in stage 1 and then missing on every client
-        raise ConfigError(
-            f"layer.pre={config['layer']['pre']!r} is not supported by the federated procedure "
-            "(clients receive the layer's parameters only); set layer.pre=none"
-        )
-    f = config["federated"]
-    if f["engine"] not in ENGINES:
-        raise ConfigError(f"federated.engine must be one of {list(ENGINES)}, but got {f['engine']!r}")
-    if f["partition"] not in PARTITIONS:
-        raise ConfigError(f"federated.partition must be one of {list(PARTITIONS)}, but got {f['partition']!r}")
-    for key in ("clients", "rounds", "local_epochs", "min_steps"):
-        check_positive_int(f"federated.{key}", f[key])
-    check_number("federated.alpha", f["alpha"], 0.0, float("inf"), low_open=True)
-    check_number("federated.start", f["start"], 0.0, 1.0, low_open=True)
-    check_number("federated.step", f["step"], 0.0, 1.0, low_open=True)
-    check_number("federated.max_share", f["max_share"], f["start"], 1.0)
-    check_number("federated.target_accuracy", f["target_accuracy"], 0.0, 1.0)
-    check_number("federated.lr", f["lr"], 0.0, float("inf"), low_open=True)
-    check_number("federated.test_fraction", f["test_fraction"], 0.0, 0.9, low_open=True)
-    check_number("federated.screening.share", f["screening"]["share"], 0.0, 1.0)
-    check_positive_int("federated.screening.patch", f["screening"]["patch"])
-    fail = f["fail"]
-    if not isinstance(fail, list) or not all(
-        isinstance(item, list) and len(item) == 2 and all(isinstance(v, int) for v in item) for item in fail
-    ):
-        raise ConfigError(f"federated.fail must be a list of [client, round] pairs, but got {fail!r}")
-
-
-def shares(config: Mapping[str, Any]) -> list[float]:
+def shares(config: FederatedConfig) -> list[float]:
     """The schedule of clean shares: ``start, start + step, ...`` up to ``max_share`` (inclusive)."""
-    f = config["federated"]
+    f = config.federated
     out: list[float] = []
     k = 0
     while True:
-        p = round(f["start"] + k * f["step"], 6)
-        if p > f["max_share"] + 1e-9:
+        p = round(f.start + k * f.step, 6)
+        if p > f.max_share + 1e-9:
             return out
         out.append(p)
         k += 1
@@ -174,17 +183,17 @@ class FederatedData:
         return self.order[: self.clean_count(p)]
 
 
-def _data_key(config: Mapping[str, Any]) -> str:
-    f = config["federated"]
-    keys = {k: config[k] for k in ("seed", "data", "image_size")}
-    keys.update({k: f[k] for k in ("clients", "partition", "alpha", "test_fraction")})
+def _data_key(config: FederatedConfig) -> str:
+    f = config.federated
+    keys = {"seed": config.seed, "data": config.data, "image_size": config.image_size, "clients": f.clients,
+            "partition": f.partition, "alpha": f.alpha, "test_fraction": f.test_fraction}
     return json.dumps(keys, sort_keys=True)
 
 
 @functools.lru_cache(maxsize=4)
 def _prepare(key: str) -> FederatedData:
     cfg = json.loads(key)
-    dataset = classification.load_dataset(cfg)
+    dataset = classification.dataset_of(cfg["data"], image_size=cfg["image_size"], seed=cfg["seed"])
     fraction = cfg["test_fraction"]
     parts = split(dataset, fractions={"train": 1.0 - fraction, "test": fraction}, seed=cfg["seed"])
     train = parts["train"]
@@ -192,7 +201,7 @@ def _prepare(key: str) -> FederatedData:
     return FederatedData(dataset, train, parts["test"], share_order(train.y, seed=cfg["seed"] + 1), clients)
 
 
-def prepare_data(config: Mapping[str, Any]) -> FederatedData:
+def prepare_data(config: FederatedConfig) -> FederatedData:
     """Load and partition the data set (cached per process: clients call it every round)."""
     return _prepare(_data_key(config))
 
@@ -218,19 +227,19 @@ def state(module: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def build_network(config: Mapping[str, Any], dataset: Dataset, arrays: Mapping[str, Tensor] | None = None) -> nn.Module:
+def build_network(config: FederatedConfig, dataset: Dataset, arrays: Mapping[str, Tensor] | None = None) -> nn.Module:
     """A fresh task network N (a SmallCNN), loaded from ``arrays`` when given."""
     from scl.models import SmallCNN
 
-    network = SmallCNN(dataset.channels, dataset.num_classes, width=config["network"]["width"])
+    network = SmallCNN(dataset.channels, dataset.num_classes, width=config.network.width)
     if arrays is not None:
         network.load_state_dict(dict(arrays))
     return network
 
 
-def build_obfuscator(config: Mapping[str, Any], dataset: Dataset, arrays: Mapping[str, Tensor]) -> Obfuscator:
+def build_obfuscator(config: FederatedConfig, dataset: Dataset, arrays: Mapping[str, Tensor]) -> Obfuscator:
     """SL-p rebuilt from its parameters (a client receives them from the server)."""
-    layer = build_image_layer(config["layer"], dataset.x, dataset.num_classes)
+    layer = build_image_layer(config.layer, dataset.x, dataset.num_classes)
     layer.load_state_dict(dict(arrays))
     return Obfuscator(freeze(layer)).eval()
 
@@ -251,24 +260,24 @@ class Update:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def _generator(config: Mapping[str, Any], *parts: int) -> torch.Generator | None:
+def _generator(config: FederatedConfig, *parts: int) -> torch.Generator | None:
     """Seeded from the config when ``reproducible``; fresh (OS-entropy-seeded) otherwise. For batch
     order and screening masks; a client's obfuscation noise takes :func:`_noise_source`."""
-    if not config["reproducible"]:
+    if not config.reproducible:
         generator = torch.Generator()
         generator.seed()  # from OS entropy, without touching torch's global generator
         return generator
-    seed = config["seed"]
+    seed = config.seed
     for part in parts:
         seed = seed * 1_000_003 + part
     return torch.Generator().manual_seed(seed % (2**63))
 
 
-def _noise_source(config: Mapping[str, Any], generator: torch.Generator | None) -> torch.Generator | None:
+def _noise_source(config: FederatedConfig, generator: torch.Generator | None) -> torch.Generator | None:
     """The noise of a client's release: ``generator`` in a reproducible run, else ``None``, the
     layer's eval-mode source (the cipher stream, never an MT19937 torch.Generator, whose state a
     receiver could recover from the release and use to subtract the noise)."""
-    return generator if config["reproducible"] else None
+    return generator if config.reproducible else None
 
 
 def obfuscate(obfuscator: Obfuscator, data: Dataset, generator: torch.Generator | None) -> Tensor:
@@ -278,7 +287,7 @@ def obfuscate(obfuscator: Obfuscator, data: Dataset, generator: torch.Generator 
 
 
 def local_update(
-    config: Mapping[str, Any],
+    config: FederatedConfig,
     arrays: Mapping[str, Tensor],
     x: Tensor,
     y: Tensor,
@@ -297,12 +306,12 @@ def local_update(
         generator: source of batch order and screening masks.
 
     """
-    f = config["federated"]
+    f = config.federated
     network = build_network(config, prepare_data(config).dataset, arrays)
     if len(x) == 0:
         return Update(state(network), 0, {})
     network.train()
-    share, patch = f["screening"]["share"], f["screening"]["patch"]
+    share, patch = f.screening.share, f.screening.patch
 
     def loss_fn(xb: Tensor, yb: Tensor) -> tuple[Tensor, dict[str, float]]:
         if screening:
@@ -314,22 +323,22 @@ def local_update(
         loss_fn,
         list(network.parameters()),
         (x, y),
-        epochs=f["local_epochs"],
-        lr=f["lr"],
-        batch_size=config["batch_size"],
+        epochs=f.local_epochs,
+        lr=f.lr,
+        batch_size=config.batch_size,
         generator=generator,
     )
     return Update(state(network), len(x), {k: v[-1] for k, v in history.items()})
 
 
-def check_fault(config: Mapping[str, Any], client: int, round_: int) -> None:
+def check_fault(config: FederatedConfig, client: int, round_: int) -> None:
     """Raise :class:`ClientFailure` when ``federated.fail`` names ``[client, round_]`` (tests only)."""
-    if [client, round_] in config["federated"]["fail"]:
+    if [client, round_] in config.federated.fail:
         raise ClientFailure(f"client {client} fails in round {round_} (federated.fail, fault injection)")
 
 
 def client_update(
-    config: Mapping[str, Any],
+    config: FederatedConfig,
     arrays: Mapping[str, Tensor],
     layer_arrays: Mapping[str, Tensor],
     *,
@@ -408,23 +417,23 @@ def _accuracy(network: nn.Module, test: Dataset) -> float:
 
 
 def _train_clean(
-    config: dict[str, Any], dataset: Dataset, data: Dataset, progress: Progress | None, log: RunLog
+    config: FederatedConfig, dataset: Dataset, data: Dataset, progress: Progress | None, log: RunLog
 ) -> classification.Experiment:
     """Step 1 (and the ceiling): N trained on ``data`` alone, through the classification pipeline.
 
     The experiment's config raises ``network.epochs`` and ``stage1.epochs`` to reach
     ``federated.min_steps`` optimisation steps on ``data``.
     """
-    per_epoch = math.ceil(len(data) / config["batch_size"])
-    least = math.ceil(config["federated"]["min_steps"] / per_epoch)
+    per_epoch = math.ceil(len(data) / config.batch_size)
+    least = math.ceil(config.federated.min_steps / per_epoch)
     epochs = {s: {"epochs": max(config[s]["epochs"], least)} for s in ("network", "stage1")}
-    exp = classification.Experiment(merge(config, epochs), dataset, {"task": data, "obfuscator": data})
+    exp = classification.Experiment(config.updated(epochs), dataset, {"task": data, "obfuscator": data})
     classification.train_network(exp, progress, log)
     return exp
 
 
 def run_procedure(
-    config: dict[str, Any], transport: Transport, progress: Progress | None, log: RunLog
+    config: FederatedConfig, transport: Transport, progress: Progress | None, log: RunLog
 ) -> Result:
     """The whole of §2.3 with ``transport`` for the clients' part; returns the measured result."""
     with run_noise(config):
@@ -432,31 +441,31 @@ def run_procedure(
 
 
 def _run_procedure(
-    config: dict[str, Any], transport: Transport, progress: Progress | None, log: RunLog
+    config: FederatedConfig, transport: Transport, progress: Progress | None, log: RunLog
 ) -> Result:
-    f = config["federated"]
+    f = config.federated
     data = prepare_data(config)
     start = time.perf_counter()
     log(
-        f"data: {data.dataset.name}, pool {len(data.train)}, test {len(data.test)}; {f['clients']} clients "
-        f"({f['partition']}), sizes {[len(p) for p in data.parts]}; engine {transport.name}"
+        f"data: {data.dataset.name}, pool {len(data.train)}, test {len(data.test)}; {f.clients} clients "
+        f"({f.partition}), sizes {[len(p) for p in data.parts]}; engine {transport.name}"
     )
-    metrics: dict[str, Any] = {"engine": transport.name, "clients": f["clients"], "partition": f["partition"]}
+    metrics: dict[str, Any] = {"engine": transport.name, "clients": f.clients, "partition": f.partition}
     history: dict[str, dict[str, list[float]]] = {}
     series: dict[str, list[tuple[float, float]]] = {"clean share only": [], "procedure, no screening": []}
     series["procedure, screening"] = []
-    if f["ablation"]:
+    if f.ablation:
         log("ceiling: N trained on all training data, clean")
         ceiling = _train_clean(config, data.dataset, data.train, progress, log)
         metrics["accuracy_all_clean"] = _accuracy(ceiling.network, data.test)  # type: ignore[arg-type]
         log(f"ceiling accuracy {100 * metrics['accuracy_all_clean']:.1f}%")
-    variants = [True, False] if f["ablation"] else [True]
+    variants = [True, False] if f.ablation else [True]
     stages: list[dict[str, Any]] = []
     global_round = 0
     total_failures = 0
     final: tuple[nn.Module, Obfuscator] | None = None
     schedule = shares(config)
-    total = len(schedule) * len(variants) * f["rounds"]
+    total = len(schedule) * len(variants) * f.rounds
     with progress_task(progress, "federated rounds", total) as advance:
         for stage_index, p in enumerate(schedule):
             clean = clean_share(data, p)
@@ -480,7 +489,7 @@ def _run_procedure(
             stage_failures = 0
             for screening in variants:
                 arrays = state(nn_p)  # step 4 resumes from NN-p
-                for r in range(f["rounds"]):
+                for r in range(f.rounds):
                     global_round += 1
                     info = RoundInfo(p, stage_index, global_round, screening)
                     server = local_update(
@@ -502,7 +511,7 @@ def _run_procedure(
                 row[key] = _accuracy(network, data.test)
                 if screening:
                     final = (network, obfuscator)
-            row["rounds"] = f["rounds"] * len(variants)
+            row["rounds"] = f.rounds * len(variants)
             row["failures"] = stage_failures
             total_failures += stage_failures
             stages.append(row)
@@ -517,8 +526,8 @@ def _run_procedure(
                 + f"screening {100 * row['accuracy_screening']:.1f}%"
                 + (f", {stage_failures} client failure(s)" if stage_failures else "")
             )
-            if row["accuracy_screening"] >= f["target_accuracy"]:
-                log(f"target accuracy {100 * f['target_accuracy']:g}% reached at p={100 * p:g}%")
+            if row["accuracy_screening"] >= f.target_accuracy:
+                log(f"target accuracy {100 * f.target_accuracy:g}% reached at p={100 * p:g}%")
                 break
     if final is None:
         raise SCLError("the schedule of shares is empty; check federated.start and federated.max_share")
@@ -531,8 +540,8 @@ def _run_procedure(
             "series": {name: [list(pair) for pair in pairs] for name, pairs in series.items() if pairs},
             "accuracy": {"federated": last["accuracy_screening"], "clean_share": last["accuracy_clean_share"]},
             "final_share": last["p"],
-            "target_accuracy": f["target_accuracy"],
-            "target_reached": bool(last["accuracy_screening"] >= f["target_accuracy"]),
+            "target_accuracy": f.target_accuracy,
+            "target_reached": bool(last["accuracy_screening"] >= f.target_accuracy),
             "rounds": global_round,
             "failures": total_failures,
             "seconds": {"procedure": time.perf_counter() - start},
@@ -544,12 +553,12 @@ def _run_procedure(
     return Result(metrics, network, obfuscator, history, _samples(config, data, obfuscator, last["p"]))
 
 
-def _samples(config: Mapping[str, Any], data: FederatedData, obfuscator: Obfuscator, p: float) -> dict[str, Tensor]:
+def _samples(config: FederatedConfig, data: FederatedData, obfuscator: Obfuscator, p: float) -> dict[str, Tensor]:
     """A few of client 0's samples: clean, obfuscated by SL-p, and screened (what N trains on)."""
     own = client_share(data, 0, p).subset(range(min(8, len(client_share(data, 0, p)))))
     generator = _generator(config, 4)
     h = obfuscate(obfuscator, own, _noise_source(config, generator))
-    s = config["federated"]["screening"]
+    s = config.federated.screening
     return {
         "client data (never sent)": own.x,
         "obfuscated by SL-p": h.clamp(0, 1),
