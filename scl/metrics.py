@@ -12,7 +12,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["LEAKS", "MEASURES", "RELEASES", "STAGE_RELEASES", "Measure", "leak_keys", "measure", "release_names"]
+__all__ = ["CEILING_SUFFIX", "DETECTION_RELEASES", "FLOOR_SUFFIX", "LEAKS", "MEASURES", "RELEASES", "STAGE_RELEASES",
+           "Measure", "ceiling_of", "floor_of", "leak_keys", "measure", "release_key", "release_names"]
+
+#: An attack's figure on the label-only release (what the class alone gives) is named
+#: ``key + FLOOR_SUFFIX``, on clean inputs ``key + CEILING_SUFFIX`` (``decoder_ssim_label_floor``,
+#: ``decoder_ssim_clean``).
+FLOOR_SUFFIX = "_label_floor"
+CEILING_SUFFIX = "_clean"
+
+
+def floor_of(key: str) -> str:
+    """The key of ``key``'s label-only floor (``decoder_ssim`` -> ``decoder_ssim_label_floor``)."""
+    return key + FLOOR_SUFFIX
+
+
+def ceiling_of(key: str) -> str:
+    """The key of ``key``'s clean ceiling (``decoder_ssim`` -> ``decoder_ssim_clean``)."""
+    return key + CEILING_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -28,6 +45,8 @@ class Measure:
             ``"db"``.
         floor: the keys of what the class alone gives (the label-only floor), first found wins.
         ceiling: the keys of the same attack on clean inputs (the clean ceiling), first found wins.
+        reading: how to read its value, in the report's flat table (detection, earlier runs).
+        per_release: a row of the per-release table (``False``: the flat table only).
     """
 
     key: str
@@ -37,6 +56,8 @@ class Measure:
     format: str
     floor: tuple[str, ...]
     ceiling: tuple[str, ...]
+    reading: str = "lower is more private"
+    per_release: bool = True
 
 
 #: The releases of a classification run, in table order (label-free first), with their titles.
@@ -61,14 +82,19 @@ MEASURES: tuple[Measure, ...] = (
     Measure("decoder_psnr", "Decoder inversion, PSNR", "decoder PSNR", "PSNR", "db",
             ("decoder_psnr_label_floor",), ("decoder_psnr_clean",)),
     Measure("decoder_ssim_avg8", "Decoder SSIM, 8 noisy copies averaged", "decoder SSIM of 8 copies averaged",
-            "SSIM avg 8", "float", ("decoder_ssim_label_floor",), ("decoder_ssim_clean",)),
+            "SSIM avg 8", "float", ("decoder_ssim_avg8_label_floor", "decoder_ssim_label_floor"),
+            ("decoder_ssim_avg8_clean", "decoder_ssim_clean")),
+    Measure("decoder_psnr_avg8", "Decoder PSNR, 8 noisy copies averaged", "decoder PSNR of 8 copies averaged",
+            "PSNR avg 8", "db", ("decoder_psnr_avg8_label_floor", "decoder_psnr_label_floor"),
+            ("decoder_psnr_avg8_clean", "decoder_psnr_clean"), per_release=False),
     Measure("decoder_ssim_luma", "Decoder SSIM of luminance", "decoder SSIM of luminance", "SSIM luma", "float",
             ("decoder_ssim_luma_label_floor",), ("decoder_ssim_luma_clean",)),
     Measure("whitebox_ssim", "White-box inversion, SSIM", "white-box SSIM", "white-box", "float",
-            ("decoder_ssim_label_floor",), ("decoder_ssim_clean",)),
+            ("whitebox_ssim_label_floor", "decoder_ssim_label_floor"), ("whitebox_ssim_clean", "decoder_ssim_clean")),
     Measure("attribute_accuracy", "Attribute inference, accuracy", "attribute inference", "attribute", "pct",
-            ("attribute_chance",), ("attribute_clean",)),
-    Measure("dcor", "dCor(input, release), bias-corrected", "dCor", "dCor", "float", ("dcor_label_floor",), ()),
+            ("attribute_chance", "attribute_label_floor"), ("attribute_clean",)),
+    Measure("dcor", "dCor(input, release), bias-corrected", "dCor", "dCor", "float", ("dcor_label_floor",),
+            ("dcor_clean",), reading="0 = independent, 1 = fully dependent"),
 )
 
 _BY_KEY: Mapping[str, Measure] = {m.key: m for m in MEASURES}
@@ -79,6 +105,19 @@ _BY_KEY: Mapping[str, Measure] = {m.key: m for m in MEASURES}
 LEAKS: tuple[Measure, ...] = tuple(
     _BY_KEY[key] for key in ("decoder_ssim", "decoder_psnr", "reid_top1", "reid_top5", "attribute_accuracy", "dcor")
 )
+
+
+#: Detection's other releases, measured by the hard release's decoder and written beside its keys in
+#: the flat privacy block as :func:`release_key` (``decoder_ssim_soft``): (release, title, reading).
+DETECTION_RELEASES: tuple[tuple[str, str, str], ...] = (
+    ("soft", "Soft (box-free) release", "lower is more private"),
+    ("gaussian", "Plain noise at the same mAP@.5", "the reference the release must beat"),
+)
+
+
+def release_key(key: str, release: str) -> str:
+    """The key of measure ``key`` on another release in a flat block (``decoder_ssim_gaussian``)."""
+    return f"{key}_{release}"
 
 
 def measure(key: str) -> Measure:

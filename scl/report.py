@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from scl.errors import SCLError
 from scl.io import atomic_write
-from scl.metrics import LEAKS, MEASURES, RELEASES, STAGE_RELEASES
+from scl.metrics import DETECTION_RELEASES, LEAKS, MEASURES, RELEASES, STAGE_RELEASES, measure, release_key
 
 __all__ = ["CAPTIONS", "write_report"]
 
@@ -262,38 +262,18 @@ def _accuracy_section(metrics: Mapping[str, Any]) -> str:
     return "<h2>Accuracy</h2>" + _table(header, rows) + note
 
 
-# (label, measured key, floor keys, ceiling keys, format, direction note)
-_PRIVACY_ROWS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...], str, str], ...] = (
-    ("Decoder inversion, SSIM", "decoder_ssim", ("decoder_ssim_label_floor",),
-     ("decoder_ssim_clean",), "float", "lower is more private"),
-    ("Decoder inversion, PSNR", "decoder_psnr", ("decoder_psnr_label_floor",),
-     ("decoder_psnr_clean",), "db", "lower is more private"),
-    ("Decoder inversion, SSIM of 8 noisy copies averaged", "decoder_ssim_avg8",
-     ("decoder_ssim_avg8_label_floor", "decoder_ssim_label_floor"),
-     ("decoder_ssim_avg8_clean", "decoder_ssim_clean"), "float", "lower is more private"),
-    ("Decoder inversion, PSNR of 8 noisy copies averaged", "decoder_psnr_avg8",
-     ("decoder_psnr_avg8_label_floor", "decoder_psnr_label_floor"),
-     ("decoder_psnr_avg8_clean", "decoder_psnr_clean"), "db", "lower is more private"),
-    ("Decoder inversion, SSIM of luminance", "decoder_ssim_luma", ("decoder_ssim_luma_label_floor",),
-     ("decoder_ssim_luma_clean",), "float", "lower is more private"),
-    ("White-box inversion, SSIM", "whitebox_ssim",
-     ("whitebox_ssim_label_floor", "decoder_ssim_label_floor"),
-     ("whitebox_ssim_clean", "decoder_ssim_clean"), "float", "lower is more private"),
-    ("Attribute inference, accuracy", "attribute_accuracy",
-     ("attribute_chance", "attribute_label_floor"), ("attribute_clean",), "pct",
-     "lower is more private"),
-    ("Distance correlation dCor(input, obfuscated)", "dcor", ("dcor_label_floor",),
-     ("dcor_clean",), "float", "0 = independent, 1 = fully dependent"),
-    # detection: the box-free release, and plain noise at the hard release's mAP@.5
-    ("Soft (box-free) release: decoder SSIM", "decoder_ssim_soft", ("decoder_ssim_label_floor",),
-     ("decoder_ssim_clean",), "float", "lower is more private"),
-    ("Soft (box-free) release: decoder PSNR", "decoder_psnr_soft", ("decoder_psnr_label_floor",),
-     ("decoder_psnr_clean",), "db", "lower is more private"),
-    ("Plain noise at the same mAP@.5: decoder SSIM", "decoder_ssim_gaussian", ("decoder_ssim_label_floor",),
-     ("decoder_ssim_clean",), "float", "the reference the release must beat"),
-    ("Plain noise at the same mAP@.5: decoder PSNR", "decoder_psnr_gaussian", ("decoder_psnr_label_floor",),
-     ("decoder_psnr_clean",), "db", "the reference the release must beat"),
-)
+def _flat_rows() -> tuple[tuple[str, str, tuple[str, ...], tuple[str, ...], str, str], ...]:
+    """(label, key, floor keys, ceiling keys, format, reading) of the flat privacy table (detection's
+    block, and runs of earlier versions): every measure, then detection's other releases' decoder
+    figures, read against the hard release's floor and ceiling."""
+    rows = [(m.label, m.key, m.floor, m.ceiling, m.format, m.reading) for m in MEASURES]
+    for release, title, reading in DETECTION_RELEASES:
+        for m in (measure("decoder_ssim"), measure("decoder_psnr")):
+            rows.append((f"{title}: {m.name}", release_key(m.key, release), m.floor, m.ceiling, m.format, reading))
+    return tuple(rows)
+
+
+_PRIVACY_ROWS = _flat_rows()
 
 
 def _first(mapping: Mapping[str, Any], keys: Sequence[str]) -> Any:
@@ -308,7 +288,7 @@ RELEASE_COLUMNS: tuple[tuple[str, str], ...] = RELEASES
 
 #: (label, key, floor keys, ceiling keys, format) of the per-release privacy table.
 RELEASE_ROWS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...], str], ...] = tuple(
-    (m.label, m.key, m.floor, m.ceiling, m.format) for m in MEASURES
+    (m.label, m.key, m.floor, m.ceiling, m.format) for m in MEASURES if m.per_release
 )
 
 _VERDICT_NAMES = {m.key: m.name for m in LEAKS}

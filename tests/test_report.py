@@ -284,7 +284,7 @@ def test_report_detection_privacy_shows_plain_noise_beside_the_release_and_says_
     assert ("release does NOT beat plain Gaussian noise at the same mAP@.5 on decoder SSIM" in text)
     assert "Plain noise: x + 0.0653·ε, its scale found by bisection to match the hard release's mAP@.5 (96.9%)" in text
     assert "Attack budget: standard." in text
-    assert "PSNR of 8 noisy copies averaged" in text
+    assert "Decoder PSNR, 8 noisy copies averaged" in text
     for raw in ("Beats gaussian", "Gaussian scale", "Reference map50", "decoder psnr avg8"):  # sentences, not raw rows
         assert raw.lower() not in text.lower(), raw
 

@@ -42,6 +42,7 @@ from scl.attacks._common import (
 from scl.attacks.budget import AttackBudget, Attacker, attackers, get_budget
 from scl.attacks.metrics import luma, psnr, ssim
 from scl.errors import ConfigError, ShapeError
+from scl.metrics import CEILING_SUFFIX, FLOOR_SUFFIX
 from scl.selection import check_labels
 
 if TYPE_CHECKING:
@@ -513,7 +514,7 @@ def label_floor_attack(
         chosen = get_budget(budget)
         budget = replace(chosen, decoders=chosen.decoders[:1])
     result = _train_and_score(
-        labels_only, xa, ya, xt, yt, suffix="_label_floor", averaged_copies=None,
+        labels_only, xa, ya, xt, yt, suffix=FLOOR_SUFFIX, averaged_copies=None,
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
         width=width, budget=budget, device=resolve_device(device, xa), progress=progress,
     )
@@ -566,7 +567,7 @@ def clean_ceiling_attack(
     """
     xa, ya, xt, yt = _check_common(attacker, test, num_classes, epochs, batch_size, lr)
     return _train_and_score(
-        _identity, xa, ya, xt, yt, suffix="_clean", averaged_copies=None,
+        _identity, xa, ya, xt, yt, suffix=CEILING_SUFFIX, averaged_copies=None,
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
         width=width, budget=budget, device=resolve_device(device, xa), progress=progress,
     )

@@ -42,6 +42,7 @@ from scl.data.scenes import DetectionData, load_detection_data, make_scenes, spl
 from scl.errors import ConfigError, SCLError
 from scl.io import save
 from scl.layers import StochasticConditionalConv2d
+from scl.metrics import floor_of, release_key
 from scl.models.detector import CenterNet
 from scl.obfuscator import Obfuscator, freeze
 from scl.pipelines import engine
@@ -97,6 +98,9 @@ __all__ = ["CAPTIONS", "DEFAULTS", "NAME", "QUICK", "DetectionExperiment", "buil
 NAME = "detection"
 
 CHECKPOINTS = {"network": "detector.safetensors", "obfuscator": "obfuscator.safetensors"}
+
+#: The measures detection's flat privacy block holds for every release (scl.metrics.DETECTION_RELEASES).
+DECODER_KEYS = ("decoder_ssim", "decoder_psnr")
 
 #: the objectives that work with per-pixel classes (scl.pipelines.stages.OBJECTIVES)
 PRIVACY = ("within", "entropy", "ssim", "both")
@@ -552,8 +556,7 @@ def run_attacks(exp: DetectionExperiment, progress: Progress | None, log: RunLog
     exp.figures["decoder"] = result.reconstructions
     log("attack: the same decoder given only the class masks (floor)")
     floor = decoder_attack(masks_only, split_a, split_t, averaged_copies=1, **common)
-    privacy["decoder_ssim_label_floor"] = floor.metrics["decoder_ssim"]
-    privacy["decoder_psnr_label_floor"] = floor.metrics["decoder_psnr"]
+    privacy.update({floor_of(key): floor.metrics[key] for key in DECODER_KEYS})
     exp.figures["floor"] = floor.reconstructions
     log("attack: the same decoder on clean images (ceiling)")
     clean = clean_ceiling_attack(split_a, split_t, **common)
@@ -572,17 +575,15 @@ def run_attacks(exp: DetectionExperiment, progress: Progress | None, log: RunLog
     noise = GaussianNoise(scale)
     plain = decoder_attack(lambda x, index: noise(x), split_a, split_t, averaged_copies=acfg.averaged_copies,
                            **common)
-    privacy["decoder_ssim_gaussian"] = plain.metrics["decoder_ssim"]
-    privacy["decoder_psnr_gaussian"] = plain.metrics["decoder_psnr"]
+    privacy.update({release_key(key, "gaussian"): plain.metrics[key] for key in DECODER_KEYS})
     exp.figures["gaussian"] = plain.reconstructions
     # as in classification: does the hard release leak less than plain noise at the same mAP@.5
-    privacy["beats_gaussian"] = {"hard": {key: bool(privacy[key] < privacy[f"{key}_gaussian"])
-                                          for key in ("decoder_ssim", "decoder_psnr")}}
+    privacy["beats_gaussian"] = {"hard": {key: bool(privacy[key] < privacy[release_key(key, "gaussian")])
+                                          for key in DECODER_KEYS}}
     if acfg.soft:
         log("attack: learned decoder on the box-free (soft) release")
         soft_result = decoder_attack(soft, split_a, split_t, averaged_copies=1, **common)
-        privacy["decoder_ssim_soft"] = soft_result.metrics["decoder_ssim"]
-        privacy["decoder_psnr_soft"] = soft_result.metrics["decoder_psnr"]
+        privacy.update({release_key(key, "soft"): soft_result.metrics[key] for key in DECODER_KEYS})
     exp.metrics["privacy"] = privacy
     return privacy
 
