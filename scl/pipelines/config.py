@@ -168,7 +168,7 @@ def section(kind: type[Section]) -> Any:
 
 
 class Section(Mapping[str, Any]):
-    """A frozen config section (subclasses are ``@dataclasses.dataclass(frozen=True, eq=False)``).
+    """A frozen config section (each subclass is decorated with :func:`frozen`).
 
     Attributes are the typed way to read it. It is also a read-only :class:`~collections.abc.Mapping`
     of its field names, and compares equal to a dict of the same JSON.
@@ -265,7 +265,6 @@ def validate(config: Section, prefix: str = "") -> None:
         elif "check" in field.metadata:
             field.metadata["check"](name, value)
     config.check()
-
 
 
 def frozen(cls: type[S]) -> type[S]:

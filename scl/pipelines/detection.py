@@ -49,6 +49,7 @@ from scl.pipelines import engine
 from scl.pipelines.coco import coco_map
 from scl.pipelines.config import (
     ATTACK_BUDGETS,
+    Network,
     Section,
     Stage1,
     auto_or_positive,
@@ -63,7 +64,6 @@ from scl.pipelines.config import (
     non_negative,
     open_unit,
     option,
-    optional_path,
     optional_positive_int,
     positive_int,
     positive_number,
@@ -119,14 +119,13 @@ def _odd(name: str, value: Any) -> None:
 
 
 @frozen
-class Detector(Section):
-    """The task network N, a CenterNet (``detector``)."""
+class Detector(Network):
+    """The task network N, a CenterNet (``detector``): classification's ``network`` section, its own
+    defaults; ``checkpoint`` is a CenterNet's (``--set detector.checkpoint=PATH``)."""
 
     epochs: int = option(30, positive_int)
     lr: float = option(3e-3, positive_number)
     width: int = option(16, positive_int)
-    #: a CenterNet checkpoint to use instead of training one (``--detector``)
-    checkpoint: str | None = option(None, optional_path)
 
 
 @frozen
