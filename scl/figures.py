@@ -20,7 +20,7 @@ import torch
 
 from scl.errors import SCLError, ShapeError
 from scl.io import atomic_write
-from scl.metrics import LEAKS, STAGE_RELEASES
+from scl.metrics import DECODER_SSIM, LEAKS, STAGE_RELEASES, floor_of
 
 if TYPE_CHECKING:
     from matplotlib.colors import ListedColormap
@@ -399,10 +399,10 @@ def tradeoff_curve(points: Sequence[Mapping[str, Any]], path: str | os.PathLike[
     """
     usable = []
     for i, point in enumerate(points):
-        missing = [k for k in ("lam", "accuracy", "decoder_ssim") if k not in point]
+        missing = [k for k in ("lam", "accuracy", DECODER_SSIM) if k not in point]
         if missing:
             raise SCLError(f"tradeoff_curve point {i} lacks {', '.join(missing)}: got {point}")
-        x, y = _finite(point["decoder_ssim"]), _finite(point["accuracy"])
+        x, y = _finite(point[DECODER_SSIM]), _finite(point["accuracy"])
         if x is not None and y is not None:
             usable.append((float(point["lam"]), x, y))
     usable.sort()
@@ -415,7 +415,7 @@ def tradeoff_curve(points: Sequence[Mapping[str, Any]], path: str | os.PathLike[
         for lam, x, y in usable:
             ax.annotate(f"λ={lam:g}", (x, y), textcoords="offset points", xytext=(5, 5),
                         fontsize=8)
-    floors = [f for f in (_finite(p.get("decoder_ssim_label_floor")) for p in points) if f is not None]
+    floors = [f for f in (_finite(p.get(floor_of(DECODER_SSIM))) for p in points) if f is not None]
     if floors:
         floor = sum(floors) / len(floors)
         ax.axvline(floor, ls="--", color="#c44e52", lw=1.2, label=f"label-only floor ({floor:.3f})")
@@ -622,6 +622,7 @@ _FRONTIER_STYLE = {
     "scl-gated": ("#55a868", "X"),
 }
 _FRONTIER_LABELS = {m.key: m.name for m in LEAKS}
+_FRONTIER_PERCENT = {m.key for m in LEAKS if m.format == "pct"}
 
 
 def frontier(
@@ -676,7 +677,7 @@ def frontier(
     ax.plot([], [], "o", ms=12, mfc="none", mec="#c44e52", mew=1.2, label="not within its budget (validation)")
     ax.set_xlim(left, min(1.0, right) + 0.005)
     _percent_axis(ax.xaxis)
-    if key.startswith("reid"):
+    if key in _FRONTIER_PERCENT:
         _percent_axis(ax.yaxis)
     label = _FRONTIER_LABELS.get(key, key)
     ax.set_xlabel("test accuracy of the task network on the release (right = more useful)")

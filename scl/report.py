@@ -20,7 +20,26 @@ from urllib.parse import quote
 
 from scl.errors import SCLError
 from scl.io import atomic_write
-from scl.metrics import DETECTION_RELEASES, LEAKS, MEASURES, RELEASES, STAGE_RELEASES, measure, release_key
+from scl.metrics import (
+    ATTRIBUTE_CHANCE,
+    ATTRIBUTE_CLEAN,
+    ATTRIBUTE_LABEL_FLOOR,
+    DCOR,
+    DECODER_PSNR,
+    DECODER_SSIM,
+    DETECTION_RELEASES,
+    LEAKS,
+    MEASURES,
+    REID_FLOOR_TOP1,
+    REID_FLOOR_TOP5,
+    REID_TOP1,
+    RELEASES,
+    STAGE_RELEASES,
+    ceiling_of,
+    floor_of,
+    measure,
+    release_key,
+)
 
 __all__ = ["CAPTIONS", "write_report"]
 
@@ -268,7 +287,7 @@ def _flat_rows() -> tuple[tuple[str, str, tuple[str, ...], tuple[str, ...], str,
     figures, read against the hard release's floor and ceiling."""
     rows = [(m.label, m.key, m.floor, m.ceiling, m.format, m.reading) for m in MEASURES]
     for release, title, reading in DETECTION_RELEASES:
-        for m in (measure("decoder_ssim"), measure("decoder_psnr")):
+        for m in (measure(DECODER_SSIM), measure(DECODER_PSNR)):
             rows.append((f"{title}: {m.name}", release_key(m.key, release), m.floor, m.ceiling, m.format, reading))
     return tuple(rows)
 
@@ -596,8 +615,8 @@ def verdict_lines(metrics: Mapping[str, Any]) -> list[tuple[str, bool]]:
         if row.get("release") is None:
             lines.append((f"budget {budget}: {row.get('reason', 'no label-free scl release')}", False))
             continue
-        parts = [f"budget {budget}: {row['release']} re-identification {100 * row['reid_top1']:.1f}%, "
-                 f"decoder SSIM {row['decoder_ssim']:.3f}"]
+        parts = [f"budget {budget}: {row['release']} re-identification {100 * row[REID_TOP1]:.1f}%, "
+                 f"decoder SSIM {row[DECODER_SSIM]:.3f}"]
         for label, key, scale in (("re-identification", "reid", 100.0), ("SSIM", "ssim", 1.0)):
             rival = row.get(f"best_other_{key}")
             if rival is not None:
@@ -652,12 +671,12 @@ def frontier_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
 def frontier_references(metrics: Mapping[str, Any]) -> str:
     """The label-only floors and clean ceilings every frontier entry is read against, in a sentence."""
     refs = metrics.get("references", {}) if isinstance(metrics.get("references"), Mapping) else {}
-    return (f"Label-only floors: decoder SSIM {_fmt(refs.get('decoder_ssim_label_floor'))}, re-identification "
-            f"top-1 {_fmt(refs.get('reid_floor_top1'), 'pct')} (top-5 {_fmt(refs.get('reid_floor_top5'), 'pct')}), "
-            f"attribute {_fmt(refs.get('attribute_label_floor'), 'pct')} "
-            f"(chance {_fmt(refs.get('attribute_chance'), 'pct')}), dCor {_fmt(refs.get('dcor_label_floor'))}. "
-            f"Clean ceilings: decoder SSIM {_fmt(refs.get('decoder_ssim_clean'))}, attribute "
-            f"{_fmt(refs.get('attribute_clean'), 'pct')}; the identity row is the release of the clean image.")
+    return (f"Label-only floors: decoder SSIM {_fmt(refs.get(floor_of(DECODER_SSIM)))}, re-identification "
+            f"top-1 {_fmt(refs.get(REID_FLOOR_TOP1), 'pct')} (top-5 {_fmt(refs.get(REID_FLOOR_TOP5), 'pct')}), "
+            f"attribute {_fmt(refs.get(ATTRIBUTE_LABEL_FLOOR), 'pct')} "
+            f"(chance {_fmt(refs.get(ATTRIBUTE_CHANCE), 'pct')}), dCor {_fmt(refs.get(floor_of(DCOR)))}. "
+            f"Clean ceilings: decoder SSIM {_fmt(refs.get(ceiling_of(DECODER_SSIM)))}, attribute "
+            f"{_fmt(refs.get(ATTRIBUTE_CLEAN), 'pct')}; the identity row is the release of the clean image.")
 
 
 def _frontier_section(metrics: Mapping[str, Any]) -> str:

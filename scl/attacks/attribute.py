@@ -36,6 +36,7 @@ from scl.attacks._common import (
 )
 from scl.attacks.budget import AttackBudget, get_budget
 from scl.errors import ShapeError
+from scl.metrics import ATTRIBUTE_ACCURACY, ATTRIBUTE_CHANCE, ATTRIBUTE_CLEAN, ATTRIBUTE_LABEL_FLOOR
 from scl.selection import check_labels
 
 if TYPE_CHECKING:
@@ -237,12 +238,12 @@ def attribute_attack(
 
     counts = torch.bincount(evaluation[2].cpu(), minlength=num_attributes)
     result = {
-        "attribute_accuracy": accuracy(obfuscate, "attribute attack"),
-        "attribute_chance": float(counts.max()) / float(evaluation[2].shape[0]),
+        ATTRIBUTE_ACCURACY: accuracy(obfuscate, "attribute attack"),
+        ATTRIBUTE_CHANCE: float(counts.max()) / float(evaluation[2].shape[0]),
     }
     if references:
-        result["attribute_label_floor"] = accuracy(labels_only, "attribute label floor")
-        result["attribute_clean"] = accuracy(_identity, "attribute clean")
+        result[ATTRIBUTE_LABEL_FLOOR] = accuracy(labels_only, "attribute label floor")
+        result[ATTRIBUTE_CLEAN] = accuracy(_identity, "attribute clean")
     return result
 
 

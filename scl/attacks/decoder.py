@@ -42,7 +42,7 @@ from scl.attacks._common import (
 from scl.attacks.budget import AttackBudget, Attacker, attackers, get_budget
 from scl.attacks.metrics import luma, psnr, ssim
 from scl.errors import ConfigError, ShapeError
-from scl.metrics import CEILING_SUFFIX, FLOOR_SUFFIX
+from scl.metrics import CEILING_SUFFIX, DECODER_PSNR, DECODER_SSIM, DECODER_SSIM_LUMA, FLOOR_SUFFIX, averaged, floor_of
 from scl.selection import check_labels
 
 if TYPE_CHECKING:
@@ -376,23 +376,23 @@ def _train_and_score(
             raise ConfigError("the attack budget holds no decoder")
         score, decoder, decoded, spec = best
         metrics = {
-            f"decoder_ssim{suffix}": score,
-            f"decoder_psnr{suffix}": psnr(decoded, target),
-            f"decoder_ssim_luma{suffix}": ssim(luma(decoded), luma(target)),
+            DECODER_SSIM + suffix: score,
+            DECODER_PSNR + suffix: psnr(decoded, target),
+            DECODER_SSIM_LUMA + suffix: ssim(luma(decoded), luma(target)),
         }
         decoded_avg = None
         if averaged_copies is not None:
 
-            def averaged(i: Tensor) -> Tensor:
+            def copies_averaged(i: Tensor) -> Tensor:
                 xb, yb = xt_d[i], yt_d[i]
                 total = inputs(xb, yb)
                 for _ in range(averaged_copies - 1):
                     total = total + inputs(xb, yb)
                 return total / averaged_copies
 
-            decoded_avg = predict(decoder, averaged, xt.shape[0], eval_batch).cpu()
-            metrics[f"decoder_ssim{suffix}_avg{averaged_copies}"] = ssim(decoded_avg, target)
-            metrics[f"decoder_psnr{suffix}_avg{averaged_copies}"] = psnr(decoded_avg, target)
+            decoded_avg = predict(decoder, copies_averaged, xt.shape[0], eval_batch).cpu()
+            metrics[averaged(DECODER_SSIM + suffix, averaged_copies)] = ssim(decoded_avg, target)
+            metrics[averaged(DECODER_PSNR + suffix, averaged_copies)] = psnr(decoded_avg, target)
     k = min(NUM_FIGURE_IMAGES, xt.shape[0])
     return DecoderAttackResult(
         metrics=metrics,
@@ -529,17 +529,15 @@ def label_floor_attack(
     class_mean = means[yt.cpu()]
     learned = dict(result.metrics)
     metrics = {
-        "decoder_ssim_label_decoder": learned["decoder_ssim_label_floor"],
-        "decoder_psnr_label_decoder": learned["decoder_psnr_label_floor"],
+        "decoder_ssim_label_decoder": learned[floor_of(DECODER_SSIM)],
+        "decoder_psnr_label_decoder": learned[floor_of(DECODER_PSNR)],
         "ssim_class_mean": ssim(class_mean, target),
         "psnr_class_mean": psnr(class_mean, target),
     }
-    metrics["decoder_ssim_label_floor"] = max(metrics["decoder_ssim_label_decoder"], metrics["ssim_class_mean"])
+    metrics[floor_of(DECODER_SSIM)] = max(metrics["decoder_ssim_label_decoder"], metrics["ssim_class_mean"])
     metrics["ssim_luma_class_mean"] = ssim(luma(class_mean), luma(target))
-    metrics["decoder_ssim_luma_label_floor"] = max(
-        learned["decoder_ssim_luma_label_floor"], metrics["ssim_luma_class_mean"]
-    )
-    metrics["decoder_psnr_label_floor"] = max(metrics["decoder_psnr_label_decoder"], metrics["psnr_class_mean"])
+    metrics[floor_of(DECODER_SSIM_LUMA)] = max(learned[floor_of(DECODER_SSIM_LUMA)], metrics["ssim_luma_class_mean"])
+    metrics[floor_of(DECODER_PSNR)] = max(metrics["decoder_psnr_label_decoder"], metrics["psnr_class_mean"])
     result.metrics = metrics
     return result
 

@@ -49,6 +49,7 @@ from scl.attacks._common import (
 )
 from scl.attacks.budget import AttackBudget, Attacker, attackers, get_budget
 from scl.errors import ConfigError, DataError, LabelError, ShapeError
+from scl.metrics import REID_CLEAN_TOP1, REID_CLEAN_TOP5, REID_FLOOR_TOP1, REID_FLOOR_TOP5, REID_TOP1, REID_TOP5
 from scl.selection import check_labels
 
 if TYPE_CHECKING:
@@ -482,13 +483,13 @@ def reidentification_attack(
         ranks = nearest_neighbour_ranks(reconstructions.detach().float().cpu(), gallery)
         metrics["reid_decoder_top1"] = top_k(ranks, 1)
         metrics["reid_decoder_top5"] = top_k(ranks, k)
-    metrics["reid_top1"] = max(v for key, v in metrics.items() if key.endswith("_top1"))
-    metrics["reid_top5"] = max(v for key, v in metrics.items() if key.endswith("_top5"))
-    metrics["reid_floor_top1"] = reidentification_floor(yt, 1)
-    metrics["reid_floor_top5"] = reidentification_floor(yt, k)
+    metrics[REID_TOP1] = max(v for key, v in metrics.items() if key.endswith("_top1"))
+    metrics[REID_TOP5] = max(v for key, v in metrics.items() if key.endswith("_top5"))
+    metrics[REID_FLOOR_TOP1] = reidentification_floor(yt, 1)
+    metrics[REID_FLOOR_TOP5] = reidentification_floor(yt, k)
     clean = nearest_neighbour_ranks(gallery, gallery)
-    metrics["reid_clean_top1"] = top_k(clean, 1)
-    metrics["reid_clean_top5"] = top_k(clean, k)
+    metrics[REID_CLEAN_TOP1] = top_k(clean, 1)
+    metrics[REID_CLEAN_TOP5] = top_k(clean, k)
     return ReidentificationResult(metrics=metrics, matcher=matcher, attacker=name)
 
 

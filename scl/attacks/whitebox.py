@@ -19,6 +19,7 @@ from torch import Tensor
 from scl.attacks.metrics import psnr, ssim
 from scl.errors import ShapeError
 from scl.layers.base import StochasticConditionalLayer
+from scl.metrics import WHITEBOX_SSIM
 from scl.selection import ClassIndex
 
 
@@ -118,7 +119,7 @@ def whitebox_attack(
     x_hat, best = invert(layer, observed, tuple(x.shape[1:]), steps=steps, lr=lr, tv_weight=tv_weight,
                          pre=pre)
     return {
-        "whitebox_ssim": ssim(x_hat, x),
+        WHITEBOX_SSIM: ssim(x_hat, x),
         "whitebox_psnr": psnr(x_hat, x),
         "whitebox_class_accuracy": float((best == y).float().mean()),
         "reconstructions": x_hat[:8],

@@ -49,7 +49,7 @@ from scl.baselines import (
 )
 from scl.errors import ConfigError, SCLError
 from scl.io import atomic_write
-from scl.metrics import leak_keys
+from scl.metrics import DECODER_SSIM, REID_FLOOR_TOP1, REID_FLOOR_TOP5, REID_TOP1, floor_of, leak_keys
 from scl.pipelines import classification as cls
 from scl.pipelines import config as configuration
 from scl.pipelines import engine
@@ -215,9 +215,9 @@ def _entry(
     for key in FIGURES:
         if key in block:
             entry[key] = block[key]
-    entry["decoder_ssim_label_floor"] = shared.get("decoder_ssim_label_floor")
-    entry["reid_floor"] = block.get("reid_floor_top1")
-    entry["reid_floor_top5"] = block.get("reid_floor_top5")
+    entry[floor_of(DECODER_SSIM)] = shared.get(floor_of(DECODER_SSIM))
+    entry["reid_floor"] = block.get(REID_FLOOR_TOP1)
+    entry[REID_FLOOR_TOP5] = block.get(REID_FLOOR_TOP5)
     return entry
 
 
@@ -249,12 +249,12 @@ class _Scorer:
         block, refs, _ = cls.attack_release(self.exp, release, self.common, references=self.first)
         self.first = False
         self.shared.update(refs)
-        for key in ("reid_floor_top1", "reid_floor_top5"):  # the labels' floor: the same for every release
+        for key in (REID_FLOOR_TOP1, REID_FLOOR_TOP5):  # the labels' floor: the same for every release
             self.shared.setdefault(key, block[key])
         self.seconds[f"attacks ({method} {budget:g})"] = time.perf_counter() - start
         entry = _entry(budget, accuracy, self.clean, block, self.shared, **extra)
-        self.log(f"{method} at {budget:g} pt: re-identification {100 * entry.get('reid_top1', math.nan):.1f}%, "
-                 f"decoder SSIM {entry.get('decoder_ssim', math.nan):.3f}")
+        self.log(f"{method} at {budget:g} pt: re-identification {100 * entry.get(REID_TOP1, math.nan):.1f}%, "
+                 f"decoder SSIM {entry.get(DECODER_SSIM, math.nan):.3f}")
         return entry
 
 
@@ -447,10 +447,9 @@ def verdicts(
             row.update(release=None, met=False, reason="no label-free scl release within the budget on validation")
             rows.append(row)
             continue
-        name, best = min(ours, key=lambda item: (item[1].get("reid_top1", math.inf), item[1].get("decoder_ssim",
-                                                                                                  math.inf)))
-        row["release"], row["reid_top1"], row["decoder_ssim"] = name, best.get("reid_top1"), best.get("decoder_ssim")
-        for key, label in (("reid_top1", "reid"), ("decoder_ssim", "ssim")):
+        name, best = min(ours, key=lambda item: (item[1].get(REID_TOP1, math.inf), item[1].get(DECODER_SSIM, math.inf)))
+        row["release"], row[REID_TOP1], row[DECODER_SSIM] = name, best.get(REID_TOP1), best.get(DECODER_SSIM)
+        for key, label in ((REID_TOP1, "reid"), (DECODER_SSIM, "ssim")):
             # on a tie the identity is named last: "next best identity 100%" beside plain noise at 100%
             # reads as if nothing but the clean image came close
             rival = min(others, key=lambda item: (item[1].get(key, math.inf), item[0] == "identity"), default=None)
@@ -460,7 +459,7 @@ def verdicts(
         if cloak is None:
             row["beats_cloak_reid"], row["cloak_reid_top1"] = None, None
         else:
-            p, q = float(best.get("reid_top1", 1.0)), float(cloak.get("reid_top1", 0.0))
+            p, q = float(best.get(REID_TOP1, 1.0)), float(cloak.get(REID_TOP1, 0.0))
             margin = 2.0 * math.sqrt((p * (1 - p) + q * (1 - q)) / n)
             row["cloak_reid_top1"], row["cloak_margin"] = q, margin
             row["beats_cloak_reid"] = q - p > margin
@@ -497,8 +496,8 @@ def write_outputs(folder: Path, metrics: dict[str, Any], config: Mapping[str, An
     from scl.report import write_report
 
     refs = metrics["references"]
-    for key, stem, floor in (("decoder_ssim", "frontier_ssim", refs.get("decoder_ssim_label_floor")),
-                             ("reid_top1", "frontier_reid", refs.get("reid_floor_top1"))):
+    for key, stem, floor in ((DECODER_SSIM, "frontier_ssim", refs.get(floor_of(DECODER_SSIM))),
+                             (REID_TOP1, "frontier_reid", refs.get(REID_FLOOR_TOP1))):
         figures.frontier(metrics["methods"], key, folder / "figures" / f"{stem}.png",
                          clean_accuracy=metrics["accuracy_clean"], floor=floor, budgets=metrics["budgets"])
     write_results(folder, config, metrics)

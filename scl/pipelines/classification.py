@@ -32,7 +32,17 @@ from scl.data import Dataset, load_digits, load_user_data, split
 from scl.errors import ConfigError, SCLError
 from scl.io import save
 from scl.layers import StochasticConditionalAdditive, StochasticConditionalLayer
-from scl.metrics import leak_keys, release_names
+from scl.metrics import (
+    ATTRIBUTE_ACCURACY,
+    ATTRIBUTE_CHANCE,
+    DCOR,
+    DECODER_SSIM,
+    REID_FLOOR_TOP1,
+    REID_TOP1,
+    floor_of,
+    leak_keys,
+    release_names,
+)
 from scl.models import SmallCNN
 from scl.obfuscator import Obfuscator, freeze
 from scl.pipelines import config as configuration
@@ -465,7 +475,7 @@ def reference_attacks(exp: Experiment, common: dict[str, Any]) -> tuple[dict[str
     shared["ssim_blank"] = ssim(torch.zeros_like(test.x), test.x)
     with torch.no_grad():
         onehot = F.one_hot(test.y, exp.dataset.num_classes).float()
-        shared["dcor_label_floor"] = distance_correlation(test.x, onehot, bias_corrected=True)
+        shared[floor_of(DCOR)] = distance_correlation(test.x, onehot, bias_corrected=True)
     return shared, floor.reconstructions
 
 
@@ -496,11 +506,11 @@ def attack_release(
     if test.attribute is not None and attacker.attribute is not None:
         result = attribute_attack(release, attacker, test, num_attributes=cast(int, exp.dataset.num_attributes),
                                   references=references, **common)
-        shared.update({k: v for k, v in result.items() if k != "attribute_accuracy"})
-        block["attribute_accuracy"] = result["attribute_accuracy"]
+        shared.update({k: v for k, v in result.items() if k != ATTRIBUTE_ACCURACY})
+        block[ATTRIBUTE_ACCURACY] = result[ATTRIBUTE_ACCURACY]
     with torch.no_grad(), deterministic(exp.config.seed + 11):
         h = release(test.x, test.y)
-        block["dcor"] = distance_correlation(test.x, h, bias_corrected=True)
+        block[DCOR] = distance_correlation(test.x, h, bias_corrected=True)
         block["dcor_vstatistic"] = distance_correlation(test.x, h)
     return block, shared, decoded.reconstructions
 
@@ -601,15 +611,15 @@ def targets(metrics: dict[str, Any]) -> list[dict[str, Any]]:
 
     if release in acc and "clean" in acc:
         add(f"{release} accuracy below clean (points)", 100 * (acc["clean"] - acc[release]), 1.0, "<= 1.0")
-    if "reid_top1" in block:
-        add(f"{release} re-identification top-1", block["reid_top1"], 0.30,
-            f"<= 0.30 (floor {block.get('reid_floor_top1', float('nan')):.3f})")
-    if "decoder_ssim" in block:
-        add(f"{release} decoder SSIM", block["decoder_ssim"], 0.60,
-            f"<= 0.60 (floor {block.get('decoder_ssim_label_floor', float('nan')):.3f})")
-    if "attribute_accuracy" in block and "attribute_chance" in block:
-        bound = block["attribute_chance"] + 0.20
-        add(f"{release} attribute accuracy", block["attribute_accuracy"], bound, f"<= chance + 0.20 = {bound:.3f}")
+    if REID_TOP1 in block:
+        add(f"{release} re-identification top-1", block[REID_TOP1], 0.30,
+            f"<= 0.30 (floor {block.get(REID_FLOOR_TOP1, float('nan')):.3f})")
+    if DECODER_SSIM in block:
+        add(f"{release} decoder SSIM", block[DECODER_SSIM], 0.60,
+            f"<= 0.60 (floor {block.get(floor_of(DECODER_SSIM), float('nan')):.3f})")
+    if ATTRIBUTE_ACCURACY in block and ATTRIBUTE_CHANCE in block:
+        bound = block[ATTRIBUTE_CHANCE] + 0.20
+        add(f"{release} attribute accuracy", block[ATTRIBUTE_ACCURACY], bound, f"<= chance + 0.20 = {bound:.3f}")
     verdict = priv.get("beats_gaussian", {}).get(release)
     if verdict:
         lost = [k for k, won in verdict.items() if not won]
@@ -655,13 +665,13 @@ def sweep(exp: Experiment, progress: Progress | None, log: RunLog) -> list[dict[
                 "lam": float(lam),
                 "accuracy": soft_acc,
                 "hard_accuracy": hard_acc,
-                "decoder_ssim": result.metrics["decoder_ssim"],
+                DECODER_SSIM: result.metrics[DECODER_SSIM],
             }
         )
-    floor = exp.metrics.get("privacy", {}).get("decoder_ssim_label_floor")
+    floor = exp.metrics.get("privacy", {}).get(floor_of(DECODER_SSIM))
     clean = exp.metrics.get("accuracy", {}).get("clean")
     for point in points:
-        point["decoder_ssim_label_floor"] = floor
+        point[floor_of(DECODER_SSIM)] = floor
         point["clean_accuracy"] = clean
     exp.metrics["sweep"] = points
     return points

@@ -42,7 +42,7 @@ from scl.data.scenes import DetectionData, load_detection_data, make_scenes, spl
 from scl.errors import ConfigError, SCLError
 from scl.io import save
 from scl.layers import StochasticConditionalConv2d
-from scl.metrics import floor_of, release_key
+from scl.metrics import DECODER_PSNR, DECODER_SSIM, DECODER_SSIM_AVG8, ceiling_of, floor_of, release_key
 from scl.models.detector import CenterNet
 from scl.obfuscator import Obfuscator, freeze
 from scl.pipelines import engine
@@ -100,7 +100,7 @@ NAME = "detection"
 CHECKPOINTS = {"network": "detector.safetensors", "obfuscator": "obfuscator.safetensors"}
 
 #: The measures detection's flat privacy block holds for every release (scl.metrics.DETECTION_RELEASES).
-DECODER_KEYS = ("decoder_ssim", "decoder_psnr")
+DECODER_KEYS = (DECODER_SSIM, DECODER_PSNR)
 
 #: the objectives that work with per-pixel classes (scl.pipelines.stages.OBJECTIVES)
 PRIVACY = ("within", "entropy", "ssim", "both")
@@ -595,15 +595,16 @@ def targets(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
         gap = 100 * (map50["clean"] - map50["soft"])
         rows.append({"name": "clean - soft mAP@.5 (points)", "value": round(gap, 4), "target": "<= 3.0",
                      "met": bool(gap <= 3.0)})
-    if "decoder_ssim" in priv and "decoder_ssim_label_floor" in priv:
-        floor = priv["decoder_ssim_label_floor"]
-        rows.append({"name": "decoder SSIM (hard release)", "value": round(priv["decoder_ssim"], 4),
+    ssim, floor_key, noise_key = DECODER_SSIM, floor_of(DECODER_SSIM), release_key(DECODER_SSIM, "gaussian")
+    if ssim in priv and floor_key in priv:
+        floor = priv[floor_key]
+        rows.append({"name": "decoder SSIM (hard release)", "value": round(priv[ssim], 4),
                      "target": f"<= mask-only floor + 0.05 = {floor + 0.05:.3f}",
-                     "met": bool(priv["decoder_ssim"] <= floor + 0.05)})
-    if "decoder_ssim" in priv and "decoder_ssim_gaussian" in priv:
-        rows.append({"name": "decoder SSIM (hard release) against plain noise", "value": round(priv["decoder_ssim"], 4),
-                     "target": f"< plain noise at the same mAP@.5 = {priv['decoder_ssim_gaussian']:.3f}",
-                     "met": bool(priv["decoder_ssim"] < priv["decoder_ssim_gaussian"])})
+                     "met": bool(priv[ssim] <= floor + 0.05)})
+    if ssim in priv and noise_key in priv:
+        rows.append({"name": "decoder SSIM (hard release) against plain noise", "value": round(priv[ssim], 4),
+                     "target": f"< plain noise at the same mAP@.5 = {priv[noise_key]:.3f}",
+                     "met": bool(priv[ssim] < priv[noise_key])})
     return rows
 
 
@@ -743,12 +744,15 @@ def summary_table(metrics: Mapping[str, Any]) -> Any:
         table.add_row(f"mAP@[.5:.95] ({mode})", f"{100 * maps[mode]:.1f}", f"mAP@.5: {100 * map50.get(mode, 0):.1f}")
     priv = metrics.get("privacy", {})
     for label, key, other, text in (
-        ("decoder SSIM, hard release", "decoder_ssim", "decoder_ssim_label_floor", "mask-only floor {:.3f}"),
-        ("decoder SSIM, 8 copies averaged", "decoder_ssim_avg8", "decoder_ssim_clean", "clean ceiling {:.3f}"),
-        ("decoder SSIM, soft release", "decoder_ssim_soft", "decoder_ssim_label_floor", "mask-only floor {:.3f}"),
-        ("decoder PSNR (dB), hard release", "decoder_psnr", "decoder_psnr_label_floor", "mask-only floor {:.2f}"),
-        ("decoder SSIM, plain noise (same mAP@.5)", "decoder_ssim_gaussian", "gaussian_scale", "scale {:.3g}"),
-        ("decoder PSNR (dB), plain noise", "decoder_psnr_gaussian", "gaussian_map50", "its mAP@.5 {:.1%}"),
+        ("decoder SSIM, hard release", DECODER_SSIM, floor_of(DECODER_SSIM), "mask-only floor {:.3f}"),
+        ("decoder SSIM, 8 copies averaged", DECODER_SSIM_AVG8, ceiling_of(DECODER_SSIM), "clean ceiling {:.3f}"),
+        ("decoder SSIM, soft release", release_key(DECODER_SSIM, "soft"), floor_of(DECODER_SSIM),
+         "mask-only floor {:.3f}"),
+        ("decoder PSNR (dB), hard release", DECODER_PSNR, floor_of(DECODER_PSNR), "mask-only floor {:.2f}"),
+        ("decoder SSIM, plain noise (same mAP@.5)", release_key(DECODER_SSIM, "gaussian"), "gaussian_scale",
+         "scale {:.3g}"),
+        ("decoder PSNR (dB), plain noise", release_key(DECODER_PSNR, "gaussian"), "gaussian_map50",
+         "its mAP@.5 {:.1%}"),
     ):
         if key in priv:
             table.add_row(label, f"{priv[key]:.3f}", text.format(priv[other]) if other in priv else "")
