@@ -49,7 +49,6 @@ from scl.pipelines import config as configuration
 from scl.pipelines import engine
 from scl.pipelines.config import ClassificationConfig, Gated, Shared, Stage2, stage_patience
 from scl.pipelines.stages import (
-    BudgetResult,
     PrivacyObjective,
     UtilityBudget,
     build_image_layer,
@@ -133,9 +132,7 @@ def train_network(exp: Experiment, progress: Progress | None, log: RunLog) -> No
         network = SmallCNN(exp.dataset.channels, exp.dataset.num_classes, width=cfg.network.width)
 
         def loss_fn(x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
-            logits = network(x)
-            acc = float((logits.argmax(-1) == y).float().mean())
-            return F.cross_entropy(logits, y), {"accuracy": acc}
+            return engine.classification_loss(network(x), y)
 
         exp.history["network"] = train_task_network(
             network, loss_fn, (data.x, data.y), epochs=cfg.network.epochs, lr=cfg.network.lr,
@@ -199,12 +196,6 @@ def _objective(exp: Experiment, image_shape: tuple[int, ...]) -> PrivacyObjectiv
                             num_attributes=None if names is None else len(names))
 
 
-def _record_budget(exp: Experiment, stage: str, result: BudgetResult, log: RunLog | None) -> None:
-    exp.metrics.setdefault("utility", {})[stage] = result.as_dict()
-    if log is not None:
-        log(result.message(stage))
-
-
 def train_stage1(
     exp: Experiment, progress: Progress | None, log: RunLog, *, lam: float | None = None, epochs: int | None = None
 ) -> Obfuscator:
@@ -242,7 +233,7 @@ def train_stage1(
         )
         if epochs is None:
             exp.history["stage1"] = history
-            _record_budget(exp, "stage1", result, log)
+            result.record(exp.metrics, "stage1", log)
         return obfuscator
 
     objective = _objective(exp, exp.dataset.image_shape)
@@ -250,12 +241,10 @@ def train_stage1(
 
     def loss_fn(x: Tensor, y: Tensor, attribute: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         h, dist = obfuscator.sample_with_distribution(x, y)
-        logits = network(h)
-        task = F.cross_entropy(logits, y)
+        task, task_stats = engine.classification_loss(network(h), y)
         privacy, stats = objective.term(x, y, h, dist, attribute)
         objective.adversary_step(x, y, h, attribute)
-        acc = float((logits.argmax(-1) == y).float().mean())
-        return task + lam * privacy, {"task_loss": task.item(), "accuracy": acc, **stats}
+        return task + lam * privacy, {"task_loss": task.item(), **task_stats, **stats}
 
     for module in trained:
         module.train()
@@ -323,14 +312,12 @@ def _train_selection(
             description=f"{description} (budget {budget:g} pt)", supervised=supervised,
             patience=stage_patience(cfg),
         )
-        _record_budget(exp, "soft" if section == "stage2" else "gated", result, log)
+        result.record(exp.metrics, "soft" if section == "stage2" else "gated", log)
         obfuscator.eval()
         return history
 
     def loss_fn(x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
-        logits = network(obfuscator(x))
-        acc = float((logits.argmax(-1) == y).float().mean())
-        return F.cross_entropy(logits, y), {"accuracy": acc}
+        return engine.classification_loss(network(obfuscator(x)), y)
 
     history = engine.train(
         loss_fn,

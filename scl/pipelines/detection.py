@@ -71,7 +71,6 @@ from scl.pipelines.config import (
     string,
 )
 from scl.pipelines.stages import (
-    BudgetResult,
     DetectionBudget,
     PrivacyObjective,
     build_image_layer,
@@ -368,14 +367,8 @@ def _within_budget(
         progress=progress, description=f"{description} ({objective.kind}, budget {budget.max_loss:g} pt mAP@.5)",
         task_loss=task_loss, dual_every_step=False,
     )
-    _record_budget(exp, stage, result, log)
+    result.record(exp.metrics, stage, log)
     return history
-
-
-def _record_budget(exp: DetectionExperiment, stage: str, result: BudgetResult, log: RunLog | None) -> None:
-    exp.metrics.setdefault("utility", {})[stage] = result.as_dict()
-    if log is not None:
-        log(result.message(stage))
 
 
 def train_stage1(exp: DetectionExperiment, progress: Progress | None, log: RunLog) -> Obfuscator:

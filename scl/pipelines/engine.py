@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scl import training
@@ -77,4 +78,11 @@ def predict_proba(
 
 
 def accuracy(probabilities: Tensor, y: Tensor) -> float:
+    """The fraction of rows of ``probabilities`` (or logits) ``Tensor[N, K]`` whose argmax is ``y``."""
     return float((probabilities.argmax(-1) == y).float().mean())
+
+
+def classification_loss(logits: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float]]:
+    """A classifier's training loss and its batch accuracy: ``(cross_entropy, {"accuracy": ...})``,
+    the :data:`LossFn` form every stage that trains on a classification task returns."""
+    return F.cross_entropy(logits, y), {"accuracy": accuracy(logits, y)}

@@ -36,7 +36,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -85,22 +85,32 @@ Release = Callable[[Tensor, Tensor], tuple[Tensor, torch.distributions.Distribut
 
 
 # -- a run's randomness -------------------------------------------------------------------------
+class Seeded(Protocol):
+    """What a run's randomness reads of its config: every pipeline's config has these two fields."""
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def reproducible(self) -> bool: ...
+
+
 @contextlib.contextmanager
-def run_noise(config: Mapping[str, Any]) -> Iterator[None]:
-    """The noise of a run's block: seeded from ``config["seed"]`` when ``config["reproducible"]``
+def run_noise(config: Seeded) -> Iterator[None]:
+    """The noise of a run's block: seeded from ``config.seed`` when ``config.reproducible``
     (:func:`scl.random.deterministic`), else the layers' default, the cipher stream."""
-    if config["reproducible"]:
-        with deterministic(config["seed"]):
+    if config.reproducible:
+        with deterministic(config.seed):
             yield
     else:
         yield
 
 
-def stage_generator(config: Mapping[str, Any], offset: int) -> torch.Generator:
+def stage_generator(config: Seeded, offset: int) -> torch.Generator:
     """The seeded generator of one use in a run (batch order, a validation cut, a calibration
     draw), ``offset`` telling the uses apart: 1 the task network, 2 stage 1, 3 the selections,
     5 the budget's validation cut, 7 plain noise's calibration draw."""
-    return torch.Generator().manual_seed(config["seed"] * 1000 + offset)
+    return torch.Generator().manual_seed(config.seed * 1000 + offset)
 
 
 # -- the task network ----------------------------------------------------------------------------
@@ -666,6 +676,13 @@ class BudgetResult:
             "epochs_run": self.epochs_run,
             "epochs_asked": self.epochs_asked,
         }
+
+    def record(self, metrics: dict[str, Any], stage: str, log: Callable[[str], None] | None = None) -> None:
+        """Write this result as ``metrics["utility"][stage]`` (the stage's release, e.g. "soft") and
+        log its :meth:`message`."""
+        metrics.setdefault("utility", {})[stage] = self.as_dict()
+        if log is not None:
+            log(self.message(stage))
 
     def message(self, stage: str) -> str:
         unit = "points" if self.measure == "accuracy" else f"points of {self.measure}"

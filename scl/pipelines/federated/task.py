@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scl.data import Dataset, split
@@ -316,8 +315,7 @@ def local_update(
     def loss_fn(xb: Tensor, yb: Tensor) -> tuple[Tensor, dict[str, float]]:
         if screening:
             xb = screen(xb, share=share, patch=patch, generator=generator)
-        logits = network(xb)
-        return F.cross_entropy(logits, yb), {"accuracy": float((logits.argmax(-1) == yb).float().mean())}
+        return engine.classification_loss(network(xb), yb)
 
     history = engine.train(
         loss_fn,
@@ -426,7 +424,7 @@ def _train_clean(
     """
     per_epoch = math.ceil(len(data) / config.batch_size)
     least = math.ceil(config.federated.min_steps / per_epoch)
-    epochs = {s: {"epochs": max(config[s]["epochs"], least)} for s in ("network", "stage1")}
+    epochs = {s: {"epochs": max(getattr(config, s).epochs, least)} for s in ("network", "stage1")}
     exp = classification.Experiment(config.updated(epochs), dataset, {"task": data, "obfuscator": data})
     classification.train_network(exp, progress, log)
     return exp
