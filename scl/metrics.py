@@ -37,7 +37,6 @@ def ceiling_of(key: str) -> str:
     return key + CEILING_SUFFIX
 
 
-
 def averaged(key: str, copies: int) -> str:
     """The key of ``key`` measured on ``copies`` noisy copies averaged (``decoder_ssim_avg8``)."""
     return f"{key}_avg{copies}"
@@ -59,6 +58,7 @@ ATTRIBUTE_ACCURACY, ATTRIBUTE_CHANCE = "attribute_accuracy", "attribute_chance"
 ATTRIBUTE_LABEL_FLOOR, ATTRIBUTE_CLEAN = "attribute_label_floor", "attribute_clean"
 #: Bias-corrected distance correlation between the input and the release.
 DCOR = "dcor"
+
 
 @dataclass(frozen=True)
 class Measure:

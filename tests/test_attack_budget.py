@@ -17,6 +17,7 @@ from scl.attacks.budget import BUDGETS, AttackBudget, Attacker, attackers, get_b
 from scl.attacks.decoder import UNetDecoder, clean_ceiling_attack, label_floor_attack
 from scl.baselines import GaussianNoise, calibrate_scale
 from scl.errors import ConfigError
+from scl.metrics import DECODER_SSIM, ceiling_of, floor_of
 from tests.test_attacks import NUM_CLASSES, make_data
 
 OPTIONS = dict(num_classes=NUM_CLASSES, batch_size=32, lr=3e-3, seed=0)
@@ -73,7 +74,7 @@ def test_a_stronger_budget_never_scores_lower(splits):
     def noisy(x, y):
         return x + 0.3 * torch.randn_like(x)
 
-    scores = [decoder_attack(noisy, attacker, test, budget=budget(name, 3), **OPTIONS).metrics["decoder_ssim"]
+    scores = [decoder_attack(noisy, attacker, test, budget=budget(name, 3), **OPTIONS).metrics[DECODER_SSIM]
               for name in ("quick", "standard", "strong")]
     assert scores[0] <= scores[1] <= scores[2], scores
 
@@ -81,9 +82,9 @@ def test_a_stronger_budget_never_scores_lower(splits):
 def test_identity_is_within_005_of_its_ceiling_and_class_mean_within_005_of_the_floor(digits):
     attacker, test = digits
     b = CONVERGED
-    ceiling = clean_ceiling_attack(attacker, test, budget=b, **DIGITS).metrics["decoder_ssim_clean"]
-    floor = label_floor_attack(attacker, test, budget=b, **DIGITS).metrics["decoder_ssim_label_floor"]
-    identity = decoder_attack(lambda x, y: x, attacker, test, budget=b, **DIGITS).metrics["decoder_ssim"]
+    ceiling = clean_ceiling_attack(attacker, test, budget=b, **DIGITS).metrics[ceiling_of(DECODER_SSIM)]
+    floor = label_floor_attack(attacker, test, budget=b, **DIGITS).metrics[floor_of(DECODER_SSIM)]
+    identity = decoder_attack(lambda x, y: x, attacker, test, budget=b, **DIGITS).metrics[DECODER_SSIM]
     assert ceiling > floor + 0.3  # the yardstick separates
     assert identity >= ceiling - 0.05
     xa, ya = attacker
@@ -92,14 +93,14 @@ def test_identity_is_within_005_of_its_ceiling_and_class_mean_within_005_of_the_
     def class_mean_plus_noise(x, y):
         return means[y] + 0.1 * torch.randn_like(x)
 
-    leak = decoder_attack(class_mean_plus_noise, attacker, test, budget=b, **DIGITS).metrics["decoder_ssim"]
+    leak = decoder_attack(class_mean_plus_noise, attacker, test, budget=b, **DIGITS).metrics[DECODER_SSIM]
     assert abs(leak - floor) <= 0.05, (leak, floor)
 
 
 def test_decoder_ssim_falls_with_the_noise_scale(digits):
     attacker, test = digits
     b = CONVERGED
-    scores = [decoder_attack(GaussianNoise(s), attacker, test, budget=b, **DIGITS).metrics["decoder_ssim"]
+    scores = [decoder_attack(GaussianNoise(s), attacker, test, budget=b, **DIGITS).metrics[DECODER_SSIM]
               for s in (0.05, 0.4, 1.6)]
     assert scores[0] > scores[1] > scores[2], scores
 

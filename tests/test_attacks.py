@@ -36,6 +36,20 @@ from scl.attacks import (
     ssim_kernel_size,
 )
 from scl.errors import ConfigError, DataError, LabelError, SCLError, ShapeError
+from scl.metrics import (
+    ATTRIBUTE_ACCURACY,
+    ATTRIBUTE_CHANCE,
+    ATTRIBUTE_CLEAN,
+    ATTRIBUTE_LABEL_FLOOR,
+    DECODER_PSNR,
+    DECODER_PSNR_AVG8,
+    DECODER_SSIM,
+    DECODER_SSIM_AVG8,
+    DECODER_SSIM_LUMA,
+    averaged,
+    ceiling_of,
+    floor_of,
+)
 
 NUM_CLASSES = 4
 SIZE = 16
@@ -216,36 +230,36 @@ def noise_report(splits):
 def test_run_decoder_attacks_floor_and_ceiling(noise_report) -> None:
     m = noise_report.metrics
     assert set(m) == {
-        "decoder_ssim",
-        "decoder_psnr",
-        "decoder_ssim_avg8",
-        "decoder_psnr_avg8",
-        "decoder_ssim_label_floor",
-        "decoder_psnr_label_floor",
-        "decoder_ssim_clean",
-        "decoder_psnr_clean",
+        DECODER_SSIM,
+        DECODER_PSNR,
+        DECODER_SSIM_AVG8,
+        DECODER_PSNR_AVG8,
+        floor_of(DECODER_SSIM),
+        floor_of(DECODER_PSNR),
+        ceiling_of(DECODER_SSIM),
+        ceiling_of(DECODER_PSNR),
         "decoder_ssim_label_decoder",
         "decoder_psnr_label_decoder",
         "ssim_class_mean",
         "psnr_class_mean",
         "ssim_blank",
-        "decoder_ssim_luma",
-        "decoder_ssim_luma_label_floor",
-        "decoder_ssim_luma_clean",
+        DECODER_SSIM_LUMA,
+        floor_of(DECODER_SSIM_LUMA),
+        ceiling_of(DECODER_SSIM_LUMA),
         "ssim_luma_class_mean",
         "ssim_luma_blank",
     }
     assert all(isinstance(v, float) and math.isfinite(v) for v in m.values())
     # the floor is the better label-only reconstruction: learned decoder or class-mean image
-    assert m["decoder_ssim_label_floor"] == max(m["decoder_ssim_label_decoder"], m["ssim_class_mean"])
+    assert m[floor_of(DECODER_SSIM)] == max(m["decoder_ssim_label_decoder"], m["ssim_class_mean"])
     # the clean ceiling rebuilds the images; the label alone does not
-    assert m["decoder_ssim_clean"] > 0.8
-    assert m["decoder_ssim_clean"] - m["decoder_ssim_label_floor"] > 0.4
-    assert m["decoder_psnr_clean"] > m["decoder_psnr_label_floor"] + 8.0
+    assert m[ceiling_of(DECODER_SSIM)] > 0.8
+    assert m[ceiling_of(DECODER_SSIM)] - m[floor_of(DECODER_SSIM)] > 0.4
+    assert m[ceiling_of(DECODER_PSNR)] > m[floor_of(DECODER_PSNR)] + 8.0
     # noise independent of x (and of y) leaks nothing: at most the label-only floor
-    assert m["decoder_ssim"] < m["decoder_ssim_label_floor"] + 0.05
-    assert m["decoder_ssim_avg8"] < m["decoder_ssim_label_floor"] + 0.05
-    assert m["decoder_psnr"] < m["decoder_psnr_label_floor"] + 1.0
+    assert m[DECODER_SSIM] < m[floor_of(DECODER_SSIM)] + 0.05
+    assert m[DECODER_SSIM_AVG8] < m[floor_of(DECODER_SSIM)] + 0.05
+    assert m[DECODER_PSNR] < m[floor_of(DECODER_PSNR)] + 1.0
 
     rec = noise_report.reconstructions
     assert set(rec) == {"original", "obfuscated", "decoder", "decoder_avg", "label_floor", "clean"}
@@ -260,9 +274,9 @@ def test_identity_decoder_attack_matches_clean_ceiling(splits, noise_report) -> 
         identity, splits["attacker"][:2], splits["test"][:2], num_classes=NUM_CLASSES, **FAST
     )
     m = result.metrics
-    assert m["decoder_ssim"] > 0.8
-    assert m["decoder_ssim"] == pytest.approx(noise_report.metrics["decoder_ssim_clean"], abs=1e-6)
-    assert m["decoder_ssim"] - noise_report.metrics["decoder_ssim_label_floor"] > 0.4
+    assert m[DECODER_SSIM] > 0.8
+    assert m[DECODER_SSIM] == pytest.approx(noise_report.metrics[ceiling_of(DECODER_SSIM)], abs=1e-6)
+    assert m[DECODER_SSIM] - noise_report.metrics[floor_of(DECODER_SSIM)] > 0.4
     assert result.reconstructions.shape == (8, 1, SIZE, SIZE)
     assert isinstance(result.decoder, Decoder) and not result.decoder.training
 
@@ -278,11 +292,11 @@ def test_leaky_obfuscator_of_another_shape_and_averaging(splits, noise_report) -
         **FAST,
     )
     m = result.metrics
-    floor = noise_report.metrics["decoder_ssim_label_floor"]
-    clean = noise_report.metrics["decoder_ssim_clean"]
-    assert floor + 0.05 < m["decoder_ssim"] < clean - 0.05
-    assert m["decoder_ssim_avg8"] > m["decoder_ssim"] + 0.02
-    assert m["decoder_psnr_avg8"] > m["decoder_psnr"]
+    floor = noise_report.metrics[floor_of(DECODER_SSIM)]
+    clean = noise_report.metrics[ceiling_of(DECODER_SSIM)]
+    assert floor + 0.05 < m[DECODER_SSIM] < clean - 0.05
+    assert m[DECODER_SSIM_AVG8] > m[DECODER_SSIM] + 0.02
+    assert m[DECODER_PSNR_AVG8] > m[DECODER_PSNR]
     assert result.reconstructions_avg is not None
     assert result.reconstructions_avg.shape == (8, 1, SIZE, SIZE)
 
@@ -309,7 +323,7 @@ def test_decoder_attack_accepts_flat_outputs_objects_and_progress(splits) -> Non
         )
         (task,) = progress.tasks
         assert task.total == 2 and task.completed == 2
-    assert {"decoder_ssim_avg3", "decoder_psnr_avg3"} <= set(result.metrics)
+    assert {averaged(DECODER_SSIM, 3), averaged(DECODER_PSNR, 3)} <= set(result.metrics)
     assert result.decoder is not None and result.decoder.in_channels == SIZE * SIZE // 4
 
 
@@ -322,9 +336,9 @@ def test_attacks_are_seeded_and_leave_global_rng_alone(splits) -> None:
     again = label_floor_attack(*data, num_classes=NUM_CLASSES, epochs=1, seed=3)
     assert first.metrics == again.metrics
     assert set(first.metrics) == {
-        "decoder_ssim_label_floor", "decoder_psnr_label_floor", "decoder_ssim_label_decoder",
+        floor_of(DECODER_SSIM), floor_of(DECODER_PSNR), "decoder_ssim_label_decoder",
         "decoder_psnr_label_decoder", "ssim_class_mean", "psnr_class_mean",
-        "ssim_luma_class_mean", "decoder_ssim_luma_label_floor"}
+        "ssim_luma_class_mean", floor_of(DECODER_SSIM_LUMA)}
 
 
 # ----------------------------------------------------------------------------- attribute
@@ -344,18 +358,18 @@ def test_attribute_attack_pure_noise_is_at_chance(splits) -> None:
         pure_noise(), splits["attacker"], splits["test"], num_attributes=2, **FAST
     )
     assert set(result) == {
-        "attribute_accuracy",
-        "attribute_chance",
-        "attribute_label_floor",
-        "attribute_clean",
+        ATTRIBUTE_ACCURACY,
+        ATTRIBUTE_CHANCE,
+        ATTRIBUTE_LABEL_FLOOR,
+        ATTRIBUTE_CLEAN,
     }
     test_attribute = splits["test"][2]
     chance = float(torch.bincount(test_attribute).max()) / len(test_attribute)
-    assert result["attribute_chance"] == pytest.approx(chance)
-    assert abs(result["attribute_accuracy"] - chance) < 0.15
+    assert result[ATTRIBUTE_CHANCE] == pytest.approx(chance)
+    assert abs(result[ATTRIBUTE_ACCURACY] - chance) < 0.15
     # the attribute is independent of the class: the label alone is at chance too
-    assert abs(result["attribute_label_floor"] - chance) < 0.15
-    assert result["attribute_clean"] > 0.9
+    assert abs(result[ATTRIBUTE_LABEL_FLOOR] - chance) < 0.15
+    assert result[ATTRIBUTE_CLEAN] > 0.9
 
 
 def test_attribute_attack_leaky_obfuscator_is_near_clean(splits) -> None:
@@ -367,9 +381,9 @@ def test_attribute_attack_leaky_obfuscator_is_near_clean(splits) -> None:
         num_classes=NUM_CLASSES,
         **FAST,
     )
-    assert result["attribute_clean"] > 0.9
-    assert result["attribute_accuracy"] > result["attribute_clean"] - 0.1
-    assert result["attribute_accuracy"] > result["attribute_chance"] + 0.3
+    assert result[ATTRIBUTE_CLEAN] > 0.9
+    assert result[ATTRIBUTE_ACCURACY] > result[ATTRIBUTE_CLEAN] - 0.1
+    assert result[ATTRIBUTE_ACCURACY] > result[ATTRIBUTE_CHANCE] + 0.3
 
 
 # ----------------------------------------------------------------------------- validation
@@ -445,7 +459,7 @@ def test_label_floor_rebuilds_images_that_the_class_determines():
         x[y == c, :, 5 * c : 5 * c + 4, 2:14] = 0.9
     attacker, test = (x[:160], y[:160]), (x[160:], y[160:])
     result = label_floor_attack(attacker, test, num_classes=3, epochs=40, lr=3e-3, batch_size=32)
-    assert result.metrics["decoder_ssim_label_floor"] > 0.8
+    assert result.metrics[floor_of(DECODER_SSIM)] > 0.8
 
 
 def test_luma_ssim_does_not_reward_a_blank_guess_on_single_channel_colour():

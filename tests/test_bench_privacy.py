@@ -9,6 +9,16 @@ import math
 import pytest
 
 from scl.errors import ConfigError
+from scl.metrics import (
+    ATTRIBUTE_ACCURACY,
+    DCOR,
+    DECODER_PSNR,
+    DECODER_SSIM,
+    REID_FLOOR_TOP1,
+    REID_TOP1,
+    REID_TOP5,
+    floor_of,
+)
 from scl.pipelines.bench_privacy import (
     BASELINE_INIT_FRACTION,
     METHODS,
@@ -26,8 +36,8 @@ TINY_BENCH = [
     "--quick", "--budgets", "2", "--set", "network.epochs=2", "--set", "stage1.epochs=2",
     "--set", "stage2.epochs=1", "--set", "attacks.max_epochs=1",
 ]
-ENTRY_KEYS = {"budget", "accuracy", "decoder_ssim", "decoder_ssim_label_floor", "reid_top1", "reid_floor",
-              "attribute_accuracy", "dcor", "decoder_psnr", "reid_top5", "feasible", "validation_loss"}
+ENTRY_KEYS = {"budget", "accuracy", DECODER_SSIM, floor_of(DECODER_SSIM), REID_TOP1, "reid_floor",
+              ATTRIBUTE_ACCURACY, DCOR, DECODER_PSNR, REID_TOP5, "feasible", "validation_loss"}
 
 
 def test_budgets_parse_sorted_and_unique():
@@ -58,7 +68,7 @@ def test_additive_baselines_train_at_scls_rate_scaled_as_their_start():
 
 
 def _entry(budget, reid, ssim, feasible=True, accuracy=0.95):
-    return {"budget": budget, "accuracy": accuracy, "feasible": feasible, "reid_top1": reid, "decoder_ssim": ssim}
+    return {"budget": budget, "accuracy": accuracy, "feasible": feasible, REID_TOP1: reid, DECODER_SSIM: ssim}
 
 
 def _methods(**changes):
@@ -116,7 +126,7 @@ def test_the_table_and_the_report_show_the_same_frontier(tmp_path):
     from scl.report import FRONTIER_COLUMNS, write_report
 
     metrics = {"pipeline": "bench_privacy", "accuracy_clean": 0.96, "methods": _methods(),
-               "verdict": verdicts(_methods(), [1.0], test_images=300), "references": {"reid_floor_top1": 0.028}}
+               "verdict": verdicts(_methods(), [1.0], test_images=300), "references": {REID_FLOOR_TOP1: 0.028}}
     table = markdown_table(metrics)
     write_json(tmp_path / "metrics.json", metrics)
     write_json(tmp_path / "config.json", {})
@@ -144,9 +154,9 @@ def test_tiny_sweep_writes_every_file(tiny_bench):
     for name, entries in metrics["methods"].items():
         assert len(entries) == 1, name  # one budget; the identity once
         assert ENTRY_KEYS <= set(entries[0]), (name, ENTRY_KEYS - set(entries[0]))
-        assert 0 <= entries[0]["reid_top1"] <= 1 and -1 <= entries[0]["decoder_ssim"] <= 1
+        assert 0 <= entries[0][REID_TOP1] <= 1 and -1 <= entries[0][DECODER_SSIM] <= 1
     assert metrics["methods"]["identity"][0]["budget"] == 0.0
-    assert metrics["references"]["reid_floor_top1"] == metrics["methods"]["identity"][0]["reid_floor"]
+    assert metrics["references"][REID_FLOOR_TOP1] == metrics["methods"]["identity"][0]["reid_floor"]
     assert metrics["methods"]["gaussian"][0]["scale"] > 0
     assert all(isinstance(metrics["methods"][m][0]["epoch"], int) for m in ("shredder", "cloak", "nopeek", "scl-gated"))
     assert [row["budget"] for row in metrics["verdict"]] == [2.0]

@@ -11,6 +11,8 @@ from scl.cli import app
 from tests.test_commands import TINY_DEMO  # the smallest settings that still run every stage
 
 runner = CliRunner()
+#: The keys DESIGN.md promises, spelled out as a user's script reads metrics.json (the other tests
+#: take them from scl.metrics; tests/test_metrics.py pins that those constants are these strings).
 DESIGN_PRIVACY_KEYS = {
     "decoder_ssim", "decoder_ssim_label_floor", "decoder_psnr", "whitebox_ssim",
     "attribute_accuracy", "attribute_chance", "dcor",

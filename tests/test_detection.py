@@ -12,6 +12,7 @@ import scl
 from scl.cli import app
 from scl.data.scenes import DetectionData, load_detection_data, make_scenes, split_detection
 from scl.errors import DataError
+from scl.metrics import DECODER_PSNR, DECODER_SSIM, ceiling_of, floor_of, release_key
 from scl.models import CenterNet
 from scl.models.detector import decode, encode_targets
 from scl.obfuscator import Obfuscator
@@ -259,13 +260,13 @@ def test_detect_quick_writes_the_run_folder(tmp_path):
     assert metrics["privacy"]["budget"] == "quick"
     assert set(metrics["map"]) == set(metrics["map50"]) == {"clean", "hard", "soft"}
     assert all(0 <= v <= 1 for v in metrics["map50"].values())
-    assert {"decoder_ssim", "decoder_ssim_label_floor", "decoder_ssim_clean", "decoder_psnr"} <= set(metrics["privacy"])
+    assert {DECODER_SSIM, floor_of(DECODER_SSIM), ceiling_of(DECODER_SSIM), DECODER_PSNR} <= set(metrics["privacy"])
     # plain noise at the hard release's mAP@.5, attacked by the same decoder, with a verdict in words
     privacy = metrics["privacy"]
     assert privacy["reference_release"] == "hard" and privacy["reference_map50"] == metrics["map50"]["hard"]
     assert privacy["gaussian_scale"] > 0 and 0 <= privacy["gaussian_map50"] <= 1
-    assert {"decoder_ssim_gaussian", "decoder_psnr_gaussian"} <= set(privacy)
-    assert set(privacy["beats_gaussian"]["hard"]) == {"decoder_ssim", "decoder_psnr"}
+    assert {release_key(DECODER_SSIM, "gaussian"), release_key(DECODER_PSNR, "gaussian")} <= set(privacy)
+    assert set(privacy["beats_gaussian"]["hard"]) == {DECODER_SSIM, DECODER_PSNR}
     verdict = "plain Gaussian noise at the same mAP@.5"
     assert verdict in " ".join(result.output.split()) and verdict in html_text(out)
     assert any(t["target"].startswith("< plain noise at the same mAP@.5") for t in metrics["targets"])

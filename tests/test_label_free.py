@@ -14,6 +14,7 @@ import scl
 import scl.pipelines.classification as clf
 from scl.errors import ConfigError, ShapeError
 from scl.layers import StochasticConditionalAdditive
+from scl.metrics import ATTRIBUTE_ACCURACY, ATTRIBUTE_CHANCE, DECODER_SSIM, REID_FLOOR_TOP1, REID_TOP1, floor_of
 from scl.models import SmallCNN
 from scl.pipelines import config as cfg
 from scl.pipelines import stages
@@ -109,12 +110,12 @@ def test_a_stage_that_starts_within_the_budget_keeps_its_start_when_training_bre
 
 
 def test_targets_are_on_the_gated_release_when_the_run_has_one():
-    gated = {"decoder_ssim": 0.25, "decoder_ssim_label_floor": 0.2, "reid_top1": 0.04, "reid_floor_top1": 0.03,
-             "attribute_accuracy": 0.3, "attribute_chance": 0.29}
+    gated = {DECODER_SSIM: 0.25, floor_of(DECODER_SSIM): 0.2, REID_TOP1: 0.04, REID_FLOOR_TOP1: 0.03,
+             ATTRIBUTE_ACCURACY: 0.3, ATTRIBUTE_CHANCE: 0.29}
     rows = clf.targets({
         "accuracy": {"clean": 0.95, "soft": 0.1, "gated": 0.945},
-        "privacy": {"soft": {"decoder_ssim": 0.1, "reid_top1": 0.0}, "gated": gated,
-                    "beats_gaussian": {"gated": {"decoder_ssim": True}}},
+        "privacy": {"soft": {DECODER_SSIM: 0.1, REID_TOP1: 0.0}, "gated": gated,
+                    "beats_gaussian": {"gated": {DECODER_SSIM: True}}},
     })
     assert [r["name"] for r in rows] == [
         "gated accuracy below clean (points)", "gated re-identification top-1", "gated decoder SSIM",

@@ -6,6 +6,20 @@ import pytest
 import torch
 
 import scl
+from scl.metrics import (
+    ATTRIBUTE_ACCURACY,
+    ATTRIBUTE_CHANCE,
+    ATTRIBUTE_CLEAN,
+    DCOR,
+    DECODER_SSIM,
+    REID_CLEAN_TOP1,
+    REID_FLOOR_TOP1,
+    REID_TOP1,
+    REID_TOP5,
+    WHITEBOX_SSIM,
+    ceiling_of,
+    floor_of,
+)
 from scl.pipelines import classification as clf
 from scl.pipelines import config as cfg
 from scl.pipelines import stages
@@ -117,12 +131,12 @@ def test_every_release_is_attacked_beside_plain_noise_at_the_gated_accuracy(trai
     assert releases == ["soft", "gated", "hard", "gaussian"]  # label-free first
     for name in releases:
         block = privacy[name]
-        for key in ("decoder_ssim", "decoder_ssim_label_floor", "decoder_ssim_clean", "reid_top1", "reid_top5",
-                    "reid_floor_top1", "reid_clean_top1", "attribute_accuracy", "attribute_chance",
-                    "attribute_clean", "dcor", "dcor_label_floor"):
+        for key in (DECODER_SSIM, floor_of(DECODER_SSIM), ceiling_of(DECODER_SSIM), REID_TOP1, REID_TOP5,
+                    REID_FLOOR_TOP1, REID_CLEAN_TOP1, ATTRIBUTE_ACCURACY, ATTRIBUTE_CHANCE,
+                    ATTRIBUTE_CLEAN, DCOR, floor_of(DCOR)):
             assert key in block, (name, key)
-    assert "whitebox_ssim" in privacy["soft"] and "whitebox_ssim" not in privacy["gaussian"]
-    for key in ("decoder_ssim", "reid_top1", "attribute_accuracy", "dcor", "whitebox_ssim"):
+    assert WHITEBOX_SSIM in privacy["soft"] and WHITEBOX_SSIM not in privacy["gaussian"]
+    for key in (DECODER_SSIM, REID_TOP1, ATTRIBUTE_ACCURACY, DCOR, WHITEBOX_SSIM):
         assert privacy[key] == privacy["hard"][key]  # the flat keys are the hard release's
     # plain noise calibrated to the headline label-free release, the gated one (one fixed draw, bisection)
     assert privacy["gaussian_scale"] > 0
@@ -150,12 +164,12 @@ def test_privacy_terms():
 
 
 def test_targets_are_checked_on_the_label_free_release():
-    soft = {"decoder_ssim": 0.65, "decoder_ssim_label_floor": 0.2, "reid_top1": 0.25, "reid_floor_top1": 0.03,
-            "attribute_accuracy": 0.27, "attribute_chance": 0.25}
+    soft = {DECODER_SSIM: 0.65, floor_of(DECODER_SSIM): 0.2, REID_TOP1: 0.25, REID_FLOOR_TOP1: 0.03,
+            ATTRIBUTE_ACCURACY: 0.27, ATTRIBUTE_CHANCE: 0.25}
     rows = clf.targets({
         "accuracy": {"clean": 0.95, "soft": 0.945},
-        "privacy": {"soft": soft, "decoder_ssim": 0.1,  # the flat keys (hard release) are not the headline
-                    "beats_gaussian": {"soft": {"decoder_ssim": False, "reid_top1": True}}},
+        "privacy": {"soft": soft, DECODER_SSIM: 0.1,  # the flat keys (hard release) are not the headline
+                    "beats_gaussian": {"soft": {DECODER_SSIM: False, REID_TOP1: True}}},
     })
     met = {r["name"]: r["met"] for r in rows}
     assert met == {
@@ -169,11 +183,11 @@ def test_targets_are_checked_on_the_label_free_release():
 
 
 def test_beats_gaussian_compares_every_release_with_plain_noise():
-    privacy = {"soft": {"decoder_ssim": 0.5, "reid_top1": 0.9}, "hard": {"decoder_ssim": 0.2, "reid_top1": 0.1},
-               "gaussian": {"decoder_ssim": 0.6, "reid_top1": 0.5}}
-    assert clf.beats_gaussian(privacy) == {"soft": {"decoder_ssim": True, "reid_top1": False},
-                                           "hard": {"decoder_ssim": True, "reid_top1": True}}
-    assert clf.beats_gaussian({"soft": {"decoder_ssim": 0.5}}) == {}
+    privacy = {"soft": {DECODER_SSIM: 0.5, REID_TOP1: 0.9}, "hard": {DECODER_SSIM: 0.2, REID_TOP1: 0.1},
+               "gaussian": {DECODER_SSIM: 0.6, REID_TOP1: 0.5}}
+    assert clf.beats_gaussian(privacy) == {"soft": {DECODER_SSIM: True, REID_TOP1: False},
+                                           "hard": {DECODER_SSIM: True, REID_TOP1: True}}
+    assert clf.beats_gaussian({"soft": {DECODER_SSIM: 0.5}}) == {}
 
 
 def test_sweep_gives_one_point_per_lambda_and_keeps_the_main_obfuscator(trained, tmp_path):
@@ -183,7 +197,7 @@ def test_sweep_gives_one_point_per_lambda_and_keeps_the_main_obfuscator(trained,
     with stages.run_noise(exp.config):
         points = clf.sweep(exp, None, RunLog())
     assert [p["lam"] for p in points] == [0.0, 1.0]
-    assert all(0.0 <= p["accuracy"] <= 1.0 and -1.0 <= p["decoder_ssim"] <= 1.0 for p in points)
+    assert all(0.0 <= p["accuracy"] <= 1.0 and -1.0 <= p[DECODER_SSIM] <= 1.0 for p in points)
     assert exp.obfuscator is main
     from scl import figures
 

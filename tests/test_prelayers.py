@@ -13,6 +13,7 @@ import scl.pipelines.classification as clf
 from scl.attacks.whitebox import whitebox_attack
 from scl.errors import ConfigError
 from scl.layers import StochasticConditionalAdditive
+from scl.metrics import WHITEBOX_SSIM
 from scl.models import ResidualPreLayers
 from scl.pipelines import config as cfg
 from scl.pipelines import stages
@@ -83,8 +84,8 @@ def test_the_white_box_attacker_inverts_the_pre_layers_too():
 
     blind = whitebox_attack(layer, x, y, steps=150, observe=observe)
     informed = whitebox_attack(layer, x, y, steps=150, observe=observe, pre=pre)
-    assert informed["whitebox_ssim"] > 0.6
-    assert informed["whitebox_ssim"] > blind["whitebox_ssim"] + 0.2
+    assert informed[WHITEBOX_SSIM] > 0.6
+    assert informed[WHITEBOX_SSIM] > blind[WHITEBOX_SSIM] + 0.2
 
 
 def test_a_label_free_obfuscator_with_pre_layers_exports_to_onnx(tmp_path):

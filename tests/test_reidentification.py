@@ -29,11 +29,12 @@ from scl.attacks.reidentification import (
     top_k,
 )
 from scl.errors import ConfigError, DataError, LabelError, ShapeError
+from scl.metrics import REID_CLEAN_TOP1, REID_CLEAN_TOP5, REID_FLOOR_TOP1, REID_FLOOR_TOP5, REID_TOP1, REID_TOP5
 
 NUM_CLASSES = 10
 KEYS = {
-    "reid_top1", "reid_top5", "reid_embedding_top1", "reid_embedding_top5",
-    "reid_floor_top1", "reid_floor_top5", "reid_clean_top1", "reid_clean_top5",
+    REID_TOP1, REID_TOP5, "reid_embedding_top1", "reid_embedding_top5",
+    REID_FLOOR_TOP1, REID_FLOOR_TOP5, REID_CLEAN_TOP1, REID_CLEAN_TOP5,
 }
 
 
@@ -140,13 +141,13 @@ def test_identity_is_reidentified(splits: dict[str, Any]) -> None:
     metrics = result.metrics
     assert set(metrics) == KEYS | {"reid_decoder_top1", "reid_decoder_top5"}
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
-    assert metrics["reid_top1"] >= 0.95
+    assert metrics[REID_TOP1] >= 0.95
     assert metrics["reid_decoder_top1"] == 1.0
     assert metrics["reid_embedding_top1"] >= 0.85
     assert metrics["reid_embedding_top5"] >= metrics["reid_embedding_top1"]
-    assert metrics["reid_clean_top1"] == 1.0 and metrics["reid_clean_top5"] == 1.0
-    assert metrics["reid_floor_top1"] == pytest.approx(reidentification_floor(test.y, 1))
-    assert metrics["reid_floor_top1"] < 0.1
+    assert metrics[REID_CLEAN_TOP1] == 1.0 and metrics[REID_CLEAN_TOP5] == 1.0
+    assert metrics[REID_FLOOR_TOP1] == pytest.approx(reidentification_floor(test.y, 1))
+    assert metrics[REID_FLOOR_TOP1] < 0.1
     assert isinstance(result.matcher, EmbeddingMatcher) and not result.matcher.training
     assert result.attacker == "plain matcher, width 32"
 
@@ -163,12 +164,12 @@ def test_class_mean_is_not_reidentified_beyond_the_floor(splits: dict[str, Any])
     decoded = (means[test.y] + 0.02 * torch.randn(test.x.shape, generator=g)).clamp(0, 1)
     metrics = reidentification_attack(class_mean, attacker, test, num_classes=NUM_CLASSES,
                                       budget="quick", reconstructions=decoded, seed=0).metrics
-    floor1, floor5 = metrics["reid_floor_top1"], metrics["reid_floor_top5"]
+    floor1, floor5 = metrics[REID_FLOOR_TOP1], metrics[REID_FLOOR_TOP5]
     for matcher in ("embedding", "decoder"):
         assert metrics[f"reid_{matcher}_top1"] <= 2 * floor1, matcher
         assert metrics[f"reid_{matcher}_top5"] <= floor5 + 0.15, matcher
-    assert metrics["reid_top1"] <= 2 * floor1
-    assert metrics["reid_clean_top1"] == 1.0
+    assert metrics[REID_TOP1] <= 2 * floor1
+    assert metrics[REID_CLEAN_TOP1] == 1.0
 
 
 def test_same_seed_same_metrics(small: dict[str, Any]) -> None:
@@ -200,7 +201,7 @@ def test_vector_release(small: dict[str, Any]) -> None:
                         attribute_epochs=1)
     metrics = reidentification_attack(lambda x, y: x.flatten(1), small["attacker"], small["test"],
                                       num_classes=NUM_CLASSES, budget=weak).metrics
-    assert 0.0 <= metrics["reid_top1"] <= 1.0
+    assert 0.0 <= metrics[REID_TOP1] <= 1.0
 
 
 # -- validation ------------------------------------------------------------------------------

@@ -13,6 +13,20 @@ from PIL import Image
 from scl import cipher, figures
 from scl.errors import SCLError, ShapeError
 from scl.io import write_json
+from scl.metrics import (
+    ATTRIBUTE_ACCURACY,
+    ATTRIBUTE_CHANCE,
+    ATTRIBUTE_CLEAN,
+    DCOR,
+    DECODER_PSNR,
+    DECODER_PSNR_AVG8,
+    DECODER_SSIM,
+    DECODER_SSIM_AVG8,
+    WHITEBOX_SSIM,
+    ceiling_of,
+    floor_of,
+    release_key,
+)
 from scl.report import pipeline_of, write_report
 
 
@@ -95,13 +109,13 @@ def test_tradeoff_curve_and_share(tmp_path: Path) -> None:
         {
             "lam": lam,
             "accuracy": 0.95 - 0.1 * lam,
-            "decoder_ssim": 0.6 - 0.4 * lam,
-            "decoder_ssim_label_floor": 0.18,
+            DECODER_SSIM: 0.6 - 0.4 * lam,
+            floor_of(DECODER_SSIM): 0.18,
             "clean_accuracy": 0.97,
         }
         for lam in (0.0, 0.5, 1.0)
     ]
-    points.append({"lam": 2.0, "accuracy": None, "decoder_ssim": 0.1})  # skipped, no crash
+    points.append({"lam": 2.0, "accuracy": None, DECODER_SSIM: 0.1})  # skipped, no crash
 
     _assert_png(figures.tradeoff_curve(points, tmp_path / "tradeoff.png"))
     _assert_png(figures.tradeoff_curve(points[:1], tmp_path / "one.png"))
@@ -142,18 +156,18 @@ METRICS = {
     "accuracy": {"clean": 0.9734, "hard": 0.9612, "soft": 0.9481, "gated": 0.9507},
     "accuracy_mean8": {"hard": 0.968, "soft": 0.955},
     "privacy": {
-        "decoder_ssim": 0.2134,
-        "decoder_ssim_label_floor": 0.1842,
-        "decoder_ssim_clean": 0.9121,
-        "decoder_psnr": 11.24,
-        "decoder_psnr_label_floor": 10.81,
-        "decoder_psnr_clean": 24.3,
-        "decoder_ssim_avg8": 0.2361,
-        "whitebox_ssim": 0.1513,
-        "attribute_accuracy": 0.27,
-        "attribute_chance": 0.25,
-        "attribute_clean": 0.81,
-        "dcor": 0.3101,
+        DECODER_SSIM: 0.2134,
+        floor_of(DECODER_SSIM): 0.1842,
+        ceiling_of(DECODER_SSIM): 0.9121,
+        DECODER_PSNR: 11.24,
+        floor_of(DECODER_PSNR): 10.81,
+        ceiling_of(DECODER_PSNR): 24.3,
+        DECODER_SSIM_AVG8: 0.2361,
+        WHITEBOX_SSIM: 0.1513,
+        ATTRIBUTE_ACCURACY: 0.27,
+        ATTRIBUTE_CHANCE: 0.25,
+        ATTRIBUTE_CLEAN: 0.81,
+        DCOR: 0.3101,
         "extra_attack": 0.5,
     },
     "targets": [
@@ -228,7 +242,7 @@ def test_report_tolerates_missing_optional_keys(tmp_path: Path) -> None:
     metrics = {
         "dataset": "digits",
         "accuracy": {"clean": 0.97, "hard": None},
-        "privacy": {"decoder_ssim": 0.2},  # no floor, no ceiling
+        "privacy": {DECODER_SSIM: 0.2},  # no floor, no ceiling
     }
     run = _run_folder(tmp_path, metrics=metrics, config={})
 
@@ -272,12 +286,12 @@ def test_report_detection_and_federated_sections(tmp_path: Path) -> None:
 
 
 def test_report_detection_privacy_shows_plain_noise_beside_the_release_and_says_who_wins(tmp_path: Path) -> None:
-    privacy = {"decoder_ssim": 0.84, "decoder_ssim_label_floor": 0.68, "decoder_ssim_clean": 0.9,
-               "decoder_ssim_gaussian": 0.82, "decoder_psnr": 30.0, "decoder_psnr_gaussian": 31.0,
-               "decoder_ssim_soft": 0.8, "decoder_psnr_avg8": 31.25, "reference_release": "hard",
-               "reference_map50": 0.969,
+    privacy = {DECODER_SSIM: 0.84, floor_of(DECODER_SSIM): 0.68, ceiling_of(DECODER_SSIM): 0.9,
+               release_key(DECODER_SSIM, "gaussian"): 0.82, DECODER_PSNR: 30.0,
+               release_key(DECODER_PSNR, "gaussian"): 31.0, release_key(DECODER_SSIM, "soft"): 0.8,
+               DECODER_PSNR_AVG8: 31.25, "reference_release": "hard", "reference_map50": 0.969,
                "gaussian_scale": 0.0653, "gaussian_map50": 0.97, "budget": "standard",
-               "beats_gaussian": {"hard": {"decoder_ssim": False, "decoder_psnr": True}}}
+               "beats_gaussian": {"hard": {DECODER_SSIM: False, DECODER_PSNR: True}}}
     run = _run_folder(tmp_path, metrics={"map": {"clean": 0.6}, "map50": {"clean": 0.9}, "privacy": privacy})
     text = html.unescape(" ".join(write_report(run).read_text(encoding="utf-8").split()))
     assert "Plain noise at the same mAP@.5: decoder SSIM" in text and "Soft (box-free) release: decoder SSIM" in text

@@ -3,6 +3,7 @@ import torch
 
 import scl
 from scl.attacks.whitebox import invert, total_variation, whitebox_attack
+from scl.metrics import WHITEBOX_SSIM
 
 
 def _identity_layer(num_classes: int = 3, scale: float = 0.01) -> scl.StochasticConditionalConv2d:
@@ -32,7 +33,7 @@ def test_whitebox_recovers_inputs_of_an_invertible_layer():
     y = torch.arange(12) % 3
     with scl.deterministic(0):
         result = whitebox_attack(layer, x, y, steps=150, lr=0.1, tv_weight=0.001)
-    assert result["whitebox_ssim"] > 0.9
+    assert result[WHITEBOX_SSIM] > 0.9
     assert result["whitebox_class_accuracy"] > 0.9
     assert result["reconstructions"].shape == (8, 1, 12, 12)
 
@@ -45,7 +46,7 @@ def test_whitebox_fails_against_pure_noise():
     y = torch.arange(12) % 3
     with scl.deterministic(0):
         result = whitebox_attack(layer, x, y, steps=60)
-    assert result["whitebox_ssim"] < 0.5
+    assert result[WHITEBOX_SSIM] < 0.5
 
 
 def test_invert_leaves_the_layer_unchanged_and_in_its_mode():
