@@ -175,8 +175,10 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def _fmt(value: Any, kind: str = "float") -> str:
-    """Format a metric for display (already escaped). ``kind``: float, pct, db, pp, signed."""
+def format_value(value: Any, kind: str = "float") -> str:
+    """A metric as the report and the terminal show it: ``kind`` float (3 decimals), pct (a fraction in
+    percent), db, pp, signed, signed_db, int or auto; a missing or non-finite value is a dash. Text
+    values come back HTML-escaped."""
     number = _number(value)
     if number is None:
         if value is None:
@@ -210,7 +212,7 @@ def _fmt(value: Any, kind: str = "float") -> str:
 def _seconds(value: Any) -> str:
     number = _number(value)
     if number is None or not math.isfinite(number):
-        return _fmt(value)
+        return format_value(value)
     if number < 60:
         return f"{number:.1f} s"
     minutes, secs = divmod(int(round(number)), 60)
@@ -267,9 +269,9 @@ def _accuracy_section(metrics: Mapping[str, Any]) -> str:
     header.append(("What it measures", False))
     rows = []
     for key in keys:
-        row = [(_e(key), ""), (_fmt(accuracy.get(key), "pct"), "num")]
+        row = [(_e(key), ""), (format_value(accuracy.get(key), "pct"), "num")]
         if mean8:
-            row.append((_fmt(mean8.get(key), "pct"), "num"))
+            row.append((format_value(mean8.get(key), "pct"), "num"))
         row.append((_e(_ACCURACY_MEANING.get(key, "")), "desc"))
         rows.append(row)
     note = ""
@@ -369,7 +371,7 @@ def _release_section(privacy: Mapping[str, Any]) -> str:
     if table is None:
         return ""
     header, rows = table
-    html_rows = [[(_e(rows[i][0][0]), ""), *((_fmt(v, kind), "num") for v, kind in row[1:])]
+    html_rows = [[(_e(rows[i][0][0]), ""), *((format_value(v, kind), "num") for v, kind in row[1:])]
                  for i, row in enumerate(rows)]
     scale = _number(privacy.get("gaussian_scale"))
     budget = privacy.get("budget")
@@ -415,12 +417,12 @@ def _privacy_section(metrics: Mapping[str, Any]) -> str:
         gap = DASH
         v, f = _number(value), _number(floor)
         if v is not None and f is not None and math.isfinite(v) and math.isfinite(f):
-            gap = _fmt(v - f, {"pct": "pp", "db": "signed_db"}.get(kind, "signed"))
+            gap = format_value(v - f, {"pct": "pp", "db": "signed_db"}.get(kind, "signed"))
         rows.append([
             (_e(label), ""),
-            (_fmt(value, kind), "num"),
-            (_fmt(floor, kind), "num"),
-            (_fmt(ceiling, kind), "num"),
+            (format_value(value, kind), "num"),
+            (format_value(floor, kind), "num"),
+            (format_value(ceiling, kind), "num"),
             (gap, "num"),
             (_e(direction), "desc"),
         ])
@@ -428,7 +430,7 @@ def _privacy_section(metrics: Mapping[str, Any]) -> str:
     context = ("beats_gaussian", "budget", "gaussian_scale", "gaussian_map50", "reference_release", "reference_map50")
     extra = [k for k in privacy if k not in used and k not in context]
     for key in extra:
-        rows.append([(_label(key), ""), (_fmt(privacy[key]), "num"), (DASH, "num"),
+        rows.append([(_label(key), ""), (format_value(privacy[key]), "num"), (DASH, "num"),
                      (DASH, "num"), (DASH, "num"), ("", "desc")])
     header = [("Attack / measure", False), ("Measured", True),
               ("Floor (label only / chance)", True), ("Ceiling (clean input)", True),
@@ -591,9 +593,9 @@ def _budget_section(metrics: Mapping[str, Any]) -> str:
             check = _e(check[0].upper() + check[1:]) + "."
             verdict += f'<br><span class="notmet">{check}</span>' if over else f"<br>{check}"
         rows.append([(_e(stage), ""), (_e(_BUDGET_RELEASES.get(stage, stage)), ""),
-                     (_fmt(_budget_of(record)), "num"), (_fmt(record.get("validation_loss")), "num"),
-                     (_fmt(tests.get(stage)), "num"), (_fmt(record.get("epoch"), "int"), "num"),
-                     (_fmt(multiplier[-1]), "num"), (verdict, "")])
+                     (format_value(_budget_of(record)), "num"), (format_value(record.get("validation_loss")), "num"),
+                     (format_value(tests.get(stage)), "num"), (format_value(record.get("epoch"), "int"), "num"),
+                     (format_value(multiplier[-1]), "num"), (verdict, "")])
     images = next((r.get("validation_images") for r in utility.values() if isinstance(r, Mapping)), None)
     measure = next((r.get("measure") for r in utility.values() if isinstance(r, Mapping)), None) or "accuracy"
     note = (
@@ -663,7 +665,7 @@ def frontier_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
                 elif kind == "yes/NO":
                     row.append("yes" if value else "NO")
                 else:
-                    row.append(_fmt(value, kind))
+                    row.append(format_value(value, kind))
             rows.append(row)
     return rows
 
@@ -671,12 +673,14 @@ def frontier_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
 def frontier_references(metrics: Mapping[str, Any]) -> str:
     """The label-only floors and clean ceilings every frontier entry is read against, in a sentence."""
     refs = metrics.get("references", {}) if isinstance(metrics.get("references"), Mapping) else {}
-    return (f"Label-only floors: decoder SSIM {_fmt(refs.get(floor_of(DECODER_SSIM)))}, re-identification "
-            f"top-1 {_fmt(refs.get(REID_FLOOR_TOP1), 'pct')} (top-5 {_fmt(refs.get(REID_FLOOR_TOP5), 'pct')}), "
-            f"attribute {_fmt(refs.get(ATTRIBUTE_LABEL_FLOOR), 'pct')} "
-            f"(chance {_fmt(refs.get(ATTRIBUTE_CHANCE), 'pct')}), dCor {_fmt(refs.get(floor_of(DCOR)))}. "
-            f"Clean ceilings: decoder SSIM {_fmt(refs.get(ceiling_of(DECODER_SSIM)))}, attribute "
-            f"{_fmt(refs.get(ATTRIBUTE_CLEAN), 'pct')}; the identity row is the release of the clean image.")
+    def ref(key: str, kind: str = "float") -> str:
+        return format_value(refs.get(key), kind)
+
+    return (f"Label-only floors: decoder SSIM {ref(floor_of(DECODER_SSIM))}, re-identification "
+            f"top-1 {ref(REID_FLOOR_TOP1, 'pct')} (top-5 {ref(REID_FLOOR_TOP5, 'pct')}), "
+            f"attribute {ref(ATTRIBUTE_LABEL_FLOOR, 'pct')} (chance {ref(ATTRIBUTE_CHANCE, 'pct')}), "
+            f"dCor {ref(floor_of(DCOR))}. Clean ceilings: decoder SSIM {ref(ceiling_of(DECODER_SSIM))}, "
+            f"attribute {ref(ATTRIBUTE_CLEAN, 'pct')}; the identity row is the release of the clean image.")
 
 
 def _frontier_section(metrics: Mapping[str, Any]) -> str:
@@ -692,7 +696,7 @@ def _frontier_section(metrics: Mapping[str, Any]) -> str:
     header = [("method", False)] + [(title, True) for title, _, _ in FRONTIER_COLUMNS]
     return (
         "<h2>Privacy–utility frontier</h2>"
-        f'<p class="note">Clean test accuracy {_fmt(metrics.get("accuracy_clean"), "pct")}; attack budget '
+        f'<p class="note">Clean test accuracy {format_value(metrics.get("accuracy_clean"), "pct")}; attack budget '
         f'{_e(metrics.get("attack_budget", "?"))}. Every method is trained within each budget (or, for plain noise, '
         "calibrated to it) on the same validation split, and scored by the same attackers on the same test "
         "split. The verdict compares scl's label-free release with every method that is not scl's and was within "
@@ -720,8 +724,8 @@ def _targets_section(metrics: Mapping[str, Any]) -> str:
             mark = DASH
         rows.append([
             (_e(item.get("name", DASH)), ""),
-            (_fmt(item.get("value"), "auto"), "num"),
-            (_fmt(item.get("target"), "auto"), "num"),
+            (format_value(item.get("value"), "auto"), "num"),
+            (format_value(item.get("target"), "auto"), "num"),
             (mark, ""),
         ])
     if not rows:
@@ -782,7 +786,7 @@ def _detection_section(metrics: Mapping[str, Any]) -> str:
     for d in as_dicts.values():
         modes += [m for m in d if m not in modes]
     header = [("Mode", False)] + [(_e(titles[k]), True) for k in as_dicts]
-    rows = [[(_e(m), "")] + [(_fmt(d.get(m)), "num") for d in as_dicts.values()] for m in modes]
+    rows = [[(_e(m), "")] + [(format_value(d.get(m)), "num") for d in as_dicts.values()] for m in modes]
     return "<h2>Detection</h2>" + _table(header, rows)
 
 
@@ -791,7 +795,7 @@ def _federated_section(metrics: Mapping[str, Any]) -> str:
         return ""
     parts = ["<h2>Federated learning</h2>"]
     if "engine" in metrics:
-        parts.append(f"<p>Engine: <strong>{_fmt(metrics.get('engine'))}</strong></p>")
+        parts.append(f"<p>Engine: <strong>{format_value(metrics.get('engine'))}</strong></p>")
     stages = metrics.get("stages")
     if isinstance(stages, Sequence) and not isinstance(stages, (str, bytes)):
         dict_stages = [s for s in stages if isinstance(s, Mapping)]
@@ -809,7 +813,7 @@ def _federated_section(metrics: Mapping[str, Any]) -> str:
                 row = []
                 for c in columns:
                     value = stage.get(c)
-                    row.append((_fmt(value, kind(c)), "num" if _number(value) is not None else ""))
+                    row.append((format_value(value, kind(c)), "num" if _number(value) is not None else ""))
                 rows.append(row)
             parts.append(_table(header, rows))
     return "".join(parts)
@@ -835,7 +839,7 @@ def _other_section(metrics: Mapping[str, Any]) -> str:
             _flatten(str(key), value, flat)
     if not flat:
         return ""
-    rows = [[(_e(k), ""), (_fmt(v, "auto"), "num")] for k, v in flat[:300]]
+    rows = [[(_e(k), ""), (format_value(v, "auto"), "num")] for k, v in flat[:300]]
     more = f'<p class="note">… and {len(flat) - 300} more in metrics.json.</p>' \
         if len(flat) > 300 else ""
     return "<h2>Other measurements</h2>" + _table([("Key", False), ("Value", True)], rows) + more
@@ -971,7 +975,7 @@ def write_report(
     date = _date(run_dir, metrics, config)
     meta = [f"Data set: <strong>{_e(dataset_text)}</strong>"]
     if _number(metrics.get("num_classes")) is not None:
-        meta.append(f"{_fmt(metrics['num_classes'], 'int')} classes")
+        meta.append(f"{format_value(metrics['num_classes'], 'int')} classes")
     meta.append(f"run {_e(date)}")
     meta.append(f"folder <code>{_e(name or run_dir.resolve().name)}</code>")
 

@@ -90,3 +90,21 @@ def test_federated_configs_are_checked_by_classifications_checks_without_its_oth
         task.build_config(assignments=["layer.kind=dense"])
     with pytest.raises(ConfigError, match=r"network.epochs must be a positive integer, but got 0"):
         task.build_config(assignments=["network.epochs=0"])
+
+
+def test_the_terminal_privacy_table_formats_values_as_the_report_does():
+    # prepare: a release with a missing measure and a non-finite one (an attack that failed)
+    from scl.metrics import DECODER_PSNR, DECODER_SSIM, REID_TOP1
+    from scl.report import format_value
+
+    metrics = {"pipeline": "classification", "accuracy": {"clean": 0.95, "gated": 0.94},
+               "privacy": {"gated": {REID_TOP1: 0.031, DECODER_SSIM: float("nan"), DECODER_PSNR: 13.14}}}
+    # execute
+    console = Console(record=True, width=160)
+    for item in pipelines.get("classification").summary(metrics):
+        console.print(item)
+    text = console.export_text()
+    # assert: percent, dB and a dash, never "nan"
+    assert "Decoder inversion, SSIM" in text and "3.1%" in text and "13.1 dB" in text
+    assert "nan" not in text.lower()
+    assert format_value(float("nan"), "pct") == format_value(None) == "—"

@@ -826,19 +826,13 @@ def update_run(run: Path, action: str, *, console: Any = None, show_progress: bo
 
 
 # -- the terminal summary ----------------------------------------------------------------------------
-def _cell(value: object, kind: str) -> str:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return "—"
-    return {"pct": f"{100 * value:.1f}%", "db": f"{value:.1f} dB"}.get(kind, f"{value:.3f}")
-
-
 def summary(metrics: Mapping[str, Any]) -> list[Any]:
     """The run's results for the terminal (:class:`scl.pipelines.Pipeline`): accuracy, the budget,
     the privacy table beside plain noise, and the targets."""
     from rich.table import Table
 
     from scl.pipelines import noise_verdict_lines, summary_lines, target_lines
-    from scl.report import budget_lines, gaussian_verdicts, release_table
+    from scl.report import budget_lines, format_value, gaussian_verdicts, release_table
 
     out: list[Any] = []
     table = Table(title="scl: results on the test split", show_lines=False)
@@ -862,7 +856,7 @@ def summary(metrics: Mapping[str, Any]) -> list[Any]:
         for i, title in enumerate(header):
             privacy.add_column(title, justify="right" if i else "left")
         for row in rows:
-            privacy.add_row(row[0][0], *(_cell(value, kind) for value, kind in row[1:]))
+            privacy.add_row(row[0][0], *(format_value(value, kind) for value, kind in row[1:]))
         out.append(privacy)
         out += noise_verdict_lines(gaussian_verdicts(priv))
     out += target_lines(metrics)
