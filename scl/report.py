@@ -673,6 +673,7 @@ def frontier_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
 def frontier_references(metrics: Mapping[str, Any]) -> str:
     """The label-only floors and clean ceilings every frontier entry is read against, in a sentence."""
     refs = metrics.get("references", {}) if isinstance(metrics.get("references"), Mapping) else {}
+
     def ref(key: str, kind: str = "float") -> str:
         return format_value(refs.get(key), kind)
 

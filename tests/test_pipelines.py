@@ -93,7 +93,7 @@ def test_federated_configs_are_checked_by_classifications_checks_without_its_oth
 
 
 def test_the_terminal_privacy_table_formats_values_as_the_report_does():
-    # prepare: a release with a missing measure and a non-finite one (an attack that failed)
+    # prepare: a release with a non-finite measure (an attack that failed)
     from scl.metrics import DECODER_PSNR, DECODER_SSIM, REID_TOP1
     from scl.report import format_value
 

@@ -556,7 +556,7 @@ class UtilityBudget:
     def __post_init__(self) -> None:
         _check_budget(self.max_loss, self.measure, self.x)
         with torch.no_grad():
-            self.clean = float((self.network(self.x).argmax(-1) == self.y).float().mean())
+            self.clean = engine.accuracy(self.network(self.x), self.y)
 
     @torch.no_grad()
     def loss(self, release: Callable[[Tensor, Tensor], Tensor], draws: int | None = None) -> float:
@@ -566,7 +566,7 @@ class UtilityBudget:
         count = draws or self.draws
         correct = 0.0
         for _ in range(count):
-            correct += float((self.network(release(self.x, self.y)).argmax(-1) == self.y).float().mean())
+            correct += engine.accuracy(self.network(release(self.x, self.y)), self.y)
         return 100.0 * (self.clean - correct / count)
 
 

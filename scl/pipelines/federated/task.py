@@ -424,7 +424,8 @@ def _train_clean(
     """
     per_epoch = math.ceil(len(data) / config.batch_size)
     least = math.ceil(config.federated.min_steps / per_epoch)
-    epochs = {s: {"epochs": max(getattr(config, s).epochs, least)} for s in ("network", "stage1")}
+    epochs = {"network": {"epochs": max(config.network.epochs, least)},
+              "stage1": {"epochs": max(config.stage1.epochs, least)}}
     exp = classification.Experiment(config.updated(epochs), dataset, {"task": data, "obfuscator": data})
     classification.train_network(exp, progress, log)
     return exp
